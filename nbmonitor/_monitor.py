@@ -1,0 +1,136 @@
+"""The one background thread per process that turns runs' in-memory progress into run files.
+
+Runs' hot paths only bump counters; every tick this thread stamps the time
+of new progress and writes a run's file when it changed, at most once a
+second. At exit, runs still open are closed as finished, and an uncaught
+exception fails them first.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .run import Run
+
+__all__ = ["Monitor", "get"]
+
+log = logging.getLogger("nbmonitor")
+
+Clock = Callable[[], float]
+
+
+class Monitor:
+    """Owns this process's open runs and the thread that writes their files."""
+
+    #: Seconds between ticks: the precision of a progress time stamp.
+    TICK = 0.1
+    #: Least seconds between two writes of one run's file.
+    WRITE_EVERY = 1.0
+    #: Seconds a track() loop left early waits for an exception to claim it before it counts as finished.
+    SETTLE_AFTER = 0.5
+
+    def __init__(self, *, wall: Clock = time.time, mono: Clock = time.monotonic, thread: bool = True) -> None:
+        self.wall = wall
+        self.mono = mono
+        self._use_thread = thread
+        self._runs: dict[str, Run] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, run: Run) -> None:
+        """Start watching an open run (and the thread, if it is not running)."""
+        with self._lock:
+            self._runs[run.id] = run
+            if self._use_thread and (self._thread is None or not self._thread.is_alive()):
+                self._wake.clear()
+                self._thread = threading.Thread(target=self._loop, name="nbmonitor", daemon=True)
+                self._thread.start()
+
+    def runs(self) -> list[Run]:
+        """The open runs of this process."""
+        return list(self._runs.values())
+
+    def tick(self) -> None:
+        """One pass: stamp progress and write what changed. The thread calls this every TICK."""
+        now_wall, now_mono = self.wall(), self.mono()
+        for run in self.runs():
+            if run._tick(now_wall, now_mono):
+                self._runs.pop(run.id, None)
+
+    def _loop(self) -> None:
+        while not self._wake.wait(self.TICK):
+            try:
+                self.tick()
+            except Exception:  # the thread must outlive any bug; say so, keep going
+                log.exception("nbmonitor monitor tick failed")
+            with self._lock:
+                if not self._runs:
+                    self._thread = None
+                    return
+
+    def stop(self) -> None:
+        """Stop the thread (it restarts when a run is added)."""
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2 * self.TICK + 1)
+
+    def end_all(self, status: str, exc: BaseException | None = None) -> None:
+        """End every open run of this process with ``status`` and write it now."""
+        for run in self.runs():
+            run._end(status, exc)
+            self._runs.pop(run.id, None)
+
+
+_monitor: Monitor | None = None
+_hooks_installed = False
+
+
+def get() -> Monitor:
+    """This process's monitor, created on first use along with the exit hooks."""
+    global _monitor
+    if _monitor is None:
+        _monitor = Monitor()
+        _install_hooks()
+    return _monitor
+
+
+def _install_hooks() -> None:
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    atexit.register(_at_exit)
+    previous = sys.excepthook
+
+    def excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        if _monitor is not None:
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            _monitor.end_all(status, exc)
+        previous(kind, exc, tb)
+
+    sys.excepthook = excepthook
+    os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def _at_exit() -> None:
+    # A process that exits normally never raises an alarm: close what is open.
+    if _monitor is not None:
+        _monitor.stop()
+        _monitor.end_all("finished")
+
+
+def _forget_in_child() -> None:
+    # Only the owner writes a run's file: a forked child (a DataLoader worker, say) starts empty.
+    global _monitor
+    _monitor = None

@@ -1,0 +1,231 @@
+"""``nbmonitor-watcher`` (also ``python -m nbmonitor``): start, stop and ask about the watcher."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+from . import __version__, _format, _process
+from .errors import NbmonitorError
+from .repo import Repo
+from .rules import TERMINAL
+from .watcher import Watcher, serve, watcher_info
+
+__all__ = ["main"]
+
+PROG = "nbmonitor-watcher"
+_STARTUP_TIMEOUT = 15.0
+_STOP_TIMEOUT = 10.0
+_RECENT_ENDED = 10
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    repo = Repo(args.repo)
+    try:
+        return int(args.func(repo, args))
+    except NbmonitorError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Watch every nbmonitor run of a repo and report stalls, crashes and failures.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--repo",
+        metavar="PATH",
+        help="repo directory (default: $NBMONITOR_REPO, else ~/.nbmonitor)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    start = commands.add_parser("start", help="watch the repo (in the foreground unless --detach)")
+    start.add_argument("--detach", action="store_true", help="run in the background, log to watcher.log")
+    start.add_argument(
+        "--interval",
+        type=_seconds(0.05, 3600),
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds between polls (default: 1)",
+    )
+    start.add_argument(
+        "--grace",
+        type=_seconds(0, 86400),
+        metavar="SECONDS",
+        help="grace after a missed ETA for runs that set none (default: 10%% of the ETA, 2 s to 60 s)",
+    )
+    start.set_defaults(func=_start)
+
+    stop = commands.add_parser("stop", help="stop the watcher of the repo")
+    stop.set_defaults(func=_stop)
+
+    status = commands.add_parser("status", help="say whether a watcher runs, and list the runs")
+    status.add_argument("--all", action="store_true", help="list every ended run, not only the latest")
+    status.set_defaults(func=_status)
+    return parser
+
+
+def _seconds(low: float, high: float) -> type[float]:
+    """An argparse type: a finite number of seconds within [low, high]."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g} seconds, got {text}")
+        return value
+
+    return parse  # type: ignore[return-value]  # argparse only calls it
+
+
+def _start(repo: Repo, args: argparse.Namespace) -> int:
+    running = watcher_info(repo)
+    if running is not None:
+        print(
+            f"{PROG}: error: a watcher is already running for {repo.path} "
+            f"(pid {running['pid']}); stop it with '{PROG} stop' first",
+            file=sys.stderr,
+        )
+        return 1
+    if args.detach:
+        return _start_detached(repo, args)
+    _log_to(sys.stdout)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    serve(repo, interval=args.interval, grace=args.grace, stop=stop)
+    return 0
+
+
+def _start_detached(repo: Repo, args: argparse.Namespace) -> int:
+    repo.ensure()
+    command = [sys.executable, "-m", "nbmonitor", "--repo", str(repo.path), "start"]
+    command += ["--interval", repr(args.interval)]
+    if args.grace is not None:
+        command += ["--grace", repr(args.grace)]
+    with open(repo.log_file, "ab") as log_file:
+        child = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    deadline = time.monotonic() + _STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        info = watcher_info(repo)
+        if info is not None and info.get("pid") == child.pid:
+            print(f"{PROG} started (pid {child.pid}), watching {repo.path}; log: {repo.log_file}")
+            return 0
+        if child.poll() is not None:
+            break
+        time.sleep(0.05)
+    print(f"{PROG}: error: the watcher did not start; see {repo.log_file}:", file=sys.stderr)
+    print(_tail(repo.log_file), file=sys.stderr)
+    if child.poll() is None:
+        child.terminate()
+    return 1
+
+
+def _stop(repo: Repo, args: argparse.Namespace) -> int:
+    info = watcher_info(repo)
+    if info is None:
+        print(f"no watcher is running for {repo.path}")
+        return 0
+    pid = int(info["pid"])
+    start = info.get("process_start")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + _STOP_TIMEOUT
+    while _process.is_alive(pid, start if isinstance(start, float) else None):
+        if time.monotonic() > deadline:
+            print(f"{PROG}: error: pid {pid} did not stop within {_STOP_TIMEOUT:g} s", file=sys.stderr)
+            return 1
+        time.sleep(0.05)
+    print(f"stopped the watcher (pid {pid}) of {repo.path}")
+    return 0
+
+
+def _status(repo: Repo, args: argparse.Namespace) -> int:
+    logging.basicConfig(format="%(levelname)s %(message)s", stream=sys.stderr)
+    info = watcher_info(repo)
+    if info is None:
+        print(f"watcher: not running for {repo.path}; start one with '{PROG} start --detach'")
+    else:
+        uptime = _format.duration(time.time() - float(info.get("started_at", time.time())))
+        print(f"watcher: running, pid {info['pid']}, up {uptime}, repo {repo.path}")
+    observations = Watcher(repo).observe()
+    ended = [o for o in observations if o.state in TERMINAL]
+    shown = [o for o in observations if o.state not in TERMINAL]
+    shown += ended if args.all else ended[:_RECENT_ENDED]
+    if not shown:
+        print("no runs yet")
+        return 0
+    rows = [("NAME", "ORIGIN", "STATUS", "STEP", "SINCE PROGRESS", "ID")]
+    for o in shown:
+        since = "-" if o.state in TERMINAL else _format.duration(o.since_progress)
+        rows.append(
+            (
+                _cut(o.run.name, 32),
+                _cut(o.run.origin.describe(), 40),
+                o.state.value,
+                _format.steps(o.run.step, o.run.total),
+                since,
+                o.run.id[:8],
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    hidden = len(ended) - _RECENT_ENDED
+    if hidden > 0 and not args.all:
+        print(f"({hidden} older ended runs not shown; --all lists them)")
+    return 0
+
+
+class _EventFormatter(logging.Formatter):
+    """Time stamp, then the level only when it is worth attention, then the message."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # logging names it so
+        level = f"{record.levelname} " if record.levelno >= logging.WARNING else ""
+        return f"{record.asctime} {level}{record.message}"
+
+
+def _log_to(stream: object) -> None:
+    handler = logging.StreamHandler(stream)  # type: ignore[arg-type]  # any text stream
+    handler.setFormatter(_EventFormatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger("nbmonitor")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(line_buffering=True)
+
+
+def _cut(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _tail(path: os.PathLike[str], lines: int = 10) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return "".join(f.readlines()[-lines:]).rstrip()
+    except OSError as e:
+        return f"(cannot read the log: {e})"

@@ -1,0 +1,232 @@
+"""A run's record: the fields of one run file, checked on the way in and out.
+
+The format is a contract shared with the watcher, the lab extension and other
+hosts; docs/repo-format.md describes every field. Pure data, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+__all__ = ["FORMAT", "STATUSES", "ErrorInfo", "Origin", "RunRecord", "is_run_id"]
+
+#: Version of the run-file format; readers skip files with a newer one.
+FORMAT = 1
+
+#: What the owning process itself reports. "late", "stalled" and "crashed" are
+#: never written: the rules derive them (see nbmonitor.rules).
+STATUSES = ("running", "finished", "failed", "interrupted")
+
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
+_MAX_TEXT = 4000
+
+
+def is_run_id(text: str) -> bool:
+    """True for a well-formed run id (32 lowercase hex digits), the only names a run file may have."""
+    return _RUN_ID.fullmatch(text) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a run comes from: a script with its arguments, a notebook cell, or an interactive session."""
+
+    kind: str  # "script", "notebook" or "interactive"
+    path: str | None = None
+    argv: tuple[str, ...] = ()
+    cell: int | None = None
+    kernel_id: str | None = None
+
+    def describe(self) -> str:
+        """Short human text: ``train.py --lr 3``, ``quickstart.ipynb, cell 4`` or ``interactive``."""
+        if self.kind == "notebook":
+            where = self.path or "notebook"
+            return f"{where}, cell {self.cell}" if self.cell is not None else where
+        if self.kind == "script" and self.path:
+            return " ".join((_basename(self.path), *self.argv))
+        return self.kind
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """Why a run failed: exception type, message, and the line it came from."""
+
+    type: str
+    message: str
+    where: str | None = None
+
+    def summary(self) -> str:
+        """``ValueError: bad shape`` in one line."""
+        return f"{self.type}: {self.message}" if self.message else self.type
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """Everything one run file holds. Times are seconds: ``*_at`` wall clock, ``*_mono`` the
+    writer's CLOCK_MONOTONIC, comparable only on the same host and boot."""
+
+    id: str
+    name: str
+    origin: Origin
+    host: str
+    pid: int
+    process_start: float | None
+    boot_id: str | None
+    started_at: float
+    status: str
+    eta: float | None
+    grace: float | None
+    step: int
+    total: int | None
+    progress: int
+    last_progress_at: float
+    last_progress_mono: float
+    ended_at: float | None = None
+    error: ErrorInfo | None = None
+    updated_at: float = 0.0
+    format: int = field(default=FORMAT)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        data = asdict(self)
+        data["origin"]["argv"] = list(self.origin.argv)
+        return data
+
+    def with_changes(self, **changes: Any) -> RunRecord:
+        """A copy with some fields replaced."""
+        return replace(self, **changes)
+
+    @property
+    def ended(self) -> bool:
+        """True once the owner reported an end (finished, failed or interrupted)."""
+        return self.status != "running"
+
+    @classmethod
+    def from_dict(cls, data: object) -> RunRecord:
+        """Validate parsed JSON; raise ValueError naming the first bad field."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        fmt = data.get("format")
+        if not isinstance(fmt, int) or isinstance(fmt, bool):
+            raise ValueError(f"field 'format' must be an integer, got {fmt!r}")
+        if fmt > FORMAT:
+            raise ValueError(
+                f"format {fmt} is newer than this nbmonitor understands ({FORMAT}); upgrade nbmonitor"
+            )
+        if fmt < 1:
+            raise ValueError(f"field 'format' must be at least 1, got {fmt}")
+        get = _Fields(data)
+        run_id = get.text("id")
+        if not is_run_id(run_id):
+            raise ValueError(f"field 'id' is not a run id: {run_id[:40]!r}")
+        status = get.text("status")
+        if status not in STATUSES:
+            raise ValueError(f"field 'status' must be one of {', '.join(STATUSES)}, got {status!r}")
+        return cls(
+            id=run_id,
+            name=get.text("name"),
+            origin=_origin(data.get("origin")),
+            host=get.text("host"),
+            pid=get.integer("pid"),
+            process_start=get.opt_number("process_start"),
+            boot_id=get.opt_text("boot_id"),
+            started_at=get.number("started_at"),
+            status=status,
+            eta=get.duration("eta"),
+            grace=get.duration("grace", allow_zero=True),
+            step=get.integer("step"),
+            total=get.opt_integer("total"),
+            progress=get.integer("progress"),
+            last_progress_at=get.number("last_progress_at"),
+            last_progress_mono=get.number("last_progress_mono"),
+            ended_at=get.opt_number("ended_at"),
+            error=_error(data.get("error")),
+            updated_at=get.number("updated_at"),
+            format=fmt,
+        )
+
+
+def clip(text: str) -> str:
+    """Bound user text stored in a record, so one huge message cannot bloat every read."""
+    return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 1] + "…"
+
+
+def _basename(path: str) -> str:
+    return path.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+class _Fields:
+    """Typed getters over a JSON object, each raising ValueError that names the field."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def _get(self, name: str) -> object:
+        if name not in self._data:
+            raise ValueError(f"field {name!r} is missing")
+        return self._data[name]
+
+    def text(self, name: str) -> str:
+        value = self._get(name)
+        if not isinstance(value, str):
+            raise ValueError(f"field {name!r} must be a string, got {_kind(value)}")
+        return value
+
+    def integer(self, name: str) -> int:
+        value = self._get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"field {name!r} must be a non-negative integer, got {_kind(value)}")
+        return value
+
+    def number(self, name: str) -> float:
+        value = self._get(name)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            raise ValueError(f"field {name!r} must be a finite number, got {_kind(value)}")
+        return float(value)
+
+    def opt_text(self, name: str) -> str | None:
+        return None if self._data.get(name) is None else self.text(name)
+
+    def opt_integer(self, name: str) -> int | None:
+        return None if self._data.get(name) is None else self.integer(name)
+
+    def opt_number(self, name: str) -> float | None:
+        return None if self._data.get(name) is None else self.number(name)
+
+    def duration(self, name: str, allow_zero: bool = False) -> float | None:
+        value = self.opt_number(name)
+        if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+            raise ValueError(f"field {name!r} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+        return value
+
+
+def _kind(value: object) -> str:
+    return repr(value)[:40] if isinstance(value, int | float | str | bool) else type(value).__name__
+
+
+def _origin(data: object) -> Origin:
+    if not isinstance(data, dict):
+        raise ValueError(f"field 'origin' must be an object, got {_kind(data)}")
+    get = _Fields(data)
+    kind = get.text("kind")
+    argv = data.get("argv", [])
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise ValueError("field 'origin.argv' must be a list of strings")
+    return Origin(
+        kind=kind,
+        path=get.opt_text("path"),
+        argv=tuple(argv),
+        cell=get.opt_integer("cell"),
+        kernel_id=get.opt_text("kernel_id"),
+    )
+
+
+def _error(data: object) -> ErrorInfo | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ValueError(f"field 'error' must be an object or null, got {_kind(data)}")
+    get = _Fields(data)
+    return ErrorInfo(type=get.text("type"), message=get.text("message"), where=get.opt_text("where"))

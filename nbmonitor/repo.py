@@ -1,0 +1,226 @@
+"""The repo: a directory shared by every run, kernel and watcher of a user.
+
+Layout (docs/repo-format.md is the full contract)::
+
+    runs/<run id>.json          one file per run, written only by its owner
+    events/<run id>/<key>.json  one claim per event, created exclusively
+    watcher.json                the running watcher: pid, host, start time
+    watcher.lock / watcher.log  single-watcher lock, detached watcher's log
+
+Every file is written whole (temp file, fsync, rename), so a reader never
+sees half of one, on a local disk or a network filesystem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import CorruptRecordError, RepoError
+from .record import RunRecord, is_run_id
+
+__all__ = ["Repo", "Scanner", "default_path"]
+
+log = logging.getLogger("nbmonitor.repo")
+
+ENV_VAR = "NBMONITOR_REPO"
+
+
+def default_path() -> Path:
+    """``$NBMONITOR_REPO``, else ``~/.nbmonitor``."""
+    env = os.environ.get(ENV_VAR)
+    return Path(env).expanduser() if env else Path.home() / ".nbmonitor"
+
+
+class Repo:
+    """A repo directory; created on first write, with mode 0700 since it holds secrets."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path).expanduser() if path is not None else default_path()
+        self.path = self.path.absolute()
+        self.runs_dir = self.path / "runs"
+        self.events_dir = self.path / "events"
+        self.watcher_file = self.path / "watcher.json"
+        self.lock_file = self.path / "watcher.lock"
+        self.log_file = self.path / "watcher.log"
+
+    def __repr__(self) -> str:
+        return f"Repo({str(self.path)!r})"
+
+    def ensure(self) -> None:
+        """Create the repo's directories if they are missing."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RepoError(f"{self.path} is not a directory; pass another repo= or --repo")
+        for d in (self.path, self.runs_dir, self.events_dir):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def run_path(self, run_id: str) -> Path:
+        """The file of run ``run_id``; the id is checked so no name can point outside the repo."""
+        if not is_run_id(run_id):
+            raise ValueError(f"not a run id: {run_id[:40]!r}")
+        return self.runs_dir / f"{run_id}.json"
+
+    def write_run(self, record: RunRecord) -> None:
+        """Replace the run's file atomically; recreates the repo if it was deleted."""
+        path = self.run_path(record.id)
+        try:
+            write_atomic(path, record.to_dict())
+        except FileNotFoundError:
+            self.ensure()
+            write_atomic(path, record.to_dict())
+
+    def read_run(self, run_id: str) -> RunRecord:
+        """Read and validate one run file; CorruptRecordError names it if it is bad."""
+        return read_record(self.run_path(run_id))
+
+    def runs(self) -> list[RunRecord]:
+        """Every valid run in the repo, newest first; bad files are skipped with a warning."""
+        return sorted(Scanner(self).scan(), key=lambda r: r.started_at, reverse=True)
+
+    def claims(self, run_id: str) -> set[str]:
+        """Keys of the events already claimed for a run."""
+        try:
+            names = os.listdir(self.events_dir / run_id)
+        except FileNotFoundError:
+            return set()
+        return {n[:-5] for n in names if n.endswith(".json") and not n.startswith(".")}
+
+    def claim(self, run_id: str, key: str, payload: dict[str, Any]) -> bool:
+        """Claim an event for everyone watching this repo: True for the one caller that wins.
+
+        The claim is written to a temp file and hard-linked into place; link()
+        fails if the name exists, so exactly one claimer wins and every claim
+        file is complete (an O_EXCL create that also works on NFS).
+        """
+        if not is_run_id(run_id) or not key.replace("-", "").isalnum():
+            raise ValueError(f"bad claim: run {run_id[:40]!r}, key {key[:40]!r}")
+        folder = self.events_dir / run_id
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = _write_temp(folder, payload)
+        try:
+            os.link(tmp, folder / f"{key}.json")
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        return True
+
+    def read_claim(self, run_id: str, key: str) -> dict[str, Any]:
+        """The payload of a claimed event."""
+        data = json.loads((self.events_dir / run_id / f"{key}.json").read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise CorruptRecordError(str(self.events_dir / run_id / key), "not a JSON object")
+        return data
+
+
+@dataclass(slots=True)
+class _Cached:
+    stamp: tuple[int, int, int]
+    record: RunRecord | None
+
+
+class Scanner:
+    """Lists a repo's runs again and again, re-reading only files whose stat changed.
+
+    A bad file is reported once (a warning naming it) until it changes.
+    """
+
+    def __init__(self, repo: Repo) -> None:
+        self.repo = repo
+        self._cache: dict[str, _Cached] = {}
+
+    def scan(self) -> list[RunRecord]:
+        """The valid runs now in the repo."""
+        found: list[RunRecord] = []
+        cache: dict[str, _Cached] = {}
+        for entry in self._entries():
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            old = self._cache.get(entry.name)
+            if old is None or old.stamp != stamp:
+                old = _Cached(stamp, self._read(entry.path, entry.name[:-5]))
+            cache[entry.name] = old
+            if old.record is not None:
+                found.append(old.record)
+        self._cache = cache
+        return found
+
+    def _entries(self) -> Iterator[os.DirEntry[str]]:
+        try:
+            with os.scandir(self.repo.runs_dir) as it:
+                for entry in it:
+                    if entry.name.endswith(".json") and not entry.name.startswith("."):
+                        yield entry
+        except FileNotFoundError:
+            return
+
+    @staticmethod
+    def _read(path: str, stem: str) -> RunRecord | None:
+        try:
+            record = read_record(Path(path))
+        except FileNotFoundError:
+            return None
+        except CorruptRecordError as e:
+            log.warning("skipping run file %s: %s", e.path, e.reason)
+            return None
+        if record.id != stem:
+            log.warning("skipping run file %s: it holds run %s", path, record.id)
+            return None
+        return record
+
+
+def read_record(path: Path) -> RunRecord:
+    """Parse one run file; CorruptRecordError (naming the file) for anything but a valid record."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise CorruptRecordError(str(path), f"unreadable ({e.strerror})") from e
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptRecordError(str(path), f"not valid JSON ({e})") from e
+    try:
+        return RunRecord.from_dict(data)
+    except ValueError as e:
+        raise CorruptRecordError(str(path), str(e)) from e
+
+
+def write_atomic(path: Path, data: dict[str, Any], mode: int = 0o600) -> None:
+    """Write JSON to ``path`` so readers see the old file or the new one, never a mix."""
+    tmp = _write_temp(path.parent, data, mode)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _write_temp(folder: Path, data: dict[str, Any], mode: int = 0o600) -> str:
+    body = json.dumps(data, allow_nan=False, separators=(",", ":")).encode()
+    # mkstemp creates the file 0600 from the first instant.
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode != 0o600:
+            os.chmod(tmp, mode)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp

@@ -1,0 +1,139 @@
+"""The run rules: a run's state at a moment, and the events that state makes due.
+
+Pure functions over plain values, no clock reads and no I/O: the kernel's
+monitor thread and the standalone watcher both call them with their own
+readings, and tests call them with made-up ones.
+
+A run that promised its next progress within ``eta`` seconds is *late* once
+that time has passed and *stalled* once a grace period more has passed too
+(Aim's rule). A run whose process is gone without reporting an end is
+*crashed*, at once, whatever its deadline.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection
+from dataclasses import dataclass
+
+__all__ = [
+    "END_KEY",
+    "EVENTS",
+    "TERMINAL",
+    "Due",
+    "State",
+    "default_grace",
+    "due_events",
+    "grace_for",
+    "stall_key",
+    "state",
+]
+
+GRACE_SHARE = 0.10
+GRACE_MIN = 2.0
+GRACE_MAX = 60.0
+
+
+class State(str, enum.Enum):
+    """What a run is doing, as the rules see it."""
+
+    RUNNING = "running"
+    LATE = "late"
+    STALLED = "stalled"
+    FINISHED = "finished"
+    FAILED = "failed"
+    CRASHED = "crashed"
+    INTERRUPTED = "interrupted"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TERMINAL = frozenset({State.FINISHED, State.FAILED, State.CRASHED, State.INTERRUPTED})
+
+#: Every event name, in the order a run can produce them.
+EVENTS = ("stalled", "recovered", "crashed", "failed", "finished", "interrupted")
+
+#: Claim key of the one terminal event a run can have, whoever sees it first.
+END_KEY = "end"
+
+
+def default_grace(eta: float) -> float:
+    """Grace after a missed ETA before a run counts as stalled: 10 % of the ETA, within 2 s..60 s."""
+    return min(max(eta * GRACE_SHARE, GRACE_MIN), GRACE_MAX)
+
+
+def grace_for(eta: float, run_grace: float | None, watcher_grace: float | None = None) -> float:
+    """The grace that applies: the run's own, else the watcher's, else the default."""
+    if run_grace is not None:
+        return run_grace
+    if watcher_grace is not None:
+        return watcher_grace
+    return default_grace(eta)
+
+
+def state(
+    status: str,
+    *,
+    alive: bool | None,
+    since_progress: float,
+    eta: float | None,
+    grace: float,
+) -> State:
+    """The state of a run whose owner reports ``status``.
+
+    ``alive`` is False when its process is known to be gone, None when it
+    cannot be checked (another host). ``since_progress`` is the time since
+    its last progress, measured by the caller in a clock it trusts.
+    """
+    if status != "running":
+        return State(status)
+    if alive is False:
+        return State.CRASHED
+    if eta is None or since_progress <= eta:
+        return State.RUNNING
+    if since_progress <= eta + grace:
+        return State.LATE
+    return State.STALLED
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """An event a run's state calls for, and the key that claims it exactly once."""
+
+    event: str
+    key: str
+
+
+def stall_key(progress: int) -> str:
+    """Claim key of the stall that began after progress report number ``progress``."""
+    return f"stalled-{progress}"
+
+
+def due_events(current: State, progress: int, claimed: Collection[str]) -> list[Due]:
+    """Events due for a run in state ``current`` after ``progress`` progress reports.
+
+    ``claimed`` holds the keys already claimed by anyone. A stall is one
+    incident per progress count, so it is reported once however often it is
+    seen; it is "recovered" once progress moves past it, or when the run then
+    finishes successfully.
+    """
+    due: list[Due] = []
+    for key in sorted(claimed):
+        if not key.startswith("stalled-"):
+            continue
+        stalled_at = _count(key)
+        if stalled_at is None or f"recovered-{stalled_at}" in claimed:
+            continue
+        if stalled_at < progress or current is State.FINISHED:
+            due.append(Due("recovered", f"recovered-{stalled_at}"))
+    if current is State.STALLED and stall_key(progress) not in claimed:
+        due.append(Due("stalled", stall_key(progress)))
+    if current in TERMINAL and END_KEY not in claimed:
+        due.append(Due(current.value, END_KEY))
+    return due
+
+
+def _count(key: str) -> int | None:
+    tail = key.partition("-")[2]
+    return int(tail) if tail.isdigit() else None

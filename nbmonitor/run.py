@@ -1,0 +1,470 @@
+"""Runs: what code reports (progress, finish, failure) and the ways to make one.
+
+The names follow Aim's run-status API (``report_progress(expect_next_in=)``,
+``report_successful_finish()``), so Aim users can switch by changing an import.
+Reporting progress only changes counters in memory; the monitor thread does
+the rest (see nbmonitor._monitor).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+import sys
+import threading
+import traceback
+import uuid
+from collections.abc import Iterable, Iterator
+from itertools import chain
+from types import TracebackType
+from typing import Any, Final, TypeVar
+
+from . import _monitor, _process
+from .errors import RepoError
+from .record import ErrorInfo, Origin, RunRecord, clip
+from .repo import Repo
+
+__all__ = ["Run", "current_run", "track", "watch"]
+
+T = TypeVar("T")
+
+_index = operator.index
+_second = operator.itemgetter(1)
+_active: list[Run] = []
+
+_NAME_MAX: Final = 200
+
+
+class Run:
+    """One monitored piece of work: a cell, a loop, a script or any part of one.
+
+    ``expect_next_in`` promises the next progress report within that many
+    seconds; a run that misses it by more than ``grace`` counts as stalled.
+    Also a context manager: leaving the ``with`` block normally finishes the
+    run, an exception fails it, KeyboardInterrupt marks it interrupted.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_abandoned",
+        "_abandoned_at",
+        "_beats",
+        "_ended_at",
+        "_error",
+        "_eta",
+        "_folded",
+        "_grace",
+        "_id",
+        "_last_mono",
+        "_last_wall",
+        "_last_write",
+        "_lock",
+        "_monitor",
+        "_name",
+        "_origin",
+        "_pid",
+        "_process_start",
+        "_repo",
+        "_seen",
+        "_started_at",
+        "_status",
+        "_step",
+        "_total",
+        "_track",
+        "_written",
+    )
+
+    def __init__(
+        self,
+        name: str | None = None,
+        repo: Repo | str | os.PathLike[str] | None = None,
+        expect_next_in: float | None = None,
+        grace: float | None = None,
+        total: int | None = None,
+    ) -> None:
+        self._eta = _duration("expect_next_in", expect_next_in, zero_ok=False)
+        self._grace = _duration("grace", grace, zero_ok=True)
+        self._total = _count("total", total)
+        self._origin = origin()
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a string, got {type(name).__name__}")
+        self._name = clip(name)[:_NAME_MAX] if name else default_name(self._origin)
+        self._repo = repo if isinstance(repo, Repo) else Repo(repo)
+        try:
+            self._repo.ensure()
+        except (OSError, RepoError) as e:
+            # The work goes on; the monitor retries the file every second and says why it fails.
+            _monitor.log.warning("nbmonitor: repo %s is not usable yet: %s", self._repo.path, e)
+        self._monitor = _monitor.get()
+        self._id = uuid.uuid4().hex
+        self._pid = os.getpid()
+        self._process_start = _own_start()
+        self._lock = threading.Lock()
+        self._beats = 0
+        self._folded = 0
+        self._step: int | None = None
+        self._track: _Track | None = None
+        self._seen = 0
+        self._started_at = self._last_wall = self._monitor.wall()
+        self._last_mono = self._monitor.mono()
+        self._status = "running"
+        self._ended_at: float | None = None
+        self._error: ErrorInfo | None = None
+        self._abandoned = False
+        self._abandoned_at: float | None = None
+        self._written: tuple[Any, ...] | None = None
+        self._last_write = -math.inf
+        self._monitor.add(self)
+
+    # -- what user code calls -------------------------------------------------
+
+    def report_progress(self, expect_next_in: float | None = None, step: int | None = None) -> None:
+        """Record progress; optionally promise the next report within ``expect_next_in`` seconds.
+
+        Memory only, no I/O and no clock read: safe in the tightest loop.
+        """
+        self._beats += 1
+        if expect_next_in is not None and expect_next_in != self._eta:
+            self._eta = _duration("expect_next_in", expect_next_in, zero_ok=False)
+        if step is not None:
+            self._step = _count("step", step)
+
+    def track(self, iterable: Iterable[T], total: int | None = None) -> Iterator[T]:
+        """Yield the items of ``iterable``, counting each one as progress of this run.
+
+        ``total`` defaults to ``len(iterable)`` when it has one. The run stays
+        open when the loop ends; ``nbmonitor.track()`` is the one that ends its run.
+        """
+        return self._start_track(iterable, total, owns=False)
+
+    def report_successful_finish(self) -> None:
+        """The run is done and succeeded."""
+        self._end("finished")
+
+    def report_failure(self, message: str | None = None) -> None:
+        """The run failed; ``message`` says why and is sent with the notification."""
+        self._end("failed", error=ErrorInfo("failure", clip(str(message or "reported failure"))))
+
+    def close(self) -> None:
+        """End the run; one that did not report failure counts as finished."""
+        self._end("finished")
+
+    def __enter__(self) -> Run:
+        _active.append(self)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self in _active:
+            _active.remove(self)
+        if exc is None:
+            self._end("finished")
+        elif isinstance(exc, KeyboardInterrupt):
+            self._end("interrupted")
+        else:
+            self._end("failed", exc)
+
+    # -- what anyone may read -------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """The run's id, also its file name in the repo."""
+        return self._id
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def repo(self) -> Repo:
+        return self._repo
+
+    @property
+    def status(self) -> str:
+        """What this process reports: running, finished, failed or interrupted."""
+        return self._status
+
+    @property
+    def step(self) -> int:
+        return self._counts()[1]
+
+    @property
+    def total(self) -> int | None:
+        return self._total
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds within which the next progress is promised (None: no promise)."""
+        return self._eta
+
+    def record(self) -> RunRecord:
+        """The run as its file would hold it now."""
+        with self._lock:
+            return self._record(self._monitor.wall(), *self._counts())
+
+    def __repr__(self) -> str:
+        step, total = self.step, self._total
+        of = f"{step}/{total}" if total is not None else str(step)
+        return f"<nbmonitor.Run {self._name!r} {self._status} step {of} id={self._id[:8]}>"
+
+    # -- what the monitor thread calls ----------------------------------------
+
+    def _counts(self) -> tuple[int, int]:
+        """(progress reports so far, step to show)."""
+        track = self._track
+        done = track.completed() if track is not None else 0
+        progress = self._beats + self._folded + done
+        if self._step is not None:
+            return progress, self._step
+        return progress, done if track is not None else progress
+
+    def _tick(self, now_wall: float, now_mono: float, force: bool = False) -> bool:
+        """Stamp new progress and write the file if it changed and is due. True once the
+        run has ended and its final state is on disk."""
+        with self._lock:
+            progress, step = self._counts()
+            if progress != self._seen:
+                self._seen, self._last_wall, self._last_mono = progress, now_wall, now_mono
+            if self._abandoned and self._status == "running":
+                if self._abandoned_at is None:
+                    self._abandoned_at = now_mono
+                elif now_mono - self._abandoned_at >= self._monitor.SETTLE_AFTER:
+                    self._set_end("finished", None, now_wall)
+            state = (self._status, progress, step, self._total, self._eta, self._name)
+            final = self._status != "running"
+            if state == self._written:
+                return final
+            if not (final or force) and now_mono - self._last_write < self._monitor.WRITE_EVERY:
+                return False
+            self._last_write = now_mono
+            try:
+                self._repo.write_run(self._record(now_wall, progress, step))
+            except OSError as e:
+                _warn_write(self, e)
+                return False
+            self._written = state
+            return final
+
+    def _record(self, now_wall: float, progress: int, step: int) -> RunRecord:
+        return RunRecord(
+            id=self._id,
+            name=self._name,
+            origin=self._origin,
+            host=_process.host(),
+            pid=self._pid,
+            process_start=self._process_start,
+            boot_id=_process.boot_id(),
+            started_at=self._started_at,
+            status=self._status,
+            eta=self._eta,
+            grace=self._grace,
+            step=step,
+            total=self._total,
+            progress=progress,
+            last_progress_at=self._last_wall,
+            last_progress_mono=self._last_mono,
+            ended_at=self._ended_at,
+            error=self._error,
+            updated_at=now_wall,
+        )
+
+    def _set_end(self, status: str, error: ErrorInfo | None, now_wall: float) -> None:
+        self._status, self._error, self._ended_at = status, error, now_wall
+
+    def _end(self, status: str, exc: BaseException | None = None, error: ErrorInfo | None = None) -> None:
+        """End the run (once) and write its final state now, from the owning process only."""
+        if self._status != "running" or os.getpid() != self._pid:
+            return
+        with self._lock:
+            if self._status != "running":
+                return
+            if exc is not None and error is None:
+                error = _error_info(exc)
+            self._set_end(status, error, self._monitor.wall())
+        if self._tick(self._monitor.wall(), self._monitor.mono(), force=True):
+            self._monitor._runs.pop(self._id, None)
+
+    def _start_track(self, iterable: Iterable[T], total: int | None, owns: bool) -> Iterator[T]:
+        if total is None:
+            try:
+                total = len(iterable)  # type: ignore[arg-type]  # any sized iterable will do
+            except TypeError:
+                total = None
+        track = _Track(enumerate(iterable))
+        with self._lock:
+            if self._track is not None:
+                self._folded += self._track.completed()
+            self._track, self._step = track, None
+            self._total = _count("total", total)
+        # A C-level pipeline: enumerate counts, map unpacks, chain calls the end marker
+        # after the last item. No Python code runs per item.
+        return chain(map(_second, track.items), _TrackEnd(self, track, owns))
+
+    def _abandon(self) -> None:
+        self._abandoned = True
+
+
+class _Track:
+    """One loop over an iterable, counted by the enumerate object that feeds it."""
+
+    __slots__ = ("exhausted", "items")
+
+    def __init__(self, items: enumerate[Any]) -> None:
+        self.items = items
+        self.exhausted = False
+
+    def completed(self) -> int:
+        """Items finished so far: the one being worked on does not count until the next is asked for."""
+        # enumerate's pickle state is (iterator, index of the next item); reading it costs no per-item work.
+        fetched: int = self.items.__reduce__()[1][1]  # type: ignore[index]  # typeshed: str | tuple
+        return fetched if self.exhausted else max(fetched - 1, 0)
+
+
+class _TrackEnd:
+    """Last in the chain: reached when the loop is exhausted, dropped when it is left early."""
+
+    __slots__ = ("_done", "_owns", "_run", "_track")
+
+    def __init__(self, run: Run, track: _Track, owns: bool) -> None:
+        self._run, self._track, self._owns, self._done = run, track, owns, False
+
+    def __iter__(self) -> _TrackEnd:
+        return self
+
+    def __next__(self) -> Any:
+        if not self._done:
+            self._done = True
+            self._track.exhausted = True
+            if self._owns:
+                self._run.close()
+        raise StopIteration
+
+    def __del__(self) -> None:
+        # Left by break, return or an exception. Which of these is known only later
+        # (an uncaught exception reaches the excepthook first), so the monitor settles it.
+        if not self._done and self._owns:
+            self._run._abandon()
+
+
+def watch(
+    eta: float | None = None,
+    name: str | None = None,
+    total: int | None = None,
+    grace: float | None = None,
+    repo: Repo | str | os.PathLike[str] | None = None,
+) -> Run:
+    """A run for a ``with`` block: ``with nbmonitor.watch(eta=30) as run: ...``.
+
+    Leaving the block normally finishes it, an exception fails it (type and
+    message recorded), KeyboardInterrupt marks it interrupted.
+    """
+    return Run(name=name, repo=repo, expect_next_in=eta, grace=grace, total=total)
+
+
+def track(
+    iterable: Iterable[T],
+    eta: float | None = None,
+    name: str | None = None,
+    total: int | None = None,
+    grace: float | None = None,
+    repo: Repo | str | os.PathLike[str] | None = None,
+) -> Iterator[T]:
+    """Yield the items of ``iterable``, each one counted as progress, like ``tqdm(iterable)``.
+
+    Inside a ``watch()`` block (or a ``%%watch`` cell) the items count for that
+    run. Elsewhere the loop is a run of its own that finishes when the loop
+    does; ``eta`` is the most seconds one item may take.
+    """
+    outer = current_run()
+    if outer is not None and name is None and repo is None:
+        if eta is not None:
+            outer.report_progress(expect_next_in=eta)
+        return outer.track(iterable, total=total)
+    run = Run(name=name, repo=repo, expect_next_in=eta, grace=grace, total=total)
+    return run._start_track(iterable, total, owns=True)
+
+
+def current_run() -> Run | None:
+    """The innermost run of an open ``watch()`` block, if any."""
+    return _active[-1] if _active else None
+
+
+def origin() -> Origin:
+    """Where this process's runs come from: a notebook, a script, or an interactive session."""
+    if "ipykernel" in sys.modules:
+        return Origin("notebook", path=os.environ.get("JPY_SESSION_NAME") or None)
+    argv = sys.argv
+    if argv and argv[0]:
+        path = argv[0] if argv[0] in ("-c", "-m") else os.path.abspath(argv[0])
+        return Origin("script", path=path, argv=tuple(argv[1:]))
+    return Origin("interactive")
+
+
+def default_name(where: Origin) -> str:
+    """A run's name when none is given: the notebook's or script's file name."""
+    if where.path and where.path not in ("-c", "-m"):
+        return where.path.replace("\\", "/").rsplit("/", 1)[-1]
+    if where.kind == "script" and where.argv and where.path == "-m":
+        return where.argv[0]
+    return "run"
+
+
+_start_cache: dict[int, float | None] = {}
+
+
+def _own_start() -> float | None:
+    pid = os.getpid()
+    if pid not in _start_cache:
+        _start_cache[pid] = _process.process_start(pid)
+    return _start_cache[pid]
+
+
+def _duration(what: str, value: object, zero_ok: bool) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{what} must be a number of seconds, got {value!r}")
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero_ok):
+        bound = ">= 0" if zero_ok else "> 0"
+        raise ValueError(f"{what} must be a finite number of seconds {bound}, got {value!r}")
+    return seconds
+
+
+def _count(what: str, value: object) -> int | None:
+    if value is None:
+        return None
+    try:
+        count = _index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be a whole number, got {value!r}") from None
+    if count < 0:
+        raise ValueError(f"{what} must be >= 0, got {count}")
+    return count
+
+
+def _error_info(exc: BaseException) -> ErrorInfo:
+    where = None
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
+    if frames:
+        last = frames[-1]
+        where = f"{last.filename}:{last.lineno} in {last.name}"
+    return ErrorInfo(type(exc).__name__, clip(str(exc)), where)
+
+
+_warned: set[str] = set()
+
+
+def _warn_write(run: Run, error: OSError) -> None:
+    # Once per run and cause: the loop keeps going, the file is retried every second.
+    key = f"{run.id}:{error.errno}"
+    if key not in _warned:
+        _warned.add(key)
+        _monitor.log.warning(
+            "nbmonitor: cannot write the file of run %r in %s (%s); retrying every second",
+            run.name,
+            run.repo.path,
+            error.strerror or error,
+        )

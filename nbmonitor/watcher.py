@@ -1,0 +1,260 @@
+"""The watcher: polls a repo, applies the rules to every run, claims and reports events.
+
+``Watcher.poll()`` is one pass with injected clocks, so tests drive it
+directly; ``serve()`` is the ``nbmonitor-watcher start`` loop around it, with
+the one-watcher-per-repo lock and the ``watcher.json`` status file.
+
+Clocks: a run from this host and boot is timed with the shared monotonic
+clock (immune to wall-clock jumps, and a restart pushes no deadline back).
+A run from another host is timed from when this watcher first saw its
+progress counter change, since that host's clock cannot be trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import _process, rules
+from .errors import CorruptRecordError, WatcherError
+from .events import Event, describe
+from .record import RunRecord
+from .repo import Repo, Scanner, write_atomic
+from .rules import State
+
+__all__ = ["Observation", "Watcher", "serve", "watcher_info"]
+
+log = logging.getLogger("nbmonitor.watcher")
+event_log = logging.getLogger("nbmonitor.events")
+
+Clock = Callable[[], float]
+AliveCheck = Callable[[int, float | None], bool]
+
+
+def log_event(event: Event) -> None:
+    """The built-in logger notifier: one line per event on the watcher's output and log."""
+    event_log.info(describe(event))
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """A run as a watcher sees it at one moment."""
+
+    run: RunRecord
+    state: State
+    since_progress: float
+
+
+@dataclass(slots=True)
+class _Seen:
+    progress: int
+    first_seen: float  # local monotonic time this progress count was first seen
+    claimed: set[str] | None = None
+    done: bool = False
+
+
+class Watcher:
+    """Applies the rules to every run of a repo, one ``poll()`` at a time."""
+
+    def __init__(
+        self,
+        repo: Repo,
+        *,
+        grace: float | None = None,
+        emit: Callable[[Event], None] = log_event,
+        wall: Clock = time.time,
+        mono: Clock = time.monotonic,
+        alive: AliveCheck = _process.is_alive,
+        host: str | None = None,
+        boot_id: str | None = None,
+        role: str = "watcher",
+    ) -> None:
+        self.repo = repo
+        self.grace = grace
+        self.emit = emit
+        self.wall, self.mono, self.alive = wall, mono, alive
+        self.host = host if host is not None else _process.host()
+        self.boot_id = boot_id if host is not None else _process.boot_id()
+        self.seen_by = f"{role} {os.getpid()}@{self.host}"
+        self._scanner = Scanner(repo)
+        self._seen: dict[str, _Seen] = {}
+
+    def poll(self) -> list[Event]:
+        """Look at every run once; claim and emit the events that are due. Returns those this
+        watcher won (another watcher or kernel may have claimed the rest)."""
+        now_wall, now_mono = self.wall(), self.mono()
+        won: list[Event] = []
+        alive: dict[tuple[int, float | None], bool] = {}
+        present: dict[str, _Seen] = {}
+        for run in self._scanner.scan():
+            seen = self._seen.get(run.id)
+            if seen is None:
+                seen = _Seen(run.progress, now_mono)
+            elif run.progress != seen.progress:
+                seen.progress, seen.first_seen, seen.claimed = run.progress, now_mono, None
+            present[run.id] = seen
+            if seen.done:
+                continue
+            obs = self._observe(run, seen, now_wall, now_mono, alive)
+            if obs.state is State.CRASHED:
+                obs = self._recheck(obs, seen, now_wall, now_mono, alive)
+            won.extend(self._claim_due(obs, seen, now_wall))
+        self._seen = present
+        return won
+
+    def observe(self) -> list[Observation]:
+        """Every run's state now, newest first, without claiming anything (for ``status``)."""
+        now_wall, now_mono = self.wall(), self.mono()
+        alive: dict[tuple[int, float | None], bool] = {}
+        found = []
+        for run in self._scanner.scan():
+            # A one-off look has no history for runs of other hosts: use their wall clock.
+            seen = _Seen(run.progress, now_mono - max(0.0, now_wall - run.last_progress_at))
+            found.append(self._observe(run, seen, now_wall, now_mono, alive))
+        return sorted(found, key=lambda o: o.run.started_at, reverse=True)
+
+    def _observe(
+        self,
+        run: RunRecord,
+        seen: _Seen,
+        now_wall: float,
+        now_mono: float,
+        alive: dict[tuple[int, float | None], bool],
+    ) -> Observation:
+        if run.host != self.host:
+            since = now_mono - seen.first_seen
+            is_alive: bool | None = None
+        else:
+            if run.boot_id is not None and run.boot_id == self.boot_id:
+                since = now_mono - run.last_progress_mono
+            else:
+                since = now_wall - run.last_progress_at
+            is_alive = True
+            if not run.ended:
+                key = (run.pid, run.process_start)
+                if key not in alive:
+                    alive[key] = self.alive(run.pid, run.process_start)
+                is_alive = alive[key]
+        grace = rules.grace_for(run.eta, run.grace, self.grace) if run.eta is not None else 0.0
+        current = rules.state(run.status, alive=is_alive, since_progress=since, eta=run.eta, grace=grace)
+        return Observation(run, current, max(since, 0.0))
+
+    def _recheck(
+        self,
+        obs: Observation,
+        seen: _Seen,
+        now_wall: float,
+        now_mono: float,
+        alive: dict[tuple[int, float | None], bool],
+    ) -> Observation:
+        # The process may have written its end just before exiting, after our scan:
+        # read the file once more before calling it a crash.
+        try:
+            fresh = self.repo.read_run(obs.run.id)
+        except (OSError, CorruptRecordError):
+            return obs
+        return self._observe(fresh, seen, now_wall, now_mono, alive) if fresh.ended else obs
+
+    def _claim_due(self, obs: Observation, seen: _Seen, now_wall: float) -> list[Event]:
+        run = obs.run
+        if seen.claimed is None:
+            seen.claimed = self.repo.claims(run.id)
+        won = []
+        for due in rules.due_events(obs.state, run.progress, seen.claimed):
+            grace = None
+            if due.event == "stalled" and run.eta is not None:
+                grace = rules.grace_for(run.eta, run.grace, self.grace)
+            event = Event(due.event, due.key, run, now_wall, obs.since_progress, grace, self.seen_by)
+            try:
+                claimed = self.repo.claim(run.id, due.key, event.to_dict())
+            except OSError as e:
+                log.warning("cannot record event %s of run %s: %s", due.key, run.id, e)
+                return won
+            seen.claimed.add(due.key)
+            if claimed:
+                won.append(event)
+                self.emit(event)
+        if obs.state in rules.TERMINAL and rules.END_KEY in seen.claimed:
+            seen.done = True
+        return won
+
+
+def watcher_info(repo: Repo) -> dict[str, Any] | None:
+    """The running watcher of ``repo`` (pid, host, started_at, ...), or None if none runs."""
+    try:
+        info = _read_json(repo.watcher_file)
+    except (OSError, ValueError):
+        return None
+    pid, start = info.get("pid"), info.get("process_start")
+    if not isinstance(pid, int) or info.get("host") != _process.host():
+        return None
+    if not _process.is_alive(pid, start if isinstance(start, float) else None):
+        return None
+    return info
+
+
+def serve(
+    repo: Repo,
+    *,
+    interval: float = 1.0,
+    grace: float | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Watch ``repo`` until ``stop`` is set. Only one watcher per repo: a second raises WatcherError."""
+    from filelock import FileLock, Timeout
+
+    repo.ensure()
+    lock = FileLock(str(repo.lock_file))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        running = watcher_info(repo)
+        who = f" (pid {running['pid']} on {running['host']})" if running else ""
+        raise WatcherError(
+            f"a watcher is already running for {repo.path}{who}; stop it with 'nbmonitor-watcher stop' first"
+        ) from None
+    stop = stop or threading.Event()
+    try:
+        write_atomic(
+            repo.watcher_file,
+            {
+                "pid": os.getpid(),
+                "host": _process.host(),
+                "process_start": _process.process_start(),
+                "started_at": time.time(),
+                "interval": interval,
+                "grace": grace,
+                "repo": str(repo.path),
+            },
+        )
+        watcher = Watcher(repo, grace=grace)
+        log.info("nbmonitor-watcher (pid %d) watching %s every %g s", os.getpid(), repo.path, interval)
+        next_poll = time.monotonic()
+        while not stop.is_set():
+            try:
+                watcher.poll()
+            except Exception:  # a bad poll must not end the watcher; the next one retries
+                log.exception("poll failed")
+            next_poll = max(next_poll + interval, time.monotonic())
+            stop.wait(next_poll - time.monotonic())
+        log.info("nbmonitor-watcher (pid %d) stopped", os.getpid())
+    finally:
+        with contextlib.suppress(OSError):
+            repo.watcher_file.unlink()
+        lock.release()
+
+
+def _read_json(path: os.PathLike[str]) -> dict[str, Any]:
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return data
