@@ -115,8 +115,10 @@ def _install_hooks() -> None:
 
     def excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
         if _monitor is not None:
-            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            _monitor.end_all(status, exc)
+            if isinstance(exc, KeyboardInterrupt):
+                _monitor.end_all("interrupted")
+            else:
+                _monitor.end_all("failed", exc)
         previous(kind, exc, tb)
 
     sys.excepthook = excepthook

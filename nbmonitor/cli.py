@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import TextIO
 
 from . import __version__, _format, _process
 from .errors import NbmonitorError
@@ -95,6 +96,7 @@ def _seconds(low: float, high: float) -> type[float]:
 
 
 def _start(repo: Repo, args: argparse.Namespace) -> int:
+    repo.ensure()
     running = watcher_info(repo)
     if running is not None:
         print(
@@ -114,7 +116,6 @@ def _start(repo: Repo, args: argparse.Namespace) -> int:
 
 
 def _start_detached(repo: Repo, args: argparse.Namespace) -> int:
-    repo.ensure()
     command = [sys.executable, "-m", "nbmonitor", "--repo", str(repo.path), "start"]
     command += ["--interval", repr(args.interval)]
     if args.grace is not None:
@@ -207,8 +208,8 @@ class _EventFormatter(logging.Formatter):
         return f"{record.asctime} {level}{record.message}"
 
 
-def _log_to(stream: object) -> None:
-    handler = logging.StreamHandler(stream)  # type: ignore[arg-type]  # any text stream
+def _log_to(stream: TextIO) -> None:
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(_EventFormatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     root = logging.getLogger("nbmonitor")
     root.addHandler(handler)

@@ -318,7 +318,9 @@ class _Track:
     def completed(self) -> int:
         """Items finished so far: the one being worked on does not count until the next is asked for."""
         # enumerate's pickle state is (iterator, index of the next item); reading it costs no per-item work.
-        fetched: int = self.items.__reduce__()[1][1]  # type: ignore[index]  # typeshed: str | tuple
+        state = self.items.__reduce__()
+        assert isinstance(state, tuple)  # typeshed allows a str; enumerate returns a tuple
+        fetched: int = state[1][1]
         return fetched if self.exhausted else max(fetched - 1, 0)
 
 
@@ -433,7 +435,7 @@ def _duration(what: str, value: object, zero_ok: bool) -> float | None:
     return seconds
 
 
-def _count(what: str, value: object) -> int | None:
+def _count(what: str, value: Any) -> int | None:
     if value is None:
         return None
     try:

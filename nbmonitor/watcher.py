@@ -165,7 +165,7 @@ class Watcher:
         run = obs.run
         if seen.claimed is None:
             seen.claimed = self.repo.claims(run.id)
-        won = []
+        won: list[Event] = []
         for due in rules.due_events(obs.state, run.progress, seen.claimed):
             grace = None
             if due.event == "stalled" and run.eta is not None:

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nbmonitor import _monitor
+from nbmonitor.repo import Repo
+
+from .helpers import FakeClock
+
+
+@pytest.fixture(autouse=True)
+def _own_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test touches ~/.nbmonitor."""
+    monkeypatch.setenv("NBMONITOR_REPO", str(tmp_path / "default-repo"))
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repo:
+    return Repo(tmp_path / "repo")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def monitor(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> _monitor.Monitor:
+    """This process's monitor, without its thread: tests call tick() themselves."""
+    manual = _monitor.Monitor(wall=clock.wall, mono=clock.mono, thread=False)
+    monkeypatch.setattr(_monitor, "_monitor", manual)
+    return manual

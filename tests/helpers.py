@@ -1,0 +1,124 @@
+"""Test helpers: an injectable clock, and subprocesses whose output is read with deadlines."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class FakeClock:
+    """Wall and monotonic clocks that move only when told to."""
+
+    def __init__(self, wall: float = 1_800_000_000.0, mono: float = 1000.0) -> None:
+        self._wall, self._mono = wall, mono
+
+    def wall(self) -> float:
+        return self._wall
+
+    def mono(self) -> float:
+        return self._mono
+
+    def advance(self, seconds: float) -> None:
+        self._wall += seconds
+        self._mono += seconds
+
+    def jump_wall(self, seconds: float) -> None:
+        """Move the wall clock only, as an NTP step or a user's date change does."""
+        self._wall += seconds
+
+
+def wait_until(check: Callable[[], T | None], timeout: float, what: str, every: float = 0.02) -> T:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+def child_env(repo: Path) -> dict[str, str]:
+    env = dict(os.environ, NBMONITOR_REPO=str(repo), PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+class Proc:
+    """A real subprocess whose combined output is collected line by line as it comes."""
+
+    def __init__(self, args: Sequence[str], repo: Path, cwd: Path | None = None) -> None:
+        self.popen = subprocess.Popen(
+            list(args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=child_env(repo),
+            cwd=cwd,
+            text=True,
+        )
+        self.lines: list[tuple[float, str]] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    @classmethod
+    def python(cls, script: Path | str, *args: str, repo: Path) -> Proc:
+        return cls([sys.executable, str(script), *args], repo)
+
+    @classmethod
+    def watcher(cls, repo: Path, *args: str) -> Proc:
+        return cls([sys.executable, "-m", "nbmonitor", "--repo", str(repo), "start", *args], repo)
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            with self._changed:
+                self.lines.append((time.monotonic(), line.rstrip("\n")))
+                self._changed.notify_all()
+
+    @property
+    def text(self) -> str:
+        return "\n".join(line for _, line in self.lines)
+
+    def matching(self, *parts: str) -> list[str]:
+        return [line for _, line in self.lines if all(p in line for p in parts)]
+
+    def wait_for(self, *parts: str, timeout: float = 10.0) -> float:
+        """Wait for an output line containing every part; returns when (monotonic) it came."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for at, line in self.lines:
+                    if all(p in line for p in parts):
+                        return at
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no line with {parts} within {timeout} s; output:\n{self.text}")
+                self._changed.wait(left)
+
+    def wait_exit(self, timeout: float = 10.0) -> int:
+        rc = self.popen.wait(timeout)
+        self._reader.join(timeout)
+        return rc
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        self._reader.join(5)

@@ -1,0 +1,157 @@
+"""nbmonitor-watcher's commands, run as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nbmonitor import cli
+from nbmonitor.repo import Repo
+from nbmonitor.watcher import watcher_info
+
+from .helpers import child_env, wait_until
+from .test_record import sample
+
+
+def nbw(repo: Repo, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nbmonitor", "--repo", str(repo.path), *args],
+        env=child_env(repo.path),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def detached(repo: Repo) -> Iterator[Repo]:
+    yield repo
+    nbw(repo, "stop")
+
+
+def test_detach_starts_a_background_watcher_that_status_and_stop_see(detached: Repo) -> None:
+    repo = detached
+    started = nbw(repo, "start", "--detach", "--interval", "0.2")
+    assert started.returncode == 0, started.stderr
+    info = watcher_info(repo)
+    assert info is not None
+    assert f"started (pid {info['pid']})" in started.stdout
+    status = nbw(repo, "status")
+    assert f"watcher: running, pid {info['pid']}" in status.stdout
+    again = nbw(repo, "start", "--detach")
+    assert again.returncode == 1
+    assert f"already running for {repo.path} (pid {info['pid']})" in again.stderr
+    stopped = nbw(repo, "stop")
+    assert stopped.returncode == 0
+    assert f"stopped the watcher (pid {info['pid']})" in stopped.stdout
+    assert watcher_info(repo) is None
+    assert not repo.watcher_file.exists()
+    log = repo.log_file.read_text()
+    assert "watching" in log
+    assert "stopped" in log
+
+
+def test_sigterm_stops_a_foreground_watcher_cleanly(repo: Repo) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nbmonitor", "--repo", str(repo.path), "start"],
+        env=child_env(repo.path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until(lambda: watcher_info(repo), 15, "the watcher to start")
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    assert "stopped" in out
+    assert not repo.watcher_file.exists()
+
+
+def test_stop_without_a_watcher_says_so(repo: Repo) -> None:
+    done = nbw(repo, "stop")
+    assert (done.returncode, done.stdout.strip()) == (0, f"no watcher is running for {repo.path}")
+
+
+def test_status_lists_runs_with_their_state(repo: Repo) -> None:
+    import time
+
+    now = time.time()
+    repo.write_run(
+        sample(
+            id="a" * 32,
+            name="stuck",
+            pid=os.getpid(),
+            process_start=None,
+            boot_id=None,
+            host=os.uname().nodename,
+            eta=1.0,
+            step=40,
+            total=100,
+            last_progress_at=now - 600,
+            started_at=now - 700,
+        )
+    )
+    repo.write_run(sample(id="b" * 32, name="done", status="finished", ended_at=now, started_at=now - 5))
+    done = nbw(repo, "status")
+    assert done.returncode == 0
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("watcher: not running")
+    assert lines[1].split() == ["NAME", "ORIGIN", "STATUS", "STEP", "SINCE", "PROGRESS", "ID"]
+    stuck = next(line for line in lines if line.startswith("stuck"))
+    assert "stalled" in stuck
+    assert "40/100" in stuck
+    assert "10 min" in stuck
+    assert any(line.startswith("done") and "finished" in line for line in lines)
+
+
+def test_status_of_an_empty_repo(repo: Repo) -> None:
+    assert "no runs yet" in nbw(repo, "status").stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["start", "--interval", "0"], "--interval: must be between 0.05 and 3600 seconds, got 0"),
+        (["start", "--interval", "nan"], "--interval: must be between"),
+        (["start", "--interval", "soon"], "--interval: expected a number of seconds, got 'soon'"),
+        (["start", "--grace", "-1"], "--grace: must be between 0 and 86400 seconds, got -1"),
+        (["start", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+        (["launch"], "invalid choice: 'launch'"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message_naming_them(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_repo_that_is_a_file_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "f").write_text("")
+    assert cli.main(["--repo", str(tmp_path / "f"), "start"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == f"nbmonitor-watcher: error: {tmp_path / 'f'} is not a directory; pass another repo= or --repo"
+    )
+
+
+def test_the_console_script_and_python_m_are_the_same_program(repo: Repo) -> None:
+    script = Path(sys.executable).with_name("nbmonitor-watcher")
+    if not script.exists():
+        pytest.skip("nbmonitor is not installed with its console script in this environment")
+    by_script = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True)
+    by_module = nbw(repo, "--version")
+    assert by_script.stdout == by_module.stdout == "nbmonitor-watcher 0.1.0\n"

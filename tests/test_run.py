@@ -1,0 +1,324 @@
+"""Runs in this process: what they report, when their file is written, how they end."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import nbmonitor
+from nbmonitor import _monitor
+from nbmonitor.record import RunRecord
+from nbmonitor.repo import Repo
+
+from .helpers import FakeClock, child_env
+
+
+class CountingRepo(Repo):
+    """A real repo that counts its run-file writes."""
+
+    writes = 0
+
+    def write_run(self, record: RunRecord) -> None:
+        self.writes += 1
+        super().write_run(record)
+
+
+@pytest.fixture
+def counting(tmp_path: Path) -> CountingRepo:
+    return CountingRepo(tmp_path / "counted")
+
+
+def on_disk(run: nbmonitor.Run) -> RunRecord:
+    return run.repo.read_run(run.id)
+
+
+def test_report_progress_touches_memory_only(
+    monitor: _monitor.Monitor, counting: CountingRepo, clock: FakeClock
+) -> None:
+    run = nbmonitor.Run(name="hot", repo=counting, expect_next_in=3)
+    monitor.tick()
+    assert counting.writes == 1
+    before = counting.run_path(run.id).stat().st_mtime_ns
+    for i in range(100_000):
+        run.report_progress(expect_next_in=3, step=i)
+    assert counting.writes == 1
+    assert counting.run_path(run.id).stat().st_mtime_ns == before
+    clock.advance(1.0)
+    monitor.tick()
+    assert counting.writes == 2
+    assert on_disk(run).step == 99_999
+    assert on_disk(run).progress == 100_000
+
+
+def test_a_busy_run_is_written_at_most_once_a_second(
+    monitor: _monitor.Monitor, counting: CountingRepo, clock: FakeClock
+) -> None:
+    run = nbmonitor.Run(repo=counting)
+    for _ in range(100):  # ten seconds of ticks, progress before each
+        run.report_progress()
+        monitor.tick()
+        clock.advance(monitor.TICK)
+    assert 10 <= counting.writes <= 11
+
+
+def test_an_idle_run_is_not_rewritten(
+    monitor: _monitor.Monitor, counting: CountingRepo, clock: FakeClock
+) -> None:
+    nbmonitor.Run(repo=counting)
+    for _ in range(50):
+        monitor.tick()
+        clock.advance(1.0)
+    assert counting.writes == 1
+
+
+def test_progress_is_stamped_at_the_tick_that_sees_it(
+    monitor: _monitor.Monitor, repo: Repo, clock: FakeClock
+) -> None:
+    run = nbmonitor.Run(repo=repo)
+    monitor.tick()
+    started = on_disk(run)
+    assert started.last_progress_mono == clock.mono()
+    clock.advance(5.0)
+    run.report_progress()
+    monitor.tick()
+    moved = on_disk(run)
+    assert (moved.last_progress_mono, moved.last_progress_at) == (clock.mono(), clock.wall())
+    assert moved.progress == 1
+
+
+def test_a_run_records_who_and_where(monitor: _monitor.Monitor, repo: Repo) -> None:
+    run = nbmonitor.Run(name="train", repo=repo, expect_next_in=3, grace=4, total=10)
+    monitor.tick()
+    record = on_disk(run)
+    assert (record.name, record.eta, record.grace, record.total) == ("train", 3.0, 4.0, 10)
+    assert record.pid == os.getpid()
+    assert record.process_start is not None
+    assert record.origin.kind == "script"
+    assert record.status == "running"
+
+
+def test_watch_finishes_on_normal_exit(monitor: _monitor.Monitor, repo: Repo) -> None:
+    with nbmonitor.watch(eta=3, name="ok", repo=repo) as run:
+        run.report_progress()
+    record = on_disk(run)
+    assert (record.status, record.error) == ("finished", None)
+    assert record.ended_at is not None
+
+
+def test_watch_fails_on_an_exception_and_lets_it_through(monitor: _monitor.Monitor, repo: Repo) -> None:
+    with pytest.raises(ZeroDivisionError), nbmonitor.watch(repo=repo) as run:
+        1 / 0  # noqa: B018  # the failure under test
+    record = on_disk(run)
+    assert record.status == "failed"
+    assert record.error is not None
+    assert (record.error.type, record.error.message) == ("ZeroDivisionError", "division by zero")
+    assert record.error.where is not None
+    assert "test_run.py" in record.error.where
+
+
+def test_watch_marks_keyboard_interrupt_as_interrupted(monitor: _monitor.Monitor, repo: Repo) -> None:
+    with pytest.raises(KeyboardInterrupt), nbmonitor.watch(repo=repo) as run:
+        raise KeyboardInterrupt
+    assert on_disk(run).status == "interrupted"
+
+
+def test_explicit_ends_are_kept_and_a_second_end_changes_nothing(
+    monitor: _monitor.Monitor, repo: Repo
+) -> None:
+    run = nbmonitor.Run(repo=repo)
+    run.report_failure("loss is NaN")
+    run.report_successful_finish()
+    run.close()
+    record = on_disk(run)
+    assert record.status == "failed"
+    assert record.error is not None
+    assert record.error.message == "loss is NaN"
+    assert monitor.runs() == []
+
+
+def test_track_yields_every_item_and_finishes_its_run(monitor: _monitor.Monitor, repo: Repo) -> None:
+    items = ["a", "b", "c"]
+    assert list(nbmonitor.track(items, name="loop", repo=repo)) == items
+    (record,) = repo.runs()
+    assert (record.status, record.step, record.total, record.progress) == ("finished", 3, 3, 3)
+
+
+def test_track_takes_total_from_len_or_leaves_it_unknown(monitor: _monitor.Monitor, repo: Repo) -> None:
+    def gen() -> Iterator[int]:
+        yield from range(4)
+
+    list(nbmonitor.track(range(7), name="sized", repo=repo))
+    list(nbmonitor.track(gen(), name="gen", repo=repo))
+    list(nbmonitor.track(gen(), name="given", total=4, repo=repo))
+    by_name = {r.name: r for r in repo.runs()}
+    assert (by_name["sized"].total, by_name["gen"].total, by_name["given"].total) == (7, None, 4)
+    assert by_name["gen"].step == 4
+
+
+def test_track_counts_an_item_once_its_work_is_done(
+    monitor: _monitor.Monitor, repo: Repo, clock: FakeClock
+) -> None:
+    steps = []
+    for _ in nbmonitor.track(range(3), name="counting", repo=repo):
+        clock.advance(2.0)
+        monitor.tick()
+        (record,) = repo.runs()
+        steps.append(record.step)
+    assert steps == [0, 1, 2]
+    assert repo.runs()[0].step == 3
+
+
+def test_track_inside_watch_counts_for_that_run_and_leaves_it_open(
+    monitor: _monitor.Monitor, repo: Repo, clock: FakeClock
+) -> None:
+    with nbmonitor.watch(eta=5, name="epochs", repo=repo) as run:
+        for _epoch in range(2):
+            for _ in nbmonitor.track(range(10)):
+                pass
+            assert run.status == "running"
+            assert (run.step, run.total) == (10, 10)
+        assert nbmonitor.current_run() is run
+    assert nbmonitor.current_run() is None
+    (record,) = repo.runs()
+    assert (record.status, record.progress) == ("finished", 20)
+
+
+def test_a_loop_left_early_finishes_once_no_exception_claims_it(
+    monitor: _monitor.Monitor, repo: Repo, clock: FakeClock
+) -> None:
+    for i in nbmonitor.track(range(100), name="early", repo=repo):
+        if i == 4:
+            break
+    monitor.tick()
+    assert repo.runs()[0].status == "running"
+    clock.advance(monitor.SETTLE_AFTER)
+    monitor.tick()
+    record = repo.runs()[0]
+    assert (record.status, record.step, record.total) == ("finished", 4, 100)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"expect_next_in": -1}, ValueError, "expect_next_in must be a finite number of seconds > 0"),
+        ({"expect_next_in": 0}, ValueError, "expect_next_in must be"),
+        ({"expect_next_in": float("nan")}, ValueError, "got nan"),
+        ({"expect_next_in": float("inf")}, ValueError, "got inf"),
+        ({"expect_next_in": "3"}, TypeError, "expect_next_in must be a number of seconds, got '3'"),
+        ({"expect_next_in": True}, TypeError, "expect_next_in must be a number"),
+        ({"grace": -0.5}, ValueError, "grace must be a finite number of seconds >= 0"),
+        ({"total": -1}, ValueError, "total must be >= 0"),
+        ({"total": 2.5}, TypeError, "total must be a whole number"),
+        ({"name": 3}, TypeError, "name must be a string"),
+    ],
+)
+def test_bad_arguments_get_a_specific_error(
+    monitor: _monitor.Monitor, repo: Repo, kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        nbmonitor.Run(repo=repo, **kwargs)
+    assert monitor.runs() == []
+
+
+def test_bad_progress_reports_are_refused_and_the_run_goes_on(monitor: _monitor.Monitor, repo: Repo) -> None:
+    run = nbmonitor.Run(repo=repo, expect_next_in=2)
+    with pytest.raises(ValueError, match="expect_next_in"):
+        run.report_progress(expect_next_in=float("nan"))
+    with pytest.raises(ValueError, match="step must be >= 0"):
+        run.report_progress(step=-3)
+    with pytest.raises(TypeError, match="step must be a whole number"):
+        run.report_progress(step=1.5)  # type: ignore[arg-type]  # the bad input under test
+    assert run.eta == 2.0
+
+    class NumpyLikeInt:
+        def __index__(self) -> int:
+            return 12
+
+    run.report_progress(step=NumpyLikeInt())  # type: ignore[arg-type]  # what numpy ints look like
+    monitor.tick()
+    assert on_disk(run).step == 12
+
+
+def test_an_unusable_repo_never_stops_the_work_and_is_written_once_usable(
+    monitor: _monitor.Monitor, tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "blocked"
+    blocker.write_text("a file where the repo should be")
+    with caplog.at_level(logging.WARNING, "nbmonitor"):
+        run = nbmonitor.Run(name="patient", repo=blocker / "repo")
+        for _ in range(3):
+            run.report_progress()
+            monitor.tick()
+            clock.advance(1.0)
+    assert "patient" in caplog.text
+    assert str(blocker) in caplog.text
+    blocker.unlink()
+    clock.advance(1.0)
+    monitor.tick()
+    assert on_disk(run).progress == 3
+
+
+def test_a_forked_child_never_writes_its_parents_run(monitor: _monitor.Monitor, repo: Repo) -> None:
+    run = nbmonitor.Run(name="parent", repo=repo)
+    monitor.tick()
+    pid = os.fork()
+    if pid == 0:  # the child: try to end the parent's run, then leave without cleanup
+        try:
+            run.report_failure("from the child")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert on_disk(run).status == "running"
+
+
+SCRIPT = """
+import nbmonitor, sys
+run = nbmonitor.Run(name="script", expect_next_in=60)
+for _ in nbmonitor.track(range(3)):
+    run.report_progress()
+if sys.argv[1] == "raise":
+    raise RuntimeError("out of memory")
+if sys.argv[1] == "interrupt":
+    raise KeyboardInterrupt
+if sys.argv[1] == "exit":
+    sys.exit(0)
+"""
+
+
+@pytest.mark.parametrize(
+    ("how", "status", "error"),
+    [
+        ("return", "finished", None),
+        ("exit", "finished", None),
+        ("raise", "failed", "RuntimeError: out of memory"),
+        ("interrupt", "interrupted", None),
+    ],
+)
+def test_a_script_ends_its_runs_the_way_it_ends(
+    tmp_path: Path, how: str, status: str, error: str | None
+) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    repo = Repo(tmp_path / "scripts")
+    done = subprocess.run(
+        [sys.executable, str(script), how],
+        env=child_env(repo.path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode == 0) == (status == "finished"), done.stderr
+    by_name = {r.name: r for r in repo.runs()}
+    assert by_name["script"].status == status
+    assert (by_name["script"].error.summary() if by_name["script"].error else None) == error
+    assert by_name["script"].origin.describe() == f"train.py {how}"
+    assert by_name["train.py"].status == "finished"  # the track() loop ended before the script did
+    if how == "raise":
+        assert "RuntimeError: out of memory" in done.stderr  # the normal traceback still shows
