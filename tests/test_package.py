@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import nbmonitor
+from nbmonitor.repo import Repo
 
-from .helpers import ROOT
+from .helpers import ROOT, child_env
 
 HEAVY = ("IPython", "ipywidgets", "jupyter_server", "requests", "pynvml", "psutil", "filelock")
 
@@ -34,3 +36,23 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one() -> Non
     assert len(commands) == 2
     assert all("\n" not in c for c in commands)
     assert commands[1] in (ROOT / ".ci" / "run").read_text()
+
+
+def readme_examples() -> list[str]:
+    return re.findall(r"```python\n(.+?)\n```", (ROOT / "README.md").read_text(), flags=re.S)
+
+
+def test_every_readme_example_runs(tmp_path: Path) -> None:
+    examples = readme_examples()
+    assert len(examples) >= 4
+    env = child_env(tmp_path / "repo")
+    for example in examples:
+        done = subprocess.run([sys.executable, "-c", example], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, f"{example}\n{done.stderr}"
+    runs = {r.name: r for r in Repo(tmp_path / "repo").runs()}
+    assert runs["train"].status == "finished"
+    assert (runs["train"].step, runs["train"].total) == (3, 3)
+    assert (runs["eval"].status, runs["eval"].step) == ("finished", 1000)
+    assert (runs["fit"].status, runs["fit"].progress) == ("finished", 1000)
+    assert runs["aim-style"].status == "finished"
+    assert runs["gives-up"].status == "failed"
