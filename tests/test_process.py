@@ -1,0 +1,57 @@
+"""Liveness of processes, checked against real ones."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+from nbmonitor import _process
+
+from .helpers import wait_until
+
+
+def sleeper() -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+def test_a_running_process_with_its_start_time_is_alive() -> None:
+    proc = sleeper()
+    try:
+        assert _process.is_alive(proc.pid, _process.process_start(proc.pid))
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_killed_but_unreaped_process_is_dead() -> None:
+    import psutil
+
+    proc = sleeper()
+    start = _process.process_start(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    try:
+        wait_until(lambda: psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE, 10, "a zombie")
+        assert psutil.pid_exists(proc.pid)  # what a naive check would believe
+        assert not _process.is_alive(proc.pid, start)
+    finally:
+        proc.wait()
+
+
+def test_a_reaped_process_is_dead() -> None:
+    proc = sleeper()
+    start = _process.process_start(proc.pid)
+    proc.kill()
+    proc.wait()
+    assert not _process.is_alive(proc.pid, start)
+
+
+def test_a_pid_used_by_another_process_is_not_the_run_s_process() -> None:
+    proc = sleeper()
+    try:
+        start = _process.process_start(proc.pid)
+        assert start is not None
+        assert not _process.is_alive(proc.pid, start - 3600)
+    finally:
+        proc.kill()
+        proc.wait()
