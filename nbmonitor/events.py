@@ -1,4 +1,4 @@
-"""Events: what happened to a run (stalled, recovered, crashed, ...), and its default text.
+"""Events: what happened to a run (stalled, recovered, crashed, ...).
 
 An event is claimed once in the repo (see Repo.claim) and the claim file
 holds ``Event.to_dict()``, so whoever delivers it later has all it needs.
@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import _format
 from .record import RunRecord
 
-__all__ = ["Event", "describe"]
+__all__ = ["Event"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,38 +38,23 @@ class Event:
             "run": self.run.to_dict(),
         }
 
-
-def describe(event: Event) -> str:
-    """The default one-line text: which run, where, what happened, for how long, which step."""
-    run = event.run
-    who = f"{run.name!r} ({run.origin.describe()}) on {run.host}, pid {run.pid}"
-    where = f"step {_format.steps(run.step, run.total)}"
-    kind = event.kind
-    if kind == "stalled":
-        promise = f"promised within {_format.duration(run.eta or 0)}"
-        if event.grace is not None:
-            promise += f" + {_format.duration(event.grace)} grace"
-        what = f"no progress for {_format.duration(event.since_progress)} ({promise})"
-    elif kind == "recovered":
-        what = "making progress again"
-    elif kind == "crashed":
-        what = (
-            f"process {run.pid} is gone without finishing; "
-            f"last progress {_format.duration(event.since_progress)} before"
-        )
-    elif kind == "failed":
-        error = run.error
-        what = error.summary() if error else "failed"
-        if error and error.where:
-            what += f" at {error.where}"
-    elif kind == "finished":
-        what = f"finished in {_format.duration(_elapsed(run))}"
-    elif kind == "interrupted":
-        what = f"interrupted after {_format.duration(_elapsed(run))}"
-    else:
-        what = kind
-    return f"{kind.upper()} {who}: {what}; {where} [run {run.id[:8]}]"
-
-
-def _elapsed(run: RunRecord) -> float:
-    return (run.ended_at if run.ended_at is not None else run.updated_at) - run.started_at
+    @classmethod
+    def from_dict(cls, data: Any) -> Event:
+        """Parse a claim or pending-delivery payload; ValueError names what is wrong."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        try:
+            grace = data.get("grace")
+            return cls(
+                kind=str(data["event"]),
+                key=str(data["key"]),
+                run=RunRecord.from_dict(data["run"]),
+                at=float(data["at"]),
+                since_progress=float(data["since_progress"]),
+                grace=None if grace is None else float(grace),
+                seen_by=str(data.get("seen_by", "")),
+            )
+        except KeyError as e:
+            raise ValueError(f"field {e.args[0]!r} is missing") from None
+        except (TypeError, ValueError) as e:
+            raise ValueError(str(e)) from None

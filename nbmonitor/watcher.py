@@ -17,16 +17,19 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from . import _process, rules
+from .config import NotifierConfig
 from .errors import CorruptRecordError, WatcherError
-from .events import Event, describe
+from .events import Event
+from .outbox import Postman, claim_event
 from .record import RunRecord
 from .repo import Repo, Scanner, write_atomic
 from .rules import State
+from .templates import describe
 
 __all__ = ["Observation", "Watcher", "serve", "watcher_info"]
 
@@ -68,6 +71,7 @@ class Watcher:
         *,
         grace: float | None = None,
         emit: Callable[[Event], None] = log_event,
+        notifiers: Callable[[], Sequence[NotifierConfig]] = tuple,
         wall: Clock = time.time,
         mono: Clock = time.monotonic,
         alive: AliveCheck = _process.is_alive,
@@ -78,6 +82,7 @@ class Watcher:
         self.repo = repo
         self.grace = grace
         self.emit = emit
+        self.notifiers = notifiers
         self.wall, self.mono, self.alive = wall, mono, alive
         self.host = host if host is not None else _process.host()
         self.boot_id = boot_id if host is not None else _process.boot_id()
@@ -171,8 +176,9 @@ class Watcher:
             if due.event == "stalled" and run.eta is not None:
                 grace = rules.grace_for(run.eta, run.grace, self.grace)
             event = Event(due.event, due.key, run, now_wall, obs.since_progress, grace, self.seen_by)
+            targets = [n for n in self.notifiers() if n.wants(due.event)]
             try:
-                claimed = self.repo.claim(run.id, due.key, event.to_dict())
+                claimed = claim_event(self.repo, event, targets)
             except OSError as e:
                 log.warning("cannot record event %s of run %s: %s", due.key, run.id, e)
                 return won
@@ -233,16 +239,23 @@ def serve(
                 "repo": str(repo.path),
             },
         )
-        watcher = Watcher(repo, grace=grace)
+        postman = Postman(repo)
+        postman.start(interval)
+        watcher = Watcher(repo, grace=grace, notifiers=postman.configs)
         log.info("nbmonitor-watcher (pid %d) watching %s every %g s", os.getpid(), repo.path, interval)
         next_poll = time.monotonic()
-        while not stop.is_set():
-            try:
-                watcher.poll()
-            except Exception:  # a bad poll must not end the watcher; the next one retries
-                log.exception("poll failed")
-            next_poll = max(next_poll + interval, time.monotonic())
-            stop.wait(next_poll - time.monotonic())
+        try:
+            while not stop.is_set():
+                try:
+                    postman.refresh()
+                    if watcher.poll():
+                        postman.wake()
+                except Exception:  # a bad poll must not end the watcher; the next one retries
+                    log.exception("poll failed")
+                next_poll = max(next_poll + interval, time.monotonic())
+                stop.wait(next_poll - time.monotonic())
+        finally:
+            postman.stop()
         log.info("nbmonitor-watcher (pid %d) stopped", os.getpid())
     finally:
         with contextlib.suppress(OSError):

@@ -1,0 +1,599 @@
+"""Notifiers: one small class per service, and the one HTTP seam they share.
+
+Each class names its fields (which drive validation, masking, the CLI flags
+and the configure() form) and turns a Message into one request. ``_Http``
+owns timeouts and the decision every sender needs: a failure that may pass
+(connection refused, timeout, 5xx, 429) raises TransientError and is
+retried; any other is a NotifierError, recorded and not retried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar
+
+from .errors import NbmonitorError
+from .events import Event
+from .templates import fields as template_fields
+
+__all__ = [
+    "TYPES",
+    "ConfigError",
+    "Field",
+    "Message",
+    "Notifier",
+    "NotifierError",
+    "TransientError",
+    "mask",
+]
+
+log = logging.getLogger("nbmonitor.notify")
+
+DEFAULT_TIMEOUT = 10.0
+_ANSWER_MAX = 300
+
+
+class NotifierError(NbmonitorError):
+    """Sending failed for good (a 404, a rejected token, a bad address): not retried."""
+
+
+class TransientError(NotifierError):
+    """Sending failed for now (endpoint down, timeout, 5xx, 429): retried with backoff."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ConfigError(NbmonitorError, ValueError):
+    """A notifier setting is invalid; ``field`` names it, the message shows the value masked."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """What one send carries: a title, the text, and the event(s) behind it."""
+
+    title: str
+    text: str
+    events: tuple[Event, ...]
+
+    @property
+    def kind(self) -> str:
+        return self.events[0].kind if len(self.events) == 1 else "digest"
+
+
+# -- fields: what each notifier is configured with ----------------------------
+
+_EMAIL = re.compile(r"[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+")
+_TOPIC = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_CHAT = re.compile(r"-?\d+|@[A-Za-z][A-Za-z0-9_]{3,}")
+_HEADER = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One setting of a notifier type.
+
+    ``kind`` decides parsing, validation and masking: url, secret_url,
+    secret, text, digits, chat, topic, port, choice, email, emails,
+    headers, urls.
+    """
+
+    name: str
+    label: str
+    kind: str
+    required: bool = True
+    default: Any = None
+    choices: tuple[str, ...] = ()
+    help: str = ""
+
+    @property
+    def secret(self) -> bool:
+        """Masked everywhere it is shown: in listings, forms, logs and errors."""
+        return self.kind in ("secret", "secret_url", "headers", "urls")
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def parse(self, value: Any) -> Any:
+        """The value, checked and normalised; ConfigError names the field and shows it masked."""
+        if value is None or value == "" or value == [] or value == {}:
+            if self.required:
+                raise ConfigError(self.name, f"{self.label} is required")
+            return self.default
+        check = _CHECKS[self.kind]
+        return check(self, value)
+
+    def show(self, value: Any) -> str:
+        """The value as it may be shown to anyone: secrets masked."""
+        if value is None:
+            return ""
+        if self.kind == "secret":
+            return mask(str(value))
+        if self.kind == "secret_url":
+            return mask_url(str(value))
+        if self.kind == "headers":
+            return ", ".join(f"{k}: {mask(str(v))}" for k, v in dict(value).items())
+        if self.kind == "urls":
+            return ", ".join(mask_url(str(u)) for u in value)
+        if self.kind == "emails":
+            return ", ".join(value)
+        return str(value)
+
+
+def mask(secret: str) -> str:
+    """``****wxyz`` for a long secret, ``****`` for a short one."""
+    return f"****{secret[-4:]}" if len(secret) >= 16 else "****"
+
+
+def mask_url(url: str) -> str:
+    """``https://hooks.slack.com/****wxyz``: scheme and host stay readable, the rest is secret."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "****"
+    if not parts.scheme or not parts.hostname:
+        return "****"
+    host = parts.hostname + (f":{parts.port}" if _port(parts) else "")
+    rest = url.split(parts.netloc, 1)[-1]
+    return f"{parts.scheme}://{host}/{mask(rest) if rest.strip('/') else ''}"
+
+
+def _port(parts: urllib.parse.SplitResult) -> int | None:
+    try:
+        return parts.port
+    except ValueError:
+        return None
+
+
+def _text(f: Field, value: Any) -> str:
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise ConfigError(f.name, f"{f.label} must be text, got {type(value).__name__}")
+    text = str(value).strip()
+    if any(c in text for c in "\r\n\0"):
+        raise ConfigError(f.name, f"{f.label} must be one line")
+    return text
+
+
+def _url(f: Field, value: Any) -> str:
+    url = _text(f, value)
+    shown = mask_url(url) if f.secret else repr(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        raise ConfigError(f.name, f"{shown} is not a valid URL") from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f.name, f"{shown} must start with https:// or http://")
+    if not parts.hostname or not port_ok or " " in url:
+        raise ConfigError(f.name, f"{shown} has no valid host")
+    return url.rstrip("/") if f.name.endswith(("base_url", "server")) else url
+
+
+def _pattern(pattern: re.Pattern[str], what: str) -> Callable[[Field, Any], str]:
+    def check(f: Field, value: Any) -> str:
+        text = _text(f, value)
+        if not pattern.fullmatch(text):
+            raise ConfigError(f.name, f"{text[:60]!r} is not {what}")
+        return text
+
+    return check
+
+
+def _port_number(f: Field, value: Any) -> int:
+    try:
+        port = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f.name, f"{str(value)[:20]!r} is not a port number") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f.name, f"{port} is not a port number (1-65535)")
+    return port
+
+
+def _choice(f: Field, value: Any) -> str:
+    text = _text(f, value).lower()
+    if text not in f.choices:
+        raise ConfigError(f.name, f"{text!r} is not one of {', '.join(f.choices)}")
+    return text
+
+
+def _split(value: Any) -> list[str]:
+    items = value if isinstance(value, list | tuple) else re.split(r"[,;\s]+", str(value))
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def _emails(f: Field, value: Any) -> list[str]:
+    addresses = _split(value)
+    for address in addresses:
+        if not _EMAIL.fullmatch(address):
+            raise ConfigError(f.name, f"{address[:60]!r} is not an e-mail address")
+    if not addresses and f.required:
+        raise ConfigError(f.name, f"{f.label} is required")
+    return addresses
+
+
+def _email(f: Field, value: Any) -> str:
+    address = _text(f, value)
+    if not _EMAIL.fullmatch(address):
+        raise ConfigError(f.name, f"{address[:60]!r} is not an e-mail address")
+    return address
+
+
+def _headers(f: Field, value: Any) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    items = value.items() if isinstance(value, Mapping) else (_pair(f, v) for v in _lines(value))
+    for name, header in items:
+        name, header = str(name).strip(), str(header).strip()
+        if not _HEADER.fullmatch(name) or any(c in header for c in "\r\n\0"):
+            raise ConfigError(f.name, f"{name[:40]!r}: {mask(header)} is not a valid header")
+        pairs[name] = header
+    return pairs
+
+
+def _lines(value: Any) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list | tuple) else str(value).splitlines()
+
+
+def _pair(f: Field, line: str) -> tuple[str, str]:
+    name, sep, header = line.partition(":")
+    if not sep:
+        raise ConfigError(f.name, f"{name[:40]!r} must look like 'Name: value'")
+    return name, header
+
+
+def _urls(f: Field, value: Any) -> list[str]:
+    urls = _split(value)
+    for url in urls:
+        if "://" not in url:
+            raise ConfigError(f.name, f"{mask_url(url)} is not an Apprise URL (scheme://...)")
+    return urls
+
+
+_CHECKS: dict[str, Callable[[Field, Any], Any]] = {
+    "text": _text,
+    "secret": _text,
+    "url": _url,
+    "secret_url": _url,
+    "digits": _pattern(re.compile(r"\d+"), "a numeric id"),
+    "chat": _pattern(_CHAT, "a chat id (a number, or @channelname)"),
+    "topic": _pattern(_TOPIC, "an ntfy topic (letters, digits, - and _)"),
+    "port": _port_number,
+    "choice": _choice,
+    "email": _email,
+    "emails": _emails,
+    "headers": _headers,
+    "urls": _urls,
+}
+
+
+# -- the notifiers ------------------------------------------------------------
+
+
+class Notifier:
+    """A configured destination; subclasses set ``type``, ``fields`` and ``send``."""
+
+    type: ClassVar[str]
+    label: ClassVar[str]
+    fields: ClassVar[tuple[Field, ...]] = ()
+
+    def __init__(self, args: Mapping[str, Any], timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.args = dict(args)
+        self.timeout = timeout
+
+    def send(self, message: Message) -> str:
+        """Deliver; return what the endpoint answered. Raises NotifierError or TransientError."""
+        raise NotImplementedError
+
+    def target(self) -> str:
+        """Where messages go, secrets masked."""
+        shown = [f.show(self.args.get(f.name)) for f in self.fields if f.required]
+        return " ".join(s for s in shown if s)
+
+    def secrets(self) -> list[str]:
+        """Every secret value, to scrub from any text that could be shown."""
+        found: list[str] = []
+        for f in self.fields:
+            value = self.args.get(f.name)
+            if not f.secret or not value:
+                continue
+            if isinstance(value, Mapping):
+                found += [str(v) for v in value.values()]
+            elif isinstance(value, list | tuple):
+                found += [str(v) for v in value]
+            else:
+                found.append(str(value))
+        return [s for s in found if len(s) >= 4]
+
+    def scrub(self, text: str) -> str:
+        for secret in sorted(self.secrets(), key=len, reverse=True):
+            text = text.replace(secret, mask(secret))
+            quoted = urllib.parse.quote(secret, safe="")
+            if quoted != secret:
+                text = text.replace(quoted, mask(secret))
+        return text
+
+
+class _Http(Notifier):
+    """POSTs with a timeout, and sorts failures into transient and permanent."""
+
+    def post(
+        self,
+        url: str,
+        *,
+        json_body: Any = None,
+        form: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
+        if form is not None:
+            data = urllib.parse.urlencode(form).encode()
+            content_type = "application/x-www-form-urlencoded"
+        else:
+            data = json.dumps(json_body).encode()
+            content_type = "application/json"
+        request = urllib.request.Request(url, data=data, method="POST")
+        request.add_header("Content-Type", content_type)
+        request.add_header("User-Agent", "nbmonitor")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                body = response.read(_ANSWER_MAX * 4)
+                return self.scrub(f"{response.status} {_short(body)}".strip())
+        except urllib.error.HTTPError as e:
+            answer = self.scrub(f"HTTP {e.code} {e.reason}: {_short(e.read(_ANSWER_MAX * 4))}".rstrip(": "))
+            if e.code == 429 or e.code == 408 or e.code >= 500:
+                raise TransientError(answer, _retry_after(e.headers.get("Retry-After"))) from None
+            raise NotifierError(answer) from None
+        except urllib.error.URLError as e:
+            raise TransientError(self.scrub(f"cannot reach {mask_url(url)}: {e.reason}")) from None
+        except (TimeoutError, OSError) as e:
+            raise TransientError(self.scrub(f"no answer from {mask_url(url)}: {e}")) from None
+
+
+def _short(body: bytes) -> str:
+    text = " ".join(body.decode("utf-8", "replace").split())
+    return text if len(text) <= _ANSWER_MAX else text[: _ANSWER_MAX - 1] + "…"
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+_WEBHOOK_URL = Field("webhook_url", "Webhook URL", "secret_url")
+
+
+class LoggerNotifier(Notifier):
+    type = "logger"
+    label = "Log line"
+
+    def send(self, message: Message) -> str:
+        log.info("NOTIFY %s", message.text)
+        return "logged"
+
+    def target(self) -> str:
+        return "the output and log of whoever delivers"
+
+
+class SlackNotifier(_Http):
+    type = "slack"
+    label = "Slack (incoming webhook; Mattermost and other Slack-compatible endpoints too)"
+    fields = (_WEBHOOK_URL,)
+
+    def send(self, message: Message) -> str:
+        return self.post(self.args["webhook_url"], json_body={"text": message.text})
+
+
+class WorkplaceNotifier(_Http):
+    type = "workplace"
+    label = "Workplace from Meta (group feed)"
+    fields = (
+        Field("group_id", "Group id", "digits"),
+        Field("access_token", "Access token", "secret"),
+        Field("base_url", "Graph API base URL", "url", False, "https://graph.facebook.com"),
+    )
+
+    def send(self, message: Message) -> str:
+        url = f"{self.args['base_url']}/{self.args['group_id']}/feed"
+        return self.post(url, form={"message": message.text, "access_token": self.args["access_token"]})
+
+    def target(self) -> str:
+        return f"group {self.args.get('group_id')} via {mask_url(str(self.args.get('base_url')))}"
+
+
+class WebhookNotifier(_Http):
+    type = "webhook"
+    label = "Webhook (JSON POST to any URL)"
+    fields = (
+        Field("url", "URL", "secret_url"),
+        Field("headers", "Extra headers", "headers", False, {}, help="'Authorization: Bearer ...'"),
+    )
+
+    def send(self, message: Message) -> str:
+        body: dict[str, Any] = {"event": message.kind, "title": message.title, "text": message.text}
+        if len(message.events) == 1:
+            body["run"] = template_fields(message.events[0])
+        else:
+            body["events"] = [{"event": e.kind, "run": template_fields(e)} for e in message.events]
+        return self.post(self.args["url"], json_body=body, headers=self.args.get("headers") or {})
+
+
+class DiscordNotifier(_Http):
+    type = "discord"
+    label = "Discord (channel webhook)"
+    fields = (_WEBHOOK_URL,)
+
+    def send(self, message: Message) -> str:
+        return self.post(self.args["webhook_url"], json_body={"content": message.text[:2000]})
+
+
+class TeamsNotifier(_Http):
+    type = "teams"
+    label = "Microsoft Teams (incoming webhook or workflow)"
+    fields = (_WEBHOOK_URL,)
+
+    def send(self, message: Message) -> str:
+        return self.post(self.args["webhook_url"], json_body={"title": message.title, "text": message.text})
+
+
+class TelegramNotifier(_Http):
+    type = "telegram"
+    label = "Telegram (bot)"
+    fields = (
+        Field("bot_token", "Bot token", "secret"),
+        Field("chat_id", "Chat id", "chat"),
+        Field("base_url", "Bot API base URL", "url", False, "https://api.telegram.org"),
+    )
+
+    def send(self, message: Message) -> str:
+        url = f"{self.args['base_url']}/bot{self.args['bot_token']}/sendMessage"
+        return self.post(url, json_body={"chat_id": self.args["chat_id"], "text": message.text[:4096]})
+
+    def target(self) -> str:
+        return f"chat {self.args.get('chat_id')} via {mask_url(str(self.args.get('base_url')))}"
+
+
+class NtfyNotifier(_Http):
+    type = "ntfy"
+    label = "ntfy (push to phones)"
+    fields = (
+        Field("server", "Server", "url", False, "https://ntfy.sh"),
+        Field("topic", "Topic", "topic"),
+        Field("token", "Access token", "secret", False),
+    )
+
+    def send(self, message: Message) -> str:
+        urgent = message.kind in ("stalled", "crashed", "failed", "digest")
+        body = {
+            "topic": self.args["topic"],
+            "title": message.title,
+            "message": message.text,
+            "priority": 4 if urgent else 3,
+            "tags": [message.kind],
+        }
+        token = self.args.get("token")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return self.post(self.args["server"], json_body=body, headers=headers)
+
+    def target(self) -> str:
+        return f"{self.args.get('server')}/{self.args.get('topic')}"
+
+
+class EmailNotifier(Notifier):
+    type = "email"
+    label = "E-mail (SMTP)"
+    fields = (
+        Field("smtp_host", "SMTP host", "text"),
+        Field("smtp_port", "SMTP port", "port", False, 587),
+        Field("security", "Security", "choice", False, "starttls", ("starttls", "ssl", "none")),
+        Field("username", "User name", "text", False),
+        Field("password", "Password", "secret", False),
+        Field("sender", "From", "email"),
+        Field("to", "To", "emails"),
+    )
+
+    def send(self, message: Message) -> str:
+        import smtplib
+        import ssl
+        from email.message import EmailMessage
+
+        mail = EmailMessage()
+        mail["Subject"] = message.title
+        mail["From"] = self.args["sender"]
+        mail["To"] = ", ".join(self.args["to"])
+        mail.set_content(message.text)
+        host, port, security = self.args["smtp_host"], int(self.args["smtp_port"]), self.args["security"]
+        try:
+            if security == "ssl":
+                smtp: smtplib.SMTP = smtplib.SMTP_SSL(
+                    host, port, timeout=self.timeout, context=ssl.create_default_context()
+                )
+            else:
+                smtp = smtplib.SMTP(host, port, timeout=self.timeout)
+            with smtp:
+                if security == "starttls":
+                    smtp.starttls(context=ssl.create_default_context())
+                if self.args.get("username"):
+                    smtp.login(self.args["username"], self.args.get("password") or "")
+                refused = smtp.send_message(mail)
+        except smtplib.SMTPAuthenticationError as e:
+            raise NotifierError(self.scrub(f"SMTP login refused: {e.smtp_code} {_smtp_text(e)}")) from None
+        except smtplib.SMTPResponseException as e:
+            answer = self.scrub(f"SMTP {e.smtp_code} {_smtp_text(e)}")
+            raise (TransientError(answer) if 400 <= e.smtp_code < 500 else NotifierError(answer)) from None
+        except smtplib.SMTPRecipientsRefused as e:
+            raise NotifierError(f"every recipient was refused: {', '.join(e.recipients)}") from None
+        except (smtplib.SMTPException, OSError) as e:
+            raise TransientError(self.scrub(f"cannot send through {host}:{port}: {e}")) from None
+        if refused:
+            return f"sent, but refused for {', '.join(refused)}"
+        return f"sent to {', '.join(self.args['to'])}"
+
+    def target(self) -> str:
+        return f"{', '.join(self.args.get('to') or [])} via {self.args.get('smtp_host')}"
+
+
+def _smtp_text(e: Any) -> str:
+    error = e.smtp_error
+    return error.decode("utf-8", "replace") if isinstance(error, bytes) else str(error)
+
+
+class AppriseNotifier(Notifier):
+    type = "apprise"
+    label = "Apprise (about a hundred more services; pip install 'nbmonitor[apprise]')"
+    fields = (Field("urls", "Apprise URLs", "urls"),)
+
+    def send(self, message: Message) -> str:
+        try:
+            import apprise
+        except ImportError:
+            raise NotifierError(
+                "the apprise notifier needs the apprise package: pip install 'nbmonitor[apprise]'"
+            ) from None
+        sender = apprise.Apprise()
+        for url in self.args["urls"]:
+            if not sender.add(url):
+                raise NotifierError(f"Apprise does not understand {mask_url(url)}")
+        if not sender.notify(body=message.text, title=message.title):
+            raise TransientError("Apprise could not deliver to every URL (see its log)")
+        return f"sent to {len(self.args['urls'])} Apprise URL(s)"
+
+
+#: Every notifier type by name.
+TYPES: dict[str, type[Notifier]] = {
+    cls.type: cls
+    for cls in (
+        LoggerNotifier,
+        SlackNotifier,
+        WorkplaceNotifier,
+        WebhookNotifier,
+        DiscordNotifier,
+        TeamsNotifier,
+        TelegramNotifier,
+        NtfyNotifier,
+        EmailNotifier,
+        AppriseNotifier,
+    )
+}

@@ -1,0 +1,404 @@
+"""Deliveries: each (event, notifier) pair is sent once, across crashes and restarts.
+
+Layout in the repo (docs/repo-format.md)::
+
+    outbox/<notifier id>/<run id>.<key>.<nonce>.json   a delivery waiting to be sent
+    deliveries/<notifier id>.json                     that notifier's last result
+
+``claim_event`` first writes one pending file per notifier that wants the
+event, then claims the event (events/) with the same nonce. A pending file
+counts only while the claim holds its nonce: files of a claimer that lost
+the race are dropped, and those of one that died before claiming are
+claimed later by whoever finds them.
+
+The Postman sends pending files. It holds an flock on a file for the whole
+attempt and deletes the file on success or on a permanent failure, so two
+senders (a watcher and a kernel) never send the same one, and one that dies
+mid-attempt leaves it to the others. Transient failures back off
+exponentially (honouring Retry-After) for a bounded time, per notifier, so
+one notifier's outage never delays another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import NotifierConfig, NotifierStore
+from .errors import CorruptRecordError
+from .events import Event
+from .notifiers import DEFAULT_TIMEOUT, Message, NotifierError, TransientError
+from .repo import Repo, write_atomic
+from .templates import test_event, text_for
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; one sender per repo is then the user's care
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["Postman", "Result", "claim_event", "last_result", "send_test"]
+
+log = logging.getLogger("nbmonitor.notify")
+
+_DIGEST_LINES = 20
+
+
+def claim_event(repo: Repo, event: Event, targets: Sequence[NotifierConfig]) -> bool:
+    """Claim ``event`` for the whole repo and queue it for ``targets``: True for the one winner."""
+    nonce = uuid.uuid4().hex
+    payload = event.to_dict() | {"nonce": nonce}
+    written: list[Path] = []
+    try:
+        for target in targets:
+            folder = _outbox(repo, target.id)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path = folder / f"{event.run.id}.{event.key}.{nonce}.json"
+            write_atomic(path, payload)
+            written.append(path)
+        won = repo.claim(event.run.id, event.key, payload)
+    except BaseException:
+        _unlink(written)
+        raise
+    if not won:
+        _unlink(written)
+    return won
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One delivery attempt of one notifier."""
+
+    notifier_id: str
+    ok: bool
+    answer: str
+    events: tuple[str, ...]  # claim keys, as run-id/key
+    retry_in: float | None = None
+
+
+def last_result(repo: Repo, notifier_id: str) -> dict[str, Any] | None:
+    """The last delivery result of a notifier (``at``, ``ok``, ``answer``, ``pending``), if any."""
+    try:
+        data = json.loads((repo.path / "deliveries" / f"{notifier_id}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def send_test(repo: Repo, config: NotifierConfig, timeout: float = DEFAULT_TIMEOUT) -> Result:
+    """Send a test message now (not through the outbox) and record what the endpoint answered."""
+    from . import _process
+
+    event = test_event(_process.host())
+    message = Message("nbmonitor test", text_for(event, config.templates), (event,))
+    try:
+        answer, ok = config.notifier(timeout).send(message), True
+    except NotifierError as e:
+        answer, ok = str(e), False
+    result = Result(config.id, ok, answer, ())
+    _record(repo, result, time.time(), pending=None)
+    return result
+
+
+class _Pending:
+    """A pending delivery file, opened and locked by this sender."""
+
+    def __init__(self, path: Path, fd: int, event: Event, nonce: str) -> None:
+        self.path, self.fd, self.event, self.nonce = path, fd, event, nonce
+
+    @classmethod
+    def take(cls, path: Path) -> _Pending | None:
+        """Open and lock it, or None if someone else holds it or it is gone. Raises ValueError if bad."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                raise FileNotFoundError  # sent and deleted by someone else meanwhile
+            with open(fd, "rb", closefd=False) as f:
+                data = json.loads(f.read())
+            event = Event.from_dict(data)
+            nonce = str(data.get("nonce", ""))
+        except (BlockingIOError, FileNotFoundError):
+            os.close(fd)
+            return None
+        except (ValueError, UnicodeDecodeError) as e:
+            os.close(fd)
+            raise ValueError(str(e)) from None
+        return cls(path, fd, event, nonce)
+
+    def done(self) -> None:
+        """Delivered, or failed for good: nobody sends it again."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
+@dataclass(slots=True)
+class _Backoff:
+    until: float
+    delay: float
+
+
+class Postman:
+    """Sends what the outbox holds, one courier thread per notifier (or ``deliver()`` in tests)."""
+
+    def __init__(
+        self,
+        repo: Repo,
+        store: NotifierStore | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        timeout: float = DEFAULT_TIMEOUT,
+        digest_at: int = 4,
+        give_up_after: float = 3600.0,
+        max_backoff: float = 60.0,
+        orphan_after: float = 30.0,
+    ) -> None:
+        self.repo = repo
+        self.store = store or NotifierStore(repo)
+        self.clock = clock
+        self.timeout = timeout
+        self.digest_at = digest_at
+        self.give_up_after = give_up_after
+        self.max_backoff = max_backoff
+        self.orphan_after = orphan_after
+        self._configs: list[NotifierConfig] = []
+        self._config_error: str | None = None
+        self._backoff: dict[str, _Backoff] = {}
+        self._couriers: dict[str, threading.Thread] = {}
+        self._wake = threading.Condition()
+        self._stopped = False
+        self._running = False
+        self._interval = 1.0
+
+    # -- configuration ---------------------------------------------------------
+
+    def refresh(self) -> list[NotifierConfig]:
+        """Reload the notifier file if it changed; a bad file keeps the last good one (and says so)."""
+        try:
+            fresh = self.store.load_if_changed()
+        except CorruptRecordError as e:
+            if str(e) != self._config_error:
+                log.warning("keeping the previous notifiers: %s", e)
+                self._config_error = str(e)
+            return self._configs
+        if fresh is not None:
+            self._configs, self._config_error = fresh, None
+            if self._running:
+                self._start_couriers()
+        return self._configs
+
+    def configs(self) -> list[NotifierConfig]:
+        return self._configs
+
+    # -- sending -----------------------------------------------------------------
+
+    def deliver(self, now: float | None = None) -> list[Result]:
+        """One pass over every enabled notifier's pending deliveries (synchronously)."""
+        now = self.clock() if now is None else now
+        results: list[Result] = []
+        for config in self.refresh():
+            if config.enabled:
+                results += self._deliver_for(config, now)
+        return results
+
+    def _deliver_for(self, config: NotifierConfig, now: float) -> list[Result]:
+        backoff = self._backoff.get(config.id)
+        if backoff is not None and now < backoff.until:
+            return []
+        batch = self._take(config.id, now)
+        if not batch:
+            return []
+        try:
+            units = [batch] if len(batch) >= self.digest_at else [[p] for p in batch]
+            results = []
+            for i, unit in enumerate(units):
+                result = self._send(config, unit, now)
+                results.append(result)
+                if result.retry_in is not None:
+                    left = sum(len(u) for u in units[i:])
+                    _record(self.repo, result, now, pending=left)
+                    return results
+            self._backoff.pop(config.id, None)
+            _record(self.repo, results[-1], now, pending=0)
+            return results
+        finally:
+            for pending in batch:
+                pending.release()
+
+    def _send(self, config: NotifierConfig, unit: list[_Pending], now: float) -> Result:
+        keys = tuple(f"{p.event.run.id}/{p.event.key}" for p in unit)
+        try:
+            answer = config.notifier(self.timeout).send(self._message(config, [p.event for p in unit]))
+        except TransientError as e:
+            old = self._backoff.get(config.id)
+            delay = min(old.delay * 2, self.max_backoff) if old else 1.0
+            if e.retry_after is not None:
+                delay = min(max(e.retry_after, delay), self.give_up_after)
+            self._backoff[config.id] = _Backoff(now + delay, delay)
+            expired = [p for p in unit if now - p.event.at > self.give_up_after]
+            for pending in expired:
+                pending.done()
+            if expired:
+                give_up = f"gave up after {self.give_up_after:g} s: {e}"
+                log.warning("notifier %s (%s): %s", config.id[:8], config.type, give_up)
+                return Result(config.id, False, give_up, keys)
+            log.warning("notifier %s (%s): %s; retrying in %g s", config.id[:8], config.type, e, delay)
+            return Result(config.id, False, f"{e} (retrying in {delay:g} s)", keys, retry_in=delay)
+        except NotifierError as e:
+            for pending in unit:
+                pending.done()
+            log.warning("notifier %s (%s) failed: %s", config.id[:8], config.type, e)
+            return Result(config.id, False, str(e), keys)
+        except Exception as e:  # a bug in one notifier must not stop the others
+            for pending in unit:
+                pending.done()
+            log.exception("notifier %s (%s) broke", config.id[:8], config.type)
+            return Result(config.id, False, f"internal error: {type(e).__name__}", keys)
+        for pending in unit:
+            pending.done()
+        return Result(config.id, True, answer, keys)
+
+    def _message(self, config: NotifierConfig, events: list[Event]) -> Message:
+        lines = [text_for(e, config.templates, config.message) for e in events]
+        if len(events) == 1:
+            return Message(f"{events[0].run.name} {events[0].kind}", lines[0], tuple(events))
+        shown = "\n".join(f"- {line}" for line in lines[:_DIGEST_LINES])
+        more = len(lines) - _DIGEST_LINES
+        if more > 0:
+            shown += f"\n- ... and {more} more (nbmonitor-watcher status lists them)"
+        text = f"{len(events)} runs need attention:\n{shown}"
+        return Message(f"nbmonitor: {len(events)} events", text, tuple(events))
+
+    def _take(self, notifier_id: str, now: float) -> list[_Pending]:
+        folder = _outbox(self.repo, notifier_id)
+        try:
+            names = sorted(n for n in os.listdir(folder) if n.endswith(".json") and not n.startswith("."))
+        except FileNotFoundError:
+            return []
+        batch: list[_Pending] = []
+        for name in names:
+            path = folder / name
+            try:
+                pending = _Pending.take(path)
+            except ValueError as e:
+                log.warning("setting aside a bad pending delivery %s: %s", path, e)
+                with contextlib.suppress(OSError):
+                    os.replace(path, folder / f".bad-{name}")
+                continue
+            if pending is None:
+                continue
+            if self._valid(pending, now):
+                batch.append(pending)
+            else:
+                pending.release()
+        return batch
+
+    def _valid(self, pending: _Pending, now: float) -> bool:
+        """True if this file's event was claimed with its nonce (claiming it now for a dead claimer)."""
+        event = pending.event
+        claim = self._claim_nonce(event)
+        if claim is None:
+            if now - event.at < self.orphan_after:
+                return False  # its claimer is still at work
+            payload = event.to_dict() | {"nonce": pending.nonce}
+            self.repo.claim(event.run.id, event.key, payload)
+            claim = self._claim_nonce(event)
+        if claim != pending.nonce:
+            pending.done()  # the claimer lost the race for this event
+            return False
+        return True
+
+    def _claim_nonce(self, event: Event) -> str | None:
+        try:
+            return str(self.repo.read_claim(event.run.id, event.key).get("nonce", ""))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, CorruptRecordError):
+            return ""
+
+    # -- threads -------------------------------------------------------------------
+
+    def start(self, interval: float = 1.0) -> None:
+        """Deliver in the background: a courier thread per enabled notifier."""
+        self._interval = interval
+        self._stopped = False
+        self._running = True
+        self.refresh()
+        self._start_couriers()
+
+    def wake(self) -> None:
+        """New deliveries are queued: look now rather than at the next interval."""
+        with self._wake:
+            self._wake.notify_all()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopped = True
+        self._running = False
+        self.wake()
+        for courier in list(self._couriers.values()):
+            courier.join(timeout)
+        self._couriers.clear()
+
+    def _start_couriers(self) -> None:
+        for config in self._configs:
+            running = self._couriers.get(config.id)
+            if config.enabled and (running is None or not running.is_alive()):
+                thread = threading.Thread(
+                    target=self._courier, args=(config.id,), name=f"nbmonitor-{config.type}", daemon=True
+                )
+                self._couriers[config.id] = thread
+                thread.start()
+
+    def _courier(self, notifier_id: str) -> None:
+        while not self._stopped:
+            config = next((c for c in self._configs if c.id == notifier_id and c.enabled), None)
+            if config is None:
+                return
+            try:
+                self._deliver_for(config, self.clock())
+            except Exception:  # keep delivering; say what broke
+                log.exception("delivery for notifier %s failed", notifier_id[:8])
+            backoff = self._backoff.get(notifier_id)
+            wait = self._interval
+            if backoff is not None:
+                wait = min(wait, max(backoff.until - self.clock(), 0.05))
+            with self._wake:
+                if not self._stopped:
+                    self._wake.wait(wait)
+
+
+def _outbox(repo: Repo, notifier_id: str) -> Path:
+    return repo.path / "outbox" / notifier_id
+
+
+def _record(repo: Repo, result: Result, now: float, pending: int | None) -> None:
+    data = {"at": now, "ok": result.ok, "answer": result.answer, "events": list(result.events)}
+    if pending is not None:
+        data["pending"] = pending
+    try:
+        folder = repo.path / "deliveries"
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomic(folder / f"{result.notifier_id}.json", data)
+    except OSError as e:
+        log.warning("cannot record the delivery result of notifier %s: %s", result.notifier_id[:8], e)
+
+
+def _unlink(paths: list[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink()
