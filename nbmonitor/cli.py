@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from . import __version__, _format, _process
+from . import __version__, _format, _notifiers_cli, _process
 from .errors import NbmonitorError
 from .repo import Repo
 from .rules import TERMINAL
@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="say whether a watcher runs, and list the runs")
     status.add_argument("--all", action="store_true", help="list every ended run, not only the latest")
     status.set_defaults(func=_status)
+    _notifiers_cli.add_parser(commands)
     return parser
 
 

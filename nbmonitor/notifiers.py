@@ -211,9 +211,9 @@ def _choice(f: Field, value: Any) -> str:
     return text
 
 
-def _split(value: Any) -> list[str]:
-    items = value if isinstance(value, list | tuple) else re.split(r"[,;\s]+", str(value))
-    return [str(item).strip() for item in items if str(item).strip()]
+def _split(value: Any, separators: str = r"[,;\s]+") -> list[str]:
+    items = value if isinstance(value, list | tuple) else [value]
+    return [part for item in items for part in re.split(separators, str(item).strip()) if part]
 
 
 def _emails(f: Field, value: Any) -> list[str]:
@@ -256,7 +256,7 @@ def _pair(f: Field, line: str) -> tuple[str, str]:
 
 
 def _urls(f: Field, value: Any) -> list[str]:
-    urls = _split(value)
+    urls = _split(value, r"\s+")  # Apprise URLs may hold commas
     for url in urls:
         if "://" not in url:
             raise ConfigError(f.name, f"{mask_url(url)} is not an Apprise URL (scheme://...)")

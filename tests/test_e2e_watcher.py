@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from nbmonitor.config import NotifierConfig, NotifierStore
 from nbmonitor.repo import Repo
 
 from .helpers import Proc, wait_until
+from .servers import Answer, HttpRecorder, Request
 
 POLL = 0.2
 
@@ -263,3 +265,61 @@ def test_8_fifty_processes_reporting_at_once_leave_no_corrupt_file_and_no_false_
     alarms = [line for _, line in watcher.lines if any(k in line for k in ("STALLED", "CRASHED", "FAILED"))]
     assert alarms == []
     assert watcher.matching("WARNING") == []
+
+
+def crash_a_busy_script(scripts: Path, repo: Repo, procs: list[Proc]) -> str:
+    busy = run_script(scripts, "busy", repo, procs)
+    run_id = run_id_from(busy, "started")
+    wait_until(lambda: repo.run_path(run_id).exists(), 10, "the run file")
+    busy.popen.send_signal(signal.SIGKILL)
+    busy.wait_exit()
+    return run_id
+
+
+def webhook_posts(http: HttpRecorder, run_id: str, status: int = 200) -> list[Request]:
+    return [r for r in http.answered(status) if r.json().get("run", {}).get("id") == run_id]
+
+
+def test_a_running_watcher_uses_notifiers_added_after_it_started(
+    repo: Repo, scripts: Path, procs: list[Proc]
+) -> None:
+    http = HttpRecorder()
+    try:
+        watcher = start_watcher(repo, procs)
+        NotifierStore(repo).add(NotifierConfig.create("webhook", {"url": f"{http.url}/hook"}))
+        NotifierStore(repo).add(NotifierConfig.create("logger"))
+        run_id = crash_a_busy_script(scripts, repo, procs)
+        watcher.wait_for("CRASHED", run_id[:8])
+        watcher.wait_for("NOTIFY busy crashed:")
+        wait_until(lambda: webhook_posts(http, run_id), 10, "the webhook delivery")
+        (post,) = webhook_posts(http, run_id)
+        assert post.json()["event"] == "crashed"
+    finally:
+        http.close()
+
+
+def test_a_delivery_pending_when_the_watcher_is_killed_is_sent_once_after_restart(
+    repo: Repo, scripts: Path, procs: list[Proc]
+) -> None:
+    http = HttpRecorder()
+    http.default = Answer(500, "endpoint down")
+    try:
+        NotifierStore(repo).add(NotifierConfig.create("webhook", {"url": f"{http.url}/hook"}))
+        first = start_watcher(repo, procs)
+        run_id = crash_a_busy_script(scripts, repo, procs)
+        wait_until(lambda: webhook_posts(http, run_id, 500), 10, "a failed delivery")
+        first.popen.send_signal(signal.SIGKILL)
+        first.wait_exit()
+        assert list((repo.path / "outbox").rglob(f"{run_id}.end.*.json")), "the delivery is still pending"
+        http.default = Answer(200, "ok")
+        second = start_watcher(repo, procs)
+        wait_until(lambda: webhook_posts(http, run_id), 10, "the delivery after restart")
+        # A later event delivered too: the restarted watcher has made whole passes since.
+        later = crash_a_busy_script(scripts, repo, procs)
+        wait_until(lambda: webhook_posts(http, later), 10, "a later delivery")
+        assert len(webhook_posts(http, run_id)) == 1
+        assert second.matching("CRASHED", run_id[:8]) == []  # the event itself is not repeated
+        # The server counts a post before the sender reads the answer and clears the file.
+        wait_until(lambda: not list((repo.path / "outbox").rglob("*.json")), 10, "an empty outbox")
+    finally:
+        http.close()

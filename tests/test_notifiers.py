@@ -1,0 +1,261 @@
+"""Each notifier type against real local servers: the exact request, errors sorted right, secrets masked."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from nbmonitor import templates
+from nbmonitor.config import NotifierConfig
+from nbmonitor.notifiers import TYPES, ConfigError, Message, NotifierError, TransientError
+
+from .servers import Answer, HttpRecorder, SmtpRecorder, free_port, serve
+
+EVENT = templates.SAMPLE
+MESSAGE = Message("train-resnet stalled", templates.text_for(EVENT), (EVENT,))
+TOKEN = "tok-9f8e7d6c5b4a39281706"
+
+
+@pytest.fixture
+def http() -> Iterator[HttpRecorder]:
+    yield from serve(HttpRecorder())
+
+
+def send(kind: str, args: dict[str, Any], timeout: float = 5.0, message: Message = MESSAGE) -> str:
+    return NotifierConfig.create(kind, args).notifier(timeout).send(message)
+
+
+def test_slack_posts_the_text_to_the_webhook(http: HttpRecorder) -> None:
+    answer = send("slack", {"webhook_url": f"{http.url}/services/T0/B0/{TOKEN}"})
+    (request,) = http.requests
+    assert (request.method, request.path) == ("POST", f"/services/T0/B0/{TOKEN}")
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.json() == {"text": MESSAGE.text}
+    assert answer == "200 ok"
+
+
+def test_workplace_posts_message_and_token_to_the_group_feed(http: HttpRecorder) -> None:
+    send("workplace", {"group_id": "123456", "access_token": TOKEN, "base_url": http.url})
+    (request,) = http.requests
+    assert (request.method, request.path) == ("POST", "/123456/feed")
+    assert request.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert request.form() == {"message": MESSAGE.text, "access_token": TOKEN}
+
+
+def test_webhook_posts_event_text_and_run_fields_with_extra_headers(http: HttpRecorder) -> None:
+    send("webhook", {"url": f"{http.url}/hooks/nb", "headers": {"Authorization": f"Bearer {TOKEN}"}})
+    (request,) = http.requests
+    assert request.path == "/hooks/nb"
+    assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+    body = request.json()
+    assert body["event"] == "stalled"
+    assert body["text"] == MESSAGE.text
+    assert body["title"] == "train-resnet stalled"
+    assert body["run"] == templates.fields(EVENT)
+    assert body["run"]["steps"] == "1200/5000"
+
+
+def test_discord_posts_content(http: HttpRecorder) -> None:
+    send("discord", {"webhook_url": f"{http.url}/api/webhooks/1/{TOKEN}"})
+    assert http.requests[0].json() == {"content": MESSAGE.text}
+
+
+def test_teams_posts_title_and_text(http: HttpRecorder) -> None:
+    send("teams", {"webhook_url": f"{http.url}/webhookb2/{TOKEN}"})
+    assert http.requests[0].json() == {"title": MESSAGE.title, "text": MESSAGE.text}
+
+
+def test_telegram_posts_to_the_bots_send_message(http: HttpRecorder) -> None:
+    send("telegram", {"bot_token": TOKEN, "chat_id": "-100123", "base_url": http.url})
+    (request,) = http.requests
+    assert request.path == f"/bot{TOKEN}/sendMessage"
+    assert request.json() == {"chat_id": "-100123", "text": MESSAGE.text}
+
+
+def test_ntfy_publishes_json_with_priority_and_token(http: HttpRecorder) -> None:
+    send("ntfy", {"server": http.url, "topic": "nb-alerts", "token": TOKEN})
+    (request,) = http.requests
+    assert request.path == "/"
+    assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert request.json() == {
+        "topic": "nb-alerts",
+        "title": MESSAGE.title,
+        "message": MESSAGE.text,
+        "priority": 4,
+        "tags": ["stalled"],
+    }
+
+
+def test_apprise_reaches_a_local_json_endpoint(http: HttpRecorder) -> None:
+    pytest.importorskip("apprise")
+    port = http.url.rsplit(":", 1)[1]
+    answer = send("apprise", {"urls": [f"json://127.0.0.1:{port}/apprise"]})
+    (request,) = http.requests
+    assert request.path == "/apprise"
+    assert request.json()["message"] == MESSAGE.text
+    assert request.json()["title"] == MESSAGE.title
+    assert answer == "sent to 1 Apprise URL(s)"
+
+
+def test_email_is_sent_through_a_real_smtp_server_with_login() -> None:
+    smtp = SmtpRecorder(user="nb", password="pw-secret")
+    try:
+        answer = send(
+            "email",
+            {
+                "smtp_host": "127.0.0.1",
+                "smtp_port": smtp.port,
+                "security": "none",
+                "username": "nb",
+                "password": "pw-secret",
+                "sender": "nbmonitor@example.org",
+                "to": "ops@example.org, me@example.org",
+            },
+        )
+    finally:
+        smtp.close()
+    assert answer == "sent to ops@example.org, me@example.org"
+    (mail,) = smtp.messages
+    assert mail["Subject"] == MESSAGE.title
+    assert mail["From"] == "nbmonitor@example.org"
+    assert mail.get_content().strip() == MESSAGE.text
+    assert smtp.envelopes == [("nbmonitor@example.org", ["ops@example.org", "me@example.org"])]
+
+
+def test_a_refused_smtp_login_is_permanent_and_hides_the_password() -> None:
+    smtp = SmtpRecorder(user="nb", password="right-password")
+    try:
+        args = {"smtp_host": "127.0.0.1", "smtp_port": smtp.port, "security": "none", "username": "nb"}
+        args |= {"password": "wrong-password", "sender": "a@example.org", "to": "b@example.org"}
+        with pytest.raises(NotifierError, match="SMTP login refused: 535") as info:
+            send("email", args)
+    finally:
+        smtp.close()
+    assert not isinstance(info.value, TransientError)
+    assert "wrong-password" not in str(info.value)
+
+
+def test_the_logger_notifier_writes_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, "nbmonitor"):
+        assert send("logger", {}) == "logged"
+    assert [r.getMessage() for r in caplog.records] == [f"NOTIFY {MESSAGE.text}"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "transient", "retry_after"),
+    [
+        (Answer(500, "boom"), True, None),
+        (Answer(503, "down"), True, None),
+        (Answer(429, "slow down", {"Retry-After": "7"}), True, 7.0),
+        (Answer(404, "no_team"), False, None),
+        (Answer(403, "invalid_token"), False, None),
+    ],
+)
+def test_http_failures_are_sorted_into_transient_and_permanent(
+    http: HttpRecorder, answer: Answer, transient: bool, retry_after: float | None
+) -> None:
+    http.default = answer
+    with pytest.raises(NotifierError) as info:
+        send("slack", {"webhook_url": f"{http.url}/x"})
+    assert isinstance(info.value, TransientError) is transient
+    assert f"HTTP {answer.status}" in str(info.value)
+    assert answer.body in str(info.value)
+    if transient:
+        assert info.value.retry_after == retry_after  # type: ignore[attr-defined]
+
+
+def test_a_refused_connection_is_transient() -> None:
+    with pytest.raises(TransientError, match=r"cannot reach http://127\.0\.0\.1"):
+        send("slack", {"webhook_url": f"http://127.0.0.1:{free_port()}/hook"})
+
+
+def test_a_server_that_does_not_answer_times_out_as_transient(http: HttpRecorder) -> None:
+    http.default = Answer(delay=2.0)
+    with pytest.raises(TransientError, match="timed out"):
+        send("slack", {"webhook_url": f"{http.url}/slow"}, timeout=0.3)
+
+
+def test_secrets_echoed_by_a_server_are_masked_in_errors(http: HttpRecorder) -> None:
+    http.default = Answer(404, f"no such bot {TOKEN}")
+    with pytest.raises(NotifierError) as info:
+        send("telegram", {"bot_token": TOKEN, "chat_id": "5", "base_url": http.url})
+    assert TOKEN not in str(info.value)
+    assert f"****{TOKEN[-4:]}" in str(info.value)
+
+
+def test_secrets_never_show_in_a_repr_or_a_target() -> None:
+    config = NotifierConfig.create("slack", {"webhook_url": f"https://hooks.slack.com/services/{TOKEN}"})
+    assert TOKEN not in repr(config)
+    assert TOKEN not in config.target()
+    assert config.target() == f"https://hooks.slack.com/****{TOKEN[-4:]}"
+    headers = NotifierConfig.create("webhook", {"url": "https://x.org/h", "headers": [f"X-Key: {TOKEN}"]})
+    assert TOKEN not in repr(headers)
+    assert TOKEN not in str(headers.shown_args())
+
+
+@pytest.mark.parametrize(
+    ("kind", "args", "field", "message"),
+    [
+        ("slack", {}, "webhook_url", "Webhook URL is required"),
+        (
+            "slack",
+            {"webhook_url": f"ftp://hooks.example.org/{TOKEN}"},
+            "webhook_url",
+            "must start with https",
+        ),
+        ("slack", {"webhook_url": "https:///no-host"}, "webhook_url", "has no valid host"),
+        ("workplace", {"group_id": "12ab", "access_token": TOKEN}, "group_id", "'12ab' is not a numeric id"),
+        ("email", {"smtp_host": "h", "sender": "me", "to": "a@b.org"}, "sender", "'me' is not an e-mail"),
+        ("email", {"smtp_host": "h", "sender": "a@b.org", "to": "x@y"}, "to", "'x@y' is not an e-mail"),
+        (
+            "email",
+            {"smtp_host": "h", "smtp_port": 70000, "sender": "a@b.org", "to": "c@d.org"},
+            "smtp_port",
+            "70000 is not a port number",
+        ),
+        ("ntfy", {"topic": "has space"}, "topic", "is not an ntfy topic"),
+        ("telegram", {"bot_token": TOKEN, "chat_id": "me"}, "chat_id", "is not a chat id"),
+        ("webhook", {"url": "https://x.org", "headers": ["Bad Header: v"]}, "headers", "not a valid header"),
+        ("slack", {"webhook_url": "https://x.org/h", "group_id": "1"}, "group_id", "have no setting"),
+        ("pager", {}, "type", "unknown notifier type 'pager'"),
+    ],
+)
+def test_validation_names_the_field_and_never_shows_a_secret(
+    kind: str, args: dict[str, Any], field: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        NotifierConfig.create(kind, args)
+    assert info.value.field == field
+    assert TOKEN not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("events", "message"),
+    [
+        ("stalled,exploded", "unknown event 'exploded'"),
+        ([], "at least one event"),
+        (3, "list of event names"),
+    ],
+)
+def test_events_are_checked(events: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        NotifierConfig.create("logger", events=events)
+
+
+def test_default_events_leave_finished_and_interrupted_opt_in() -> None:
+    config = NotifierConfig.create("logger")
+    assert config.events == ("stalled", "crashed", "failed", "recovered")
+    assert not config.wants("finished")
+    assert NotifierConfig.create("logger", events="finished").wants("finished")
+
+
+def test_every_type_has_a_label_and_fields_with_flags() -> None:
+    assert set(TYPES) == {
+        "logger", "slack", "workplace", "webhook", "discord", "teams", "telegram", "ntfy", "email", "apprise",
+    }  # fmt: skip
+    for cls in TYPES.values():
+        assert cls.label
+        assert all(f.flag.startswith("--") for f in cls.fields)

@@ -1,0 +1,295 @@
+"""Delivery through the outbox, against a real local HTTP server, with an injected clock."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from nbmonitor.config import NotifierConfig, NotifierStore
+from nbmonitor.events import Event
+from nbmonitor.outbox import Postman, claim_event, last_result
+from nbmonitor.repo import Repo
+
+from .helpers import FakeClock
+from .servers import Answer, HttpRecorder, free_port, serve
+from .test_record import sample
+
+
+@pytest.fixture
+def http() -> Iterator[HttpRecorder]:
+    yield from serve(HttpRecorder())
+
+
+def webhook(repo: Repo, url: str, **kwargs: Any) -> NotifierConfig:
+    return NotifierStore(repo).add(NotifierConfig.create("webhook", {"url": url}, **kwargs))
+
+
+def event(n: int = 0, kind: str = "crashed", at: float = 1_800_000_000.0) -> Event:
+    run = sample(id=f"{n:032x}", name=f"run-{n}")
+    return Event(kind, "end", run, at, 12.0, None, "test")
+
+
+def claim(repo: Repo, e: Event) -> bool:
+    return claim_event(repo, e, [n for n in NotifierStore(repo).load() if n.wants(e.kind)])
+
+
+@pytest.fixture
+def postman(repo: Repo, clock: FakeClock) -> Postman:
+    return Postman(repo, clock=clock.wall, timeout=0.5, orphan_after=30)
+
+
+def names(http: HttpRecorder, status: int = 200) -> list[str]:
+    return [r.json()["run"]["name"] for r in http.answered(status)]
+
+
+def test_each_event_reaches_each_notifier_once(repo: Repo, http: HttpRecorder, postman: Postman) -> None:
+    webhook(repo, f"{http.url}/a")
+    webhook(repo, f"{http.url}/b")
+    assert claim(repo, event(1))
+    assert not claim(repo, event(1))  # a second claimer of the same event loses
+    postman.deliver()
+    postman.deliver()
+    assert sorted(r.path for r in http.requests) == ["/a", "/b"]
+    assert not list((repo.path / "outbox").rglob("*.json"))
+
+
+def test_a_notifier_only_gets_the_events_it_wants(repo: Repo, http: HttpRecorder, postman: Postman) -> None:
+    webhook(repo, f"{http.url}/x", events="finished")
+    claim(repo, event(1, "crashed"))
+    claim(repo, event(2, "finished"))
+    postman.deliver()
+    assert names(http) == ["run-2"]
+
+
+def test_a_500_is_retried_after_a_backoff_and_delivered_once(
+    repo: Repo, http: HttpRecorder, postman: Postman, clock: FakeClock
+) -> None:
+    config = webhook(repo, f"{http.url}/h")
+    http.script = [Answer(500, "boom")]
+    claim(repo, event(1))
+    (failed,) = postman.deliver()
+    assert (failed.ok, failed.retry_in) == (False, 1.0)
+    assert last_result(repo, config.id)["pending"] == 1  # type: ignore[index]
+    clock.advance(0.5)
+    assert postman.deliver() == []  # still backing off
+    clock.advance(0.5)
+    (delivered,) = postman.deliver()
+    assert delivered.ok
+    assert [r.status for r in http.requests] == [500, 200]
+    assert last_result(repo, config.id)["ok"] is True  # type: ignore[index]
+    clock.advance(100)
+    assert postman.deliver() == []
+
+
+def test_backoff_doubles_up_to_its_cap(repo: Repo, http: HttpRecorder, clock: FakeClock) -> None:
+    postman = Postman(repo, clock=clock.wall, max_backoff=4)
+    webhook(repo, f"{http.url}/h")
+    http.default = Answer(503, "down")
+    claim(repo, event(1))
+    delays = []
+    for _ in range(5):
+        (result,) = postman.deliver()
+        delays.append(result.retry_in)
+        clock.advance(result.retry_in or 0)
+    assert delays == [1, 2, 4, 4, 4]
+
+
+def test_a_refused_connection_is_retried_until_the_endpoint_is_up(
+    repo: Repo, postman: Postman, clock: FakeClock
+) -> None:
+    port = free_port()
+    webhook(repo, f"http://127.0.0.1:{port}/h")
+    claim(repo, event(1))
+    (refused,) = postman.deliver()
+    assert "cannot reach" in refused.answer
+    late = HttpRecorder(port)
+    try:
+        clock.advance(1)
+        (delivered,) = postman.deliver()
+    finally:
+        late.close()
+    assert delivered.ok
+    assert names(late) == ["run-1"]
+
+
+def test_429_is_retried_no_sooner_than_retry_after(
+    repo: Repo, http: HttpRecorder, postman: Postman, clock: FakeClock
+) -> None:
+    webhook(repo, f"{http.url}/h")
+    http.script = [Answer(429, "slow down", {"Retry-After": "5"})]
+    claim(repo, event(1))
+    assert postman.deliver()[0].retry_in == 5
+    clock.advance(4.9)
+    assert postman.deliver() == []
+    clock.advance(0.1)
+    assert postman.deliver()[0].ok
+    assert [r.status for r in http.requests] == [429, 200]
+
+
+def test_a_server_that_never_answers_times_out_and_the_retry_delivers(
+    repo: Repo, http: HttpRecorder, postman: Postman, clock: FakeClock
+) -> None:
+    webhook(repo, f"{http.url}/h")
+    http.script = [Answer(delay=2.0)]
+    claim(repo, event(1))
+    (timed_out,) = postman.deliver()
+    assert "timed out" in timed_out.answer
+    clock.advance(1)
+    assert postman.deliver()[0].ok
+    assert len(http.answered()) == 2  # the first answer came after the client had given up
+    assert http.requests[1].status == 200
+
+
+def test_a_404_is_a_recorded_permanent_error_and_not_retried(
+    repo: Repo, http: HttpRecorder, postman: Postman, clock: FakeClock
+) -> None:
+    config = webhook(repo, f"{http.url}/gone")
+    http.default = Answer(404, "no such hook")
+    claim(repo, event(1))
+    (result,) = postman.deliver()
+    assert (result.ok, result.retry_in) == (False, None)
+    clock.advance(3600)
+    assert postman.deliver() == []
+    assert len(http.requests) == 1
+    recorded = last_result(repo, config.id)
+    assert recorded is not None
+    assert recorded["ok"] is False
+    assert "HTTP 404" in recorded["answer"]
+
+
+def test_one_failing_notifier_neither_delays_nor_duplicates_another(
+    repo: Repo, http: HttpRecorder, postman: Postman, clock: FakeClock
+) -> None:
+    down = HttpRecorder()
+    down.default = Answer(500, "down")
+    try:
+        webhook(repo, f"{down.url}/down")
+        webhook(repo, f"{http.url}/up")
+        claim(repo, event(1))
+        claim(repo, event(2))
+        postman.deliver()
+        assert sorted(names(http)) == ["run-1", "run-2"]
+        for _ in range(5):
+            clock.advance(60)
+            postman.deliver()
+        assert sorted(names(http)) == ["run-1", "run-2"]
+        assert len(down.requests) >= 5
+    finally:
+        down.close()
+
+
+def test_transient_failures_give_up_after_a_bounded_time(
+    repo: Repo, http: HttpRecorder, clock: FakeClock
+) -> None:
+    postman = Postman(repo, clock=clock.wall, give_up_after=120, max_backoff=60)
+    config = webhook(repo, f"{http.url}/h")
+    http.default = Answer(503, "down")
+    claim(repo, event(1, at=clock.wall()))
+    for _ in range(10):
+        postman.deliver()
+        clock.advance(60)
+    attempts = len(http.requests)
+    assert 2 <= attempts <= 5
+    assert "gave up after 120 s" in last_result(repo, config.id)["answer"]  # type: ignore[index]
+    assert not list((repo.path / "outbox").rglob("*.json"))
+
+
+def test_many_events_at_once_become_one_digest(repo: Repo, http: HttpRecorder, postman: Postman) -> None:
+    webhook(repo, f"{http.url}/h")
+    for n in range(30):
+        claim(repo, event(n))
+    postman.deliver()
+    (request,) = http.requests
+    body = request.json()
+    assert body["event"] == "digest"
+    assert body["text"].startswith("30 runs need attention:")
+    assert "... and 10 more" in body["text"]
+    assert sorted(e["run"]["name"] for e in body["events"]) == sorted(f"run-{n}" for n in range(30))
+
+
+def test_a_few_events_are_sent_one_by_one(repo: Repo, http: HttpRecorder, postman: Postman) -> None:
+    webhook(repo, f"{http.url}/h")
+    for n in range(3):
+        claim(repo, event(n))
+    postman.deliver()
+    assert sorted(names(http)) == ["run-0", "run-1", "run-2"]
+
+
+def test_pending_files_of_a_claimer_that_lost_are_never_sent(
+    repo: Repo, http: HttpRecorder, postman: Postman
+) -> None:
+    config = webhook(repo, f"{http.url}/h")
+    e = event(1)
+    assert claim(repo, e)
+    loser = repo.path / "outbox" / config.id / f"{e.run.id}.end.{'f' * 32}.json"
+    loser.write_text(json.dumps(e.to_dict() | {"nonce": "f" * 32}))  # a loser that died before cleaning up
+    postman.deliver()
+    assert len(http.requests) == 1
+    assert not loser.exists()
+
+
+def test_a_claimer_that_died_before_claiming_is_claimed_for_and_delivered_later(
+    repo: Repo, http: HttpRecorder, postman: Postman, clock: FakeClock
+) -> None:
+    config = webhook(repo, f"{http.url}/h")
+    e = event(1, at=clock.wall())
+    folder = repo.path / "outbox" / config.id
+    folder.mkdir(parents=True)
+    (folder / f"{e.run.id}.end.{'a' * 32}.json").write_text(json.dumps(e.to_dict() | {"nonce": "a" * 32}))
+    postman.deliver()
+    assert http.requests == []  # its claimer may still be at work
+    clock.advance(31)
+    postman.deliver()
+    assert names(http) == ["run-1"]
+    assert repo.read_claim(e.run.id, "end")["nonce"] == "a" * 32
+
+
+def test_two_senders_on_one_outbox_send_each_event_once(repo: Repo, http: HttpRecorder) -> None:
+    webhook(repo, f"{http.url}/h")
+    for n in range(40):
+        claim(repo, event(n))
+    senders = [Postman(repo, digest_at=1000) for _ in range(2)]
+    barrier = threading.Barrier(2)
+
+    def send(postman: Postman) -> None:
+        barrier.wait()
+        postman.deliver()
+
+    threads = [threading.Thread(target=send, args=(p,)) for p in senders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(names(http)) == sorted(f"run-{n}" for n in range(40))
+
+
+def test_a_bad_pending_file_is_set_aside_with_a_warning(
+    repo: Repo, http: HttpRecorder, postman: Postman, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = webhook(repo, f"{http.url}/h")
+    folder = repo.path / "outbox" / config.id
+    folder.mkdir(parents=True)
+    bad = folder / f"{'1' * 32}.end.{'b' * 32}.json"
+    bad.write_text("{trunc")
+    claim(repo, event(2))
+    postman.deliver()
+    assert names(http) == ["run-2"]
+    assert str(bad) in caplog.text
+    assert (folder / f".bad-{bad.name}").exists()
+
+
+def test_removing_or_disabling_a_notifier_drops_what_waits_for_it(
+    repo: Repo, http: HttpRecorder, postman: Postman
+) -> None:
+    store = NotifierStore(repo)
+    one, two = webhook(repo, f"{http.url}/1"), webhook(repo, f"{http.url}/2")
+    claim(repo, event(1))
+    store.remove(one.id)
+    store.update(two.id, enabled=False)
+    store.update(two.id, enabled=True)
+    postman.deliver()
+    assert http.requests == []

@@ -1,0 +1,76 @@
+"""Message templates: known fields only, nothing else interpreted."""
+
+from __future__ import annotations
+
+import pytest
+
+from nbmonitor import templates
+from nbmonitor.record import ErrorInfo
+
+VALUES = {"name": "train", "step": "40", "error": "KeyError: '{x}'"}
+
+
+@pytest.mark.parametrize(
+    ("template", "text"),
+    [
+        ("{name} at {step}", "train at 40"),
+        ("{unknown} {name}", "{unknown} train"),
+        ("{step:>5} {name!r}", "{step:>5} {name!r}"),
+        ("{name.__class__} {name[0]} {0}", "{name.__class__} {name[0]} {0}"),
+        ("{ {name} }}}", "{ train }}}"),
+        ("{{name}}", "{train}"),
+        ("{", "{"),
+        ("}{", "}{"),
+        ("{error}", "KeyError: '{x}'"),
+    ],
+)
+def test_render_replaces_known_fields_and_leaves_the_rest_as_written(template: str, text: str) -> None:
+    assert templates.render(template, VALUES) == text
+
+
+def test_values_are_never_read_as_templates() -> None:
+    assert templates.render("{name}", {"name": "{step}", "step": "9"}) == "{step}"
+
+
+def test_templates_cannot_reach_the_environment_or_globals() -> None:
+    for probe in ("{__globals__}", "{os.environ}", "{run.__init__.__globals__}", "{self}", "{__class__}"):
+        assert templates.text_for(templates.SAMPLE, {"stalled": probe}) == probe
+
+
+def test_every_documented_field_is_filled() -> None:
+    values = templates.fields(templates.SAMPLE)
+    assert set(values) == set(templates.FIELDS)
+    assert values["steps"] == "1200/5000"
+    assert values["since_progress"] == "1 min 35 s"
+    assert values["origin"] == "experiments/train.ipynb, cell 12"
+
+
+def test_default_texts_say_which_run_where_what_and_how_far() -> None:
+    text = templates.text_for(templates.SAMPLE)
+    for part in (
+        "train-resnet",
+        "stalled",
+        "1 min 35 s",
+        "30 s",
+        "experiments/train.ipynb, cell 12",
+        "gpu-box",
+    ):
+        assert part in text
+    assert "1200/5000" in text
+
+
+def test_a_notifier_template_wins_then_its_message_then_the_default() -> None:
+    event = templates.SAMPLE
+    assert templates.text_for(event, {"stalled": "S {name}"}, "M {name}") == "S train-resnet"
+    assert templates.text_for(event, {"failed": "F"}, "M {name}") == "M train-resnet"
+    assert templates.text_for(event, {}, None) == templates.render(
+        templates.DEFAULTS["stalled"], templates.fields(event)
+    )
+
+
+def test_a_failed_runs_error_and_location_are_in_its_text() -> None:
+    run = templates.SAMPLE.run.with_changes(
+        status="failed", error=ErrorInfo("ValueError", "bad", "t.py:3 in f")
+    )
+    event = templates.SAMPLE.__class__("failed", "end", run, run.started_at + 60, 1.0, None, "x")
+    assert "ValueError: bad at t.py:3 in f" in templates.text_for(event)
