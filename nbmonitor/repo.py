@@ -4,6 +4,8 @@ Layout (docs/repo-format.md is the full contract)::
 
     runs/<run id>.json          one file per run, written only by its owner
     events/<run id>/<key>.json  one claim per event, created exclusively
+    notifiers.json              the notifiers (nbmonitor.config)
+    outbox/, deliveries/        pending deliveries and results (nbmonitor.outbox)
     watcher.json                the running watcher: pid, host, start time
     watcher.lock / watcher.log  single-watcher lock, detached watcher's log
 

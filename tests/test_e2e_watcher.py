@@ -304,7 +304,8 @@ def test_a_delivery_pending_when_the_watcher_is_killed_is_sent_once_after_restar
     http = HttpRecorder()
     http.default = Answer(500, "endpoint down")
     try:
-        NotifierStore(repo).add(NotifierConfig.create("webhook", {"url": f"{http.url}/hook"}))
+        secret = "hook-secret-0123456789abcdef"
+        NotifierStore(repo).add(NotifierConfig.create("webhook", {"url": f"{http.url}/{secret}"}))
         first = start_watcher(repo, procs)
         run_id = crash_a_busy_script(scripts, repo, procs)
         wait_until(lambda: webhook_posts(http, run_id, 500), 10, "a failed delivery")
@@ -321,5 +322,7 @@ def test_a_delivery_pending_when_the_watcher_is_killed_is_sent_once_after_restar
         assert second.matching("CRASHED", run_id[:8]) == []  # the event itself is not repeated
         # The server counts a post before the sender reads the answer and clears the file.
         wait_until(lambda: not list((repo.path / "outbox").rglob("*.json")), 10, "an empty outbox")
+        assert "endpoint down" in first.text  # the failure was logged ...
+        assert secret not in first.text + second.text  # ... without the secret URL
     finally:
         http.close()
