@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .errors import CorruptRecordError, NbmonitorError, RepoError, WatcherError
 from .repo import Repo
-from .run import Run, current_run, track, watch
+from .run import Run, current_run, report_progress, track, watch
 
 __all__ = [
     "CorruptRecordError",
@@ -20,6 +20,7 @@ __all__ = [
     "WatcherError",
     "__version__",
     "current_run",
+    "report_progress",
     "track",
     "watch",
 ]

@@ -43,6 +43,11 @@ class Monitor:
         self.mono = mono
         self._use_thread = thread
         self._runs: dict[str, Run] = {}
+        self._ended: list[Run] = []
+        #: Called after each tick with the runs it handled (just-ended ones too), wall and mono time.
+        self.observers: list[Callable[[list[Run], float, float], None]] = []
+        #: Keep ticking with no open run (a kernel in %watch auto mode needs it).
+        self.keep_alive = False
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -51,10 +56,20 @@ class Monitor:
         """Start watching an open run (and the thread, if it is not running)."""
         with self._lock:
             self._runs[run.id] = run
+        self.ensure_thread()
+
+    def ensure_thread(self) -> None:
+        """Start the thread if it is not running."""
+        with self._lock:
             if self._use_thread and (self._thread is None or not self._thread.is_alive()):
                 self._wake.clear()
                 self._thread = threading.Thread(target=self._loop, name="nbmonitor", daemon=True)
                 self._thread.start()
+
+    def retire(self, run: Run) -> None:
+        """An ended run whose final state is written: observers see it once more, then it is gone."""
+        if self._runs.pop(run.id, None) is not None and self.observers:
+            self._ended.append(run)
 
     def runs(self) -> list[Run]:
         """The open runs of this process."""
@@ -63,9 +78,13 @@ class Monitor:
     def tick(self) -> None:
         """One pass: stamp progress and write what changed. The thread calls this every TICK."""
         now_wall, now_mono = self.wall(), self.mono()
-        for run in self.runs():
+        handled = self.runs()
+        for run in handled:
             if run._tick(now_wall, now_mono):
-                self._runs.pop(run.id, None)
+                self.retire(run)
+        ended, self._ended = self._ended, []
+        for observer in self.observers:
+            observer(handled + [r for r in ended if r not in handled], now_wall, now_mono)
 
     def _loop(self) -> None:
         while not self._wake.wait(self.TICK):
@@ -74,7 +93,7 @@ class Monitor:
             except Exception:  # the thread must outlive any bug; say so, keep going
                 log.exception("nbmonitor monitor tick failed")
             with self._lock:
-                if not self._runs:
+                if not self._runs and not self._ended and not self.keep_alive:
                     self._thread = None
                     return
 
@@ -89,7 +108,7 @@ class Monitor:
         """End every open run of this process with ``status`` and write it now."""
         for run in self.runs():
             run._end(status, exc)
-            self._runs.pop(run.id, None)
+            self.retire(run)
 
 
 _monitor: Monitor | None = None

@@ -15,7 +15,7 @@ import sys
 import threading
 import traceback
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -25,7 +25,7 @@ from .errors import RepoError
 from .record import ErrorInfo, Origin, RunRecord, clip
 from .repo import Repo
 
-__all__ = ["Run", "current_run", "track", "watch"]
+__all__ = ["Run", "current_run", "report_progress", "track", "watch"]
 
 T = TypeVar("T")
 
@@ -64,6 +64,7 @@ class Run:
         "_name",
         "_origin",
         "_pid",
+        "_probe",
         "_process_start",
         "_repo",
         "_seen",
@@ -105,6 +106,7 @@ class Run:
         self._folded = 0
         self._step: int | None = None
         self._track: _Track | None = None
+        self._probe: Callable[[], int] | None = None
         self._seen = 0
         self._started_at = self._last_wall = self._monitor.wall()
         self._last_mono = self._monitor.mono()
@@ -216,6 +218,8 @@ class Run:
         track = self._track
         done = track.completed() if track is not None else 0
         progress = self._beats + self._folded + done
+        if self._probe is not None:
+            progress += self._probe()
         if self._step is not None:
             return progress, self._step
         return progress, done if track is not None else progress
@@ -284,7 +288,7 @@ class Run:
                 error = _error_info(exc)
             self._set_end(status, error, self._monitor.wall())
         if self._tick(self._monitor.wall(), self._monitor.mono(), force=True):
-            self._monitor._runs.pop(self._id, None)
+            self._monitor.retire(self)
 
     def _start_track(self, iterable: Iterable[T], total: int | None, owns: bool) -> Iterator[T]:
         if total is None:
@@ -389,19 +393,50 @@ def track(
 
 
 def current_run() -> Run | None:
-    """The innermost run of an open ``watch()`` block, if any."""
+    """The innermost run of an open ``watch()`` block or ``%%watch`` cell, if any."""
     return _active[-1] if _active else None
+
+
+def report_progress(expect_next_in: float | None = None, step: int | None = None) -> None:
+    """Report progress of the current run (see ``current_run()``); does nothing outside one, so
+    the same code runs monitored or not."""
+    run = _active[-1] if _active else None
+    if run is not None:
+        run.report_progress(expect_next_in, step)
 
 
 def origin() -> Origin:
     """Where this process's runs come from: a notebook, a script, or an interactive session."""
-    if "ipykernel" in sys.modules:
-        return Origin("notebook", path=os.environ.get("JPY_SESSION_NAME") or None)
+    shell = _ipython()
+    if shell is not None and getattr(shell, "kernel", None) is not None:
+        path = shell.user_ns.get("__session__") or os.environ.get("JPY_SESSION_NAME") or None
+        cell = getattr(shell, "execution_count", None)
+        return Origin("notebook", path=path, cell=cell, kernel_id=kernel_id())
+    if shell is not None:
+        return Origin("interactive")
     argv = sys.argv
     if argv and argv[0]:
         path = argv[0] if argv[0] in ("-c", "-m") else os.path.abspath(argv[0])
         return Origin("script", path=path, argv=tuple(argv[1:]))
     return Origin("interactive")
+
+
+def _ipython() -> Any:
+    # Only if IPython is already imported: importing it here would make every script slow.
+    module = sys.modules.get("IPython")
+    return module.get_ipython() if module is not None else None
+
+
+def kernel_id() -> str | None:
+    """This Jupyter kernel's id, from its connection file name (kernel-<id>.json)."""
+    module = sys.modules.get("ipykernel")
+    if module is None:
+        return None
+    try:
+        name = os.path.basename(module.get_connection_file())
+    except (AttributeError, RuntimeError):
+        return None
+    return name.removeprefix("kernel-").removesuffix(".json") or None
 
 
 def default_name(where: Origin) -> str:

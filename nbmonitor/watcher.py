@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,11 +93,16 @@ class Watcher:
     def poll(self) -> list[Event]:
         """Look at every run once; claim and emit the events that are due. Returns those this
         watcher won (another watcher or kernel may have claimed the rest)."""
+        return self.check(self._scanner.scan(), everything=True)
+
+    def check(self, runs: Iterable[RunRecord], everything: bool = False) -> list[Event]:
+        """``poll()`` over the given records (a kernel checks its own runs this way).
+        ``everything``: these are all the runs, so forget any other."""
         now_wall, now_mono = self.wall(), self.mono()
         won: list[Event] = []
         alive: dict[tuple[int, float | None], bool] = {}
-        present: dict[str, _Seen] = {}
-        for run in self._scanner.scan():
+        present: dict[str, _Seen] = {} if everything else self._seen
+        for run in runs:
             seen = self._seen.get(run.id)
             if seen is None:
                 seen = _Seen(run.progress, now_mono)

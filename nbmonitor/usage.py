@@ -1,0 +1,219 @@
+"""Resource usage of this process and its children: CPU, memory, GPUs, with a short history.
+
+``Sampler.sample()`` does the reading (psutil, NVML through nvidia-ml-py);
+everything else here is arithmetic on plain numbers. With no NVIDIA driver
+or no ``pynvml`` module, GPUs read as "no GPU" instead of failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["GpuUsage", "History", "Sampler", "Usage", "human_bytes", "sparkline"]
+
+_BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+@dataclass(frozen=True, slots=True)
+class GpuUsage:
+    """One GPU: device utilisation, device memory, and this process tree's share of it."""
+
+    index: int
+    name: str
+    utilization: float  # percent of the device's time busy
+    memory_used: int  # bytes, whole device
+    memory_total: int  # bytes
+    process_memory: int | None = None  # bytes used by this process and its children, when visible
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """One sample of this process and its children."""
+
+    cpu_percent: float  # 100 = one core
+    rss: int  # bytes
+    pss: int | None  # bytes; proportional set size where the OS reports it
+    processes: int  # this one plus live children
+    gpus: tuple[GpuUsage, ...] = ()
+    gpu_error: str | None = None  # why there are no GPU readings ("no GPU", ...)
+
+
+def human_bytes(n: float) -> str:
+    """``512 B``, ``3.4 MB``, ``1.2 GB`` (powers of 1024, as top and nvidia-smi show them)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def sparkline(values: Sequence[float], width: int = 30, top: float | None = None) -> str:
+    """The last ``width`` values as block characters, scaled to ``top`` (default: their maximum)."""
+    shown = list(values)[-width:]
+    if not shown:
+        return ""
+    high = top if top is not None else max(shown)
+    if high <= 0:
+        return _BLOCKS[0] * len(shown)
+    steps = len(_BLOCKS) - 1
+    return "".join(_BLOCKS[max(0, min(steps, round(v / high * steps)))] for v in shown)
+
+
+def cpu_percent(previous: dict[int, float], current: dict[int, float], seconds: float) -> float:
+    """CPU use over an interval from per-process CPU seconds; a process new in ``current`` counts
+    in full (it started within the interval), one gone from it counts nothing more."""
+    if seconds <= 0:
+        return 0.0
+    used = sum(total - previous.get(pid, 0.0) for pid, total in current.items())
+    return max(0.0, used / seconds * 100)
+
+
+@dataclass
+class History:
+    """Bounded history of samples (default: the last five minutes at one a second), and peaks."""
+
+    size: int = 300
+    samples: deque[Usage] = field(default_factory=deque)
+    peak_cpu: float = 0.0
+    peak_rss: int = 0
+    peak_gpu_memory: int = 0
+
+    def add(self, usage: Usage) -> None:
+        self.samples.append(usage)
+        while len(self.samples) > self.size:
+            self.samples.popleft()
+        self.peak_cpu = max(self.peak_cpu, usage.cpu_percent)
+        self.peak_rss = max(self.peak_rss, usage.rss)
+        gpu_memory = sum(g.process_memory or 0 for g in usage.gpus)
+        self.peak_gpu_memory = max(self.peak_gpu_memory, gpu_memory)
+
+    @property
+    def last(self) -> Usage | None:
+        return self.samples[-1] if self.samples else None
+
+    def series(self, what: str) -> list[float]:
+        """``cpu``, ``rss`` or ``gpu<i>`` (utilisation of GPU i) over time."""
+        if what == "cpu":
+            return [u.cpu_percent for u in self.samples]
+        if what == "rss":
+            return [float(u.rss) for u in self.samples]
+        index = int(what.removeprefix("gpu"))
+        return [next((g.utilization for g in u.gpus if g.index == index), 0.0) for u in self.samples]
+
+
+class Sampler:
+    """Reads usage of a process (default: this one) and its children."""
+
+    def __init__(self, pid: int | None = None) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self._process = psutil.Process(pid if pid is not None else os.getpid())
+        self._cpu: dict[int, float] = {}
+        self._last_at: float | None = None
+        self._nvml: Any = None
+        self._gpu_error: str | None = None
+        self._nvml_tried = False
+
+    def sample(self, now: float) -> Usage:
+        """One reading; ``now`` is a monotonic time, for the CPU rate."""
+        psutil = self._psutil
+        processes = [self._process]
+        with contextlib.suppress(psutil.Error):  # a child may exit while being listed
+            processes += self._process.children(recursive=True)
+        cpu: dict[int, float] = {}
+        rss, pss, pss_known = 0, 0, True
+        for proc in processes:
+            try:
+                with proc.oneshot():
+                    times = proc.cpu_times()
+                    # Not children_*: a reaped child's time would then count twice, live and reaped.
+                    cpu[proc.pid] = times.user + times.system
+                    info = proc.memory_info()
+                    rss += info.rss
+                    full = _pss(proc)
+                    if full is None:
+                        pss_known = False
+                    else:
+                        pss += full
+            except psutil.Error:
+                continue
+        percent = 0.0
+        if self._last_at is not None:
+            percent = cpu_percent(self._cpu, cpu, now - self._last_at)
+        self._cpu, self._last_at = cpu, now
+        gpus = self._gpus({p.pid for p in processes})
+        return Usage(percent, rss, pss if pss_known else None, len(cpu), gpus, self._gpu_error)
+
+    def _gpus(self, pids: set[int]) -> tuple[GpuUsage, ...]:
+        nvml = self._nvml_handle()
+        if nvml is None:
+            return ()
+        found = []
+        try:
+            for index in range(nvml.nvmlDeviceGetCount()):
+                handle = nvml.nvmlDeviceGetHandleByIndex(index)
+                name = nvml.nvmlDeviceGetName(handle)
+                memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+                busy = nvml.nvmlDeviceGetUtilizationRates(handle).gpu
+                found.append(
+                    GpuUsage(
+                        index,
+                        name.decode() if isinstance(name, bytes) else str(name),
+                        float(busy),
+                        int(memory.used),
+                        int(memory.total),
+                        _process_gpu_memory(nvml, handle, pids),
+                    )
+                )
+        except nvml.NVMLError as e:
+            self._gpu_error = f"GPU readings failed: {e}"
+            return ()
+        return tuple(found)
+
+    def _nvml_handle(self) -> Any:
+        if self._nvml_tried:
+            return self._nvml
+        self._nvml_tried = True
+        try:
+            import pynvml
+        except ImportError:
+            self._gpu_error = "no GPU readings (pip install nvidia-ml-py)"
+            return None
+        try:
+            pynvml.nvmlInit()
+            count = pynvml.nvmlDeviceGetCount()
+        except pynvml.NVMLError as e:
+            missing = (pynvml.NVMLError_LibraryNotFound, pynvml.NVMLError_DriverNotLoaded)
+            self._gpu_error = "no GPU" if isinstance(e, missing) else f"no GPU readings ({e})"
+            return None
+        if count == 0:
+            self._gpu_error = "no GPU"
+        self._nvml = pynvml
+        return pynvml
+
+
+def _pss(proc: Any) -> int | None:
+    # smaps_rollup (Linux 4.14+) makes this a cheap read; other systems have no PSS.
+    import psutil
+
+    try:
+        return int(proc.memory_full_info().pss)
+    except (AttributeError, OSError, psutil.Error):
+        return None
+
+
+def _process_gpu_memory(nvml: Any, handle: Any, pids: Iterable[int]) -> int | None:
+    wanted = set(pids)
+    try:
+        running = list(nvml.nvmlDeviceGetComputeRunningProcesses(handle))
+        running += list(nvml.nvmlDeviceGetGraphicsRunningProcesses(handle))
+    except nvml.NVMLError:
+        return None
+    used = [p.usedGpuMemory for p in running if p.pid in wanted and p.usedGpuMemory is not None]
+    return int(sum(used)) if used else 0

@@ -1,0 +1,222 @@
+"""The live display of a run in a notebook, and its final static snapshot.
+
+``render_html`` and ``render_text`` are pure: a View in, a string out. All
+user text (names, errors) is escaped. ``RunDisplay`` shows the HTML in one
+stock ``ipywidgets.HTML`` (so one refresh is one comm message), refreshed at
+most ``MAX_RATE`` times a second and only when it changed, and replaces it
+with a plain HTML + text snapshot when the run ends, so a saved notebook
+shows the result without a kernel and never "Loading widget...".
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _format
+from .usage import History, human_bytes, sparkline
+
+__all__ = ["COLOURS", "RunDisplay", "View", "render_html", "render_text"]
+
+#: Badge colour per state.
+COLOURS = {
+    "running": "#2e7d32",
+    "late": "#f9a825",
+    "stalled": "#e65100",
+    "failed": "#c62828",
+    "crashed": "#8e0000",
+    "finished": "#1565c0",
+    "interrupted": "#616161",
+}
+
+MAX_RATE = 4.0  # refreshes a second, well under the 10 allowed
+
+
+@dataclass(frozen=True)
+class View:
+    """What the display shows at one moment."""
+
+    name: str
+    state: str
+    step: int
+    total: int | None
+    elapsed: float
+    since_progress: float
+    eta: float | None = None  # promised seconds between progress reports
+    grace: float | None = None
+    rate: float | None = None  # steps a second, recently
+    error: str | None = None
+    usage: History | None = None  # None: --no-usage
+    watcher: str | None = None  # "pid 123" when a standalone watcher runs
+    note: str | None = None  # the latest warning, if any
+    ended: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def remaining(self) -> float | None:
+        """Seconds to completion at the recent rate."""
+        if self.total is None or not self.rate or self.step >= self.total:
+            return None
+        return (self.total - self.step) / self.rate
+
+
+def _esc(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _badge(state: str) -> str:
+    colour = COLOURS.get(state, "#616161")
+    return (
+        f'<span class="nbm-badge" data-state="{_esc(state)}" style="background:{colour};color:#fff;'
+        f'border-radius:9px;padding:1px 8px;font-weight:600;font-size:0.85em">{_esc(state)}</span>'
+    )
+
+
+def _bar(view: View) -> str:
+    if view.total is None or view.total <= 0:
+        return ""
+    share = max(0.0, min(1.0, view.step / view.total))
+    colour = COLOURS.get(view.state, "#616161")
+    return (
+        '<div style="background:#e0e0e0;border-radius:4px;height:8px;margin:4px 0;max-width:480px">'
+        f'<div style="background:{colour};width:{share * 100:.1f}%;height:8px;border-radius:4px"></div></div>'
+    )
+
+
+def _progress(view: View) -> str:
+    parts = [f"step {_format.steps(view.step, view.total)}"]
+    if view.total:
+        parts[0] += f" ({min(100.0, view.step / view.total * 100):.0f}%)"
+    if view.rate is not None and not view.ended:
+        parts.append(f"{view.rate:.3g}/s")
+    parts.append(f"elapsed {_format.duration(view.elapsed)}")
+    if view.remaining is not None and not view.ended:
+        parts.append(f"about {_format.duration(view.remaining)} left")
+    return " · ".join(parts)
+
+
+def _promise(view: View) -> str:
+    if view.ended:
+        return ""
+    since = f"last progress {_format.duration(view.since_progress)} ago"
+    if view.eta is None:
+        return since + " (no ETA promised, so it cannot stall)"
+    grace = f" + {_format.duration(view.grace)} grace" if view.grace is not None else ""
+    return since + f", promised within {_format.duration(view.eta)}{grace}"
+
+
+def _usage_lines(view: View) -> list[str]:
+    history = view.usage
+    if history is None:
+        return []
+    last = history.last
+    if last is None:
+        return ["usage: measuring..."]
+    if view.ended:
+        peak_gpu = human_bytes(history.peak_gpu_memory) if history.peak_gpu_memory else last.gpu_error or "-"
+        peaks = f"peak CPU {history.peak_cpu:.0f}% · peak memory {human_bytes(history.peak_rss)}"
+        return [f"{peaks} · peak GPU memory {peak_gpu}"]
+    memory = f"memory {human_bytes(last.rss)} RSS"
+    if last.pss is not None:
+        memory += f" ({human_bytes(last.pss)} PSS)"
+    cpu = f"CPU {last.cpu_percent:.0f}% {sparkline(history.series('cpu'), top=max(100.0, history.peak_cpu))}"
+    lines = [
+        f"{cpu} · {memory} {sparkline(history.series('rss'))}"
+        + (f" · {last.processes} processes" if last.processes > 1 else "")
+    ]
+    for card in last.gpus:
+        mine = f", this kernel {human_bytes(card.process_memory)}" if card.process_memory is not None else ""
+        busy = sparkline(history.series(f"gpu{card.index}"), top=100)
+        memory = f"{human_bytes(card.memory_used)} of {human_bytes(card.memory_total)}{mine}"
+        lines.append(f"GPU{card.index} {card.name}: {card.utilization:.0f}% {busy} · {memory}")
+    if not last.gpus:
+        lines.append(last.gpu_error or "no GPU")
+    return lines
+
+
+def _watcher_line(view: View) -> str:
+    if view.ended:
+        return ""
+    if view.watcher:
+        return f"watcher running ({view.watcher}): you will hear of this run even if the kernel dies"
+    return (
+        "no standalone watcher: notifications stop if this kernel dies "
+        "(run 'nbmonitor-watcher start --detach' to keep watching)"
+    )
+
+
+def render_html(view: View) -> str:
+    """The display as HTML: a badge, the name, a bar, progress, the promise, usage, the watcher."""
+    parts = [f'<div>{_badge(view.state)} <b class="nbm-name">{_esc(view.name)}</b></div>', _bar(view)]
+    parts.append(f"<div>{_esc(_progress(view))}</div>")
+    if view.error:
+        parts.append(f'<div style="color:{COLOURS["failed"]}">{_esc(view.error)}</div>')
+    for line in (_promise(view), *_usage_lines(view)):
+        if line:
+            parts.append(f'<div style="font-family:monospace">{_esc(line)}</div>')
+    for note in (_watcher_line(view), view.note):
+        if note:
+            parts.append(f'<div style="color:#757575;font-size:0.85em">{_esc(note)}</div>')
+    return (
+        f'<div class="nbmonitor-run" data-state="{_esc(view.state)}" style="line-height:1.5">'
+        f"{''.join(parts)}</div>"
+    )
+
+
+def render_text(view: View) -> str:
+    """The display as plain text, for terminals, viewers and logs."""
+    lines = [f"nbmonitor · {view.name} · {view.state} · {_progress(view)}"]
+    if view.error:
+        lines.append(view.error)
+    lines += [line for line in (_promise(view), *_usage_lines(view)) if line]
+    return "\n".join(lines)
+
+
+class RunDisplay:
+    """One run's output in a cell: a live widget (or text where widgets cannot show), then a snapshot."""
+
+    def __init__(self, view: View, *, widgets: bool) -> None:
+        from IPython.display import display
+
+        self._lock = threading.Lock()
+        self._last_html = render_html(view)
+        self._last_at = float("-inf")
+        self.updates = 0
+        self.widget: Any = None
+        bundle: dict[str, Any] = {"text/plain": render_text(view), "text/html": self._last_html}
+        if widgets:
+            import ipywidgets
+
+            self.widget = ipywidgets.HTML(value=self._last_html)
+            bundle["application/vnd.jupyter.widget-view+json"] = {
+                "version_major": 2,
+                "version_minor": 0,
+                "model_id": self.widget.model_id,
+            }
+        self.handle = display(bundle, raw=True, display_id=True)  # type: ignore[no-untyped-call]  # IPython
+
+    def refresh(self, view: View, now: float) -> bool:
+        """Show ``view`` if it changed and the last refresh is old enough; True if it sent one."""
+        if self.widget is None:
+            return False
+        content = render_html(view)
+        with self._lock:
+            if content == self._last_html or now - self._last_at < 1 / MAX_RATE:
+                return False
+            self._last_html, self._last_at = content, now
+            self.widget.value = content
+            self.updates += 1
+            return True
+
+    def finish(self, view: View) -> None:
+        """Replace the live display by a static snapshot of the final state."""
+        with self._lock:
+            if self.handle is not None:
+                self.handle.update(
+                    {"text/plain": render_text(view), "text/html": render_html(view)}, raw=True
+                )
+            if self.widget is not None:
+                self.widget.close()
+                self.widget = None
