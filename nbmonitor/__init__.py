@@ -7,6 +7,8 @@ and reports stalls, crashes and failures.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .errors import CorruptRecordError, NbmonitorError, RepoError, WatcherError
 from .repo import Repo
 from .run import Run, current_run, report_progress, track, watch
@@ -26,3 +28,17 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext nbmonitor``: the ``%%watch`` and ``%watch`` magics. IPython is imported only here."""
+    from .magics import load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext nbmonitor``: remove the magics and hooks, stop the kernel's share of monitoring."""
+    from .magics import unload
+
+    unload(ipython)

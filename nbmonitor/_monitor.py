@@ -145,10 +145,13 @@ def _install_hooks() -> None:
 
 
 def _at_exit() -> None:
-    # A process that exits normally never raises an alarm: close what is open.
+    # A process that exits normally never raises an alarm: close what is open, and let
+    # observers (a kernel claiming its runs' ends) see them once more.
     if _monitor is not None:
         _monitor.stop()
         _monitor.end_all("finished")
+        if _monitor.observers:
+            _monitor.tick()
 
 
 def _forget_in_child() -> None:

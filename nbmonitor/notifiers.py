@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 import urllib.error
@@ -387,14 +388,26 @@ _WEBHOOK_URL = Field("webhook_url", "Webhook URL", "secret_url")
 
 class LoggerNotifier(Notifier):
     type = "logger"
-    label = "Log line"
+    label = "Log line (on the watcher's output, and in a file if given)"
+    fields = (Field("file", "Also append to this file", "text", required=False),)
 
     def send(self, message: Message) -> str:
-        log.info("NOTIFY %s", message.text)
-        return "logged"
+        line = " ".join(message.text.split())
+        log.info("NOTIFY %s", line)
+        path = self.args.get("file")
+        if not path:
+            return "logged"
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        try:
+            with open(os.path.expanduser(path), "a", encoding="utf-8") as f:
+                f.write(f"{stamp} {message.kind.upper()} {line}\n")
+        except OSError as e:
+            raise TransientError(f"cannot append to {path}: {e.strerror}") from None
+        return f"logged to {path}"
 
     def target(self) -> str:
-        return "the output and log of whoever delivers"
+        path = self.args.get("file")
+        return f"the deliverer's output and {path}" if path else "the deliverer's output"
 
 
 class SlackNotifier(_Http):

@@ -113,7 +113,7 @@ def _usage_lines(view: View) -> list[str]:
         return []
     last = history.last
     if last is None:
-        return ["usage: measuring..."]
+        return [] if view.ended else ["usage: measuring..."]
     if view.ended:
         peak_gpu = human_bytes(history.peak_gpu_memory) if history.peak_gpu_memory else last.gpu_error or "-"
         peaks = f"peak CPU {history.peak_cpu:.0f}% · peak memory {human_bytes(history.peak_rss)}"
@@ -175,18 +175,24 @@ def render_text(view: View) -> str:
 
 
 class RunDisplay:
-    """One run's output in a cell: a live widget (or text where widgets cannot show), then a snapshot."""
+    """One run's output in a cell, then a snapshot when it ends.
 
-    def __init__(self, view: View, *, widgets: bool) -> None:
+    ``mode``: "widget" (a live ipywidgets.HTML), "live" (the output itself is
+    updated, for kernels without ipywidgets) or "static" (shown at the start
+    and the end only, e.g. in a terminal IPython).
+    """
+
+    def __init__(self, view: View, *, mode: str) -> None:
         from IPython.display import display
 
+        self.mode = mode
         self._lock = threading.Lock()
         self._last_html = render_html(view)
         self._last_at = float("-inf")
         self.updates = 0
         self.widget: Any = None
         bundle: dict[str, Any] = {"text/plain": render_text(view), "text/html": self._last_html}
-        if widgets:
+        if mode == "widget":
             import ipywidgets
 
             self.widget = ipywidgets.HTML(value=self._last_html)
@@ -196,27 +202,30 @@ class RunDisplay:
                 "model_id": self.widget.model_id,
             }
         self.handle = display(bundle, raw=True, display_id=True)  # type: ignore[no-untyped-call]  # IPython
+        self.finished = False
 
     def refresh(self, view: View, now: float) -> bool:
         """Show ``view`` if it changed and the last refresh is old enough; True if it sent one."""
-        if self.widget is None:
+        if self.mode == "static":
             return False
         content = render_html(view)
         with self._lock:
-            if content == self._last_html or now - self._last_at < 1 / MAX_RATE:
+            if self.finished or content == self._last_html or now - self._last_at < 1 / MAX_RATE:
                 return False
             self._last_html, self._last_at = content, now
-            self.widget.value = content
+            if self.widget is not None:
+                self.widget.value = content
+            else:
+                self.handle.update({"text/plain": render_text(view), "text/html": content}, raw=True)
             self.updates += 1
             return True
 
     def finish(self, view: View) -> None:
         """Replace the live display by a static snapshot of the final state."""
         with self._lock:
-            if self.handle is not None:
-                self.handle.update(
-                    {"text/plain": render_text(view), "text/html": render_html(view)}, raw=True
-                )
+            self.finished = True
+            snapshot = {"text/plain": render_text(view), "text/html": render_html(view)}
+            self.handle.update(snapshot, raw=True)
             if self.widget is not None:
                 self.widget.close()
                 self.widget = None

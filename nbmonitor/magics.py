@@ -1,0 +1,240 @@
+"""``%%watch`` and ``%watch``: monitored cells in IPython and Jupyter.
+
+Loaded by ``%load_ext nbmonitor`` (see ``nbmonitor.load_ipython_extension``);
+nothing starts until a cell is watched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import math
+import weakref
+from typing import Any, NoReturn
+
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import ExecutionInfo, ExecutionResult, InteractiveShell
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+
+from . import _format
+from .kernel import Auto, KernelAgent, TqdmProbe
+from .run import Run
+
+__all__ = ["WatchMagics", "load", "unload"]
+
+_agents: weakref.WeakKeyDictionary[InteractiveShell, KernelAgent] = weakref.WeakKeyDictionary()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as a one-line UsageError instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _seconds(name: str, zero_ok: bool) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+            bound = ">= 0" if zero_ok else "> 0"
+            raise argparse.ArgumentTypeError(f"must be a finite number of seconds {bound}, got {text}")
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+CELL = _Parser(prog="%%watch", add_help=False)
+CELL.add_argument("--eta", type=_seconds("eta", False), help="most seconds between progress reports")
+CELL.add_argument("--name", help="the run's name (default: notebook and cell number)")
+CELL.add_argument("--total", type=_count, help="steps at completion, for the progress bar")
+CELL.add_argument("--grace", type=_seconds("grace", True), help="grace after a missed ETA")
+CELL.add_argument("--no-usage", action="store_true", help="do not sample CPU, memory and GPU")
+CELL.add_argument("--quiet", action="store_true", help="monitor without showing anything")
+
+LINE = _Parser(prog="%watch", add_help=False)
+_commands = LINE.add_subparsers(dest="command", required=True, metavar="auto|off|status")
+_auto = _commands.add_parser("auto", add_help=False, prog="%watch auto")
+_auto.add_argument("--after", type=_seconds("after", True), default=60.0, help="seconds (default 60)")
+_commands.add_parser("off", add_help=False, prog="%watch off")
+_commands.add_parser("status", add_help=False, prog="%watch status")
+
+
+@magics_class
+class WatchMagics(Magics):
+    """The ``watch`` magics; their docstring is what ``%%watch?`` shows."""
+
+    def __init__(self, shell: InteractiveShell, agent: KernelAgent) -> None:
+        super().__init__(shell)
+        self.agent = agent
+
+    @line_cell_magic
+    def watch(self, line: str, cell: str | None = None) -> Any:
+        """Monitor a cell, or every long cell, with nbmonitor.
+
+        Cell magic::
+
+            %%watch [--eta SECONDS] [--name NAME] [--total N] [--grace SECONDS] [--no-usage] [--quiet]
+
+        The cell becomes a monitored run with a live display: progress, rate,
+        elapsed time, time since the last progress against the promised ETA,
+        CPU, memory and GPU use. If no progress comes within ETA + grace the
+        run is "stalled" and the configured notifiers hear of it. Inside the
+        cell, ``nbmonitor.report_progress()``, ``nbmonitor.track(...)`` and
+        tqdm bars count as progress. An exception fails the run (the
+        traceback shows as usual), Ctrl-C / interrupt marks it interrupted.
+
+          --eta SECONDS    most seconds between two progress reports (none: it cannot stall)
+          --name NAME      the run's name (default: notebook and cell number)
+          --total N        steps at completion, for the progress bar
+          --grace SECONDS  grace after a missed ETA (default: 10% of it, 2 s to 60 s)
+          --no-usage       do not sample CPU, memory and GPU
+          --quiet          monitor, but show nothing
+
+        Line magic::
+
+            %watch auto [--after SECONDS]   every cell running longer than this becomes a run
+                                            (notifies on failure, and on finish if asked)
+            %watch off                      stop that
+            %watch status                   this kernel's runs, the watcher, recent events
+        """
+        __tracebackhide__ = True
+        if cell is None:
+            return self._line(line)
+        return self._cell(line, cell)
+
+    def _cell(self, line: str, cell: str) -> Any:
+        __tracebackhide__ = True
+        args = CELL.parse_args(line.split())
+        if self.agent.auto is not None:
+            self.agent.auto.cell_started(None)  # this cell has its own run
+        run = Run(
+            name=args.name or self._cell_name(), expect_next_in=args.eta, grace=args.grace, total=args.total
+        )
+        run._probe = TqdmProbe()
+        watched = self.agent.start_cell(run, show=not args.quiet, usage=not args.no_usage)
+        try:
+            with run:
+                return self._execute(cell)
+        finally:
+            self.agent.finish_cell(watched)
+
+    def _cell_name(self) -> str:
+        session = self.shell.user_ns.get("__session__") if self.shell else None
+        count = getattr(self.shell, "execution_count", None)
+        where = str(session).replace("\\", "/").rsplit("/", 1)[-1] if session else None
+        cell = f"cell {count}" if count is not None else "cell"
+        return f"{where} {cell}" if where else cell
+
+    def _execute(self, cell: str) -> Any:
+        """Run the cell's code like IPython does: magics inside work, the last expression is the result."""
+        __tracebackhide__ = True
+        shell = self.shell
+        assert shell is not None
+        source = shell.transform_cell(cell)
+        filename = shell.compile.cache(source, shell.execution_count, raw_code=cell)
+        tree = shell.transform_ast(shell.compile.ast_parse(source, filename=filename))
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body.pop().value)
+        exec(shell.compile(tree, filename, "exec"), shell.user_ns)
+        if last is not None:
+            return eval(shell.compile(last, filename, "eval"), shell.user_ns)
+        return None
+
+    def _line(self, line: str) -> None:
+        args = LINE.parse_args(line.split())
+        if args.command == "auto":
+            self.agent.auto = Auto(self.agent, args.after)
+            self.agent.monitor.keep_alive = True
+            self.agent.monitor.ensure_thread()
+            print(f"nbmonitor: every cell that runs longer than {_format.duration(args.after)} is now a run")
+        elif args.command == "off":
+            self.agent.auto = None
+            self.agent.monitor.keep_alive = False
+            print("nbmonitor: automatic runs are off")
+        else:
+            print(self._status())
+
+    def _status(self) -> str:
+        runs = self.agent.monitor.runs()
+        lines = [f"nbmonitor: {len(runs)} open run(s) in this kernel"]
+        for run in runs:
+            record = run.record()
+            cell = self.agent.cells.get(run.id)
+            state = cell.state if cell else record.status
+            since = cell.since_progress if cell else 0.0
+            lines.append(
+                f"  {record.name}  {state}  step {_format.steps(record.step, record.total)}  "
+                f"last progress {_format.duration(since)} ago  [run {record.id[:8]}]"
+            )
+        auto = self.agent.auto
+        lines.append(
+            f"automatic runs: after {_format.duration(auto.after)}" if auto else "automatic runs: off"
+        )
+        watcher = next(iter(self.agent._watcher_text.values()), None)
+        lines.append(f"standalone watcher: {'running, ' + watcher if watcher else 'not running'}")
+        if self.agent.events:
+            lines.append("recent events:")
+            lines += [f"  {e.kind} {e.run.name} [run {e.run.id[:8]}]" for e in self.agent.events]
+        if self.agent.notes.lines:
+            lines.append("recent warnings:")
+            lines += [f"  {note}" for note in self.agent.notes.lines]
+        return "\n".join(lines)
+
+
+def load(shell: InteractiveShell) -> KernelAgent:
+    """Register the magics and hooks on ``shell``; start nothing heavy."""
+    widgets = getattr(shell, "kernel", None) is not None and _has_ipywidgets()
+    agent = KernelAgent(widgets=widgets)
+    agent.attach()
+    shell.register_magics(WatchMagics(shell, agent))
+
+    def pre_run_cell(info: ExecutionInfo) -> None:
+        if agent.auto is not None and not (info.raw_cell or "").lstrip().startswith("%watch"):
+            agent.auto.cell_started(getattr(shell, "execution_count", None))
+
+    def post_run_cell(result: ExecutionResult) -> None:
+        if agent.auto is not None:
+            agent.auto.cell_ended(result.error_in_exec)
+
+    shell.events.register("pre_run_cell", pre_run_cell)
+    shell.events.register("post_run_cell", post_run_cell)
+    agent.hooks = {"pre_run_cell": pre_run_cell, "post_run_cell": post_run_cell}
+    _agents[shell] = agent
+    return agent
+
+
+def unload(shell: InteractiveShell) -> None:
+    """Remove the hooks and stop the kernel's share of monitoring."""
+    agent = _agents.pop(shell, None)
+    if agent is None:
+        return
+    for event, hook in agent.hooks.items():
+        shell.events.unregister(event, hook)
+    agent.detach()
+    assert shell.magics_manager is not None
+    magics = shell.magics_manager.magics
+    magics["line"].pop("watch", None)
+    magics["cell"].pop("watch", None)
+
+
+def _has_ipywidgets() -> bool:
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
