@@ -180,7 +180,7 @@ class NotifierStore:
         """Every notifier; CorruptRecordError names the file and the problem if it is bad."""
         try:
             raw = self.path.read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
         except OSError as e:
             raise CorruptRecordError(str(self.path), f"unreadable ({e.strerror})") from e
@@ -205,7 +205,7 @@ class NotifierStore:
         try:
             st = os.stat(self.path)
             stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no repo (yet): no notifiers
             stamp = (0, 0, 0)
         if self._cache is not None and self._cache[0] == stamp:
             return None

@@ -191,7 +191,7 @@ class Postman:
         """Reload the notifier file if it changed; a bad file keeps the last good one (and says so)."""
         try:
             fresh = self.store.load_if_changed()
-        except CorruptRecordError as e:
+        except (CorruptRecordError, OSError) as e:
             if str(e) != self._config_error:
                 log.warning("keeping the previous notifiers: %s", e)
                 self._config_error = str(e)
@@ -288,7 +288,7 @@ class Postman:
         folder = _outbox(self.repo, notifier_id)
         try:
             names = sorted(n for n in os.listdir(folder) if n.endswith(".json") and not n.startswith("."))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
         batch: list[_Pending] = []
         for name in names:

@@ -90,7 +90,7 @@ class Repo:
         """Keys of the events already claimed for a run."""
         try:
             names = os.listdir(self.events_dir / run_id)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return set()
         return {n[:-5] for n in names if n.endswith(".json") and not n.startswith(".")}
 

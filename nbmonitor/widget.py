@@ -31,7 +31,8 @@ COLOURS = {
     "interrupted": "#616161",
 }
 
-MAX_RATE = 4.0  # refreshes a second, well under the 10 allowed
+MAX_RATE = 4.0  # refreshes a second for progress, well under the 10 allowed
+HARD_RATE = 10.0  # refreshes a second at most, even when the state changes
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,7 @@ class RunDisplay:
         self.mode = mode
         self._lock = threading.Lock()
         self._last_html = render_html(view)
+        self._last_state = view.state
         self._last_at = float("-inf")
         self.updates = 0
         self.widget: Any = None
@@ -210,9 +212,13 @@ class RunDisplay:
             return False
         content = render_html(view)
         with self._lock:
-            if self.finished or content == self._last_html or now - self._last_at < 1 / MAX_RATE:
+            if self.finished or content == self._last_html:
                 return False
-            self._last_html, self._last_at = content, now
+            # A new state (stalled!) is shown at once; progress alone waits for its turn.
+            wait = 1 / HARD_RATE if view.state != self._last_state else 1 / MAX_RATE
+            if now - self._last_at < wait:
+                return False
+            self._last_html, self._last_at, self._last_state = content, now, view.state
             if self.widget is not None:
                 self.widget.value = content
             else:

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -122,3 +122,11 @@ class Proc:
                 self.popen.kill()
                 self.popen.wait(5)
         self._reader.join(5)
+
+
+def ipython_shell() -> Any:
+    """IPython's one global test shell (started on first use)."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.testing.globalipapp import start_ipython
+
+    return start_ipython() or InteractiveShell.instance()

@@ -56,3 +56,10 @@ def test_every_readme_example_runs(tmp_path: Path) -> None:
     assert (runs["fit"].status, runs["fit"].progress) == ("finished", 1000)
     assert runs["aim-style"].status == "finished"
     assert runs["gives-up"].status == "failed"
+
+
+def test_binder_installs_nbmonitor_with_its_jupyter_extras() -> None:
+    requirements = (ROOT / "binder" / "requirements.txt").read_text().split()
+    assert ".[jupyter]" in requirements
+    assert "jupyter =" in (ROOT / "pyproject.toml").read_text()
+    assert (ROOT / "notebooks" / "quickstart.ipynb").exists()

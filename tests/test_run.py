@@ -93,7 +93,10 @@ def test_progress_is_stamped_at_the_tick_that_sees_it(
     assert moved.progress == 1
 
 
-def test_a_run_records_who_and_where(monitor: _monitor.Monitor, repo: Repo) -> None:
+def test_a_run_records_who_and_where(
+    monitor: _monitor.Monitor, repo: Repo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(nbmonitor.run, "_ipython", lambda: None)  # no IPython shell in this process
     run = nbmonitor.Run(name="train", repo=repo, expect_next_in=3, grace=4, total=10)
     monitor.tick()
     record = on_disk(run)

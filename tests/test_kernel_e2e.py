@@ -1,0 +1,195 @@
+"""%%watch in real Jupyter kernels (jupyter_client, nbclient): what the front end receives."""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from jupyter_client.manager import KernelManager
+from nbclient import NotebookClient
+
+from nbmonitor.config import NotifierConfig, NotifierStore
+from nbmonitor.repo import Repo
+
+from .helpers import ROOT, Proc, child_env, wait_until
+
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+class Kernel:
+    """A real ipykernel; ``run`` executes code and returns every iopub message until it is idle."""
+
+    def __init__(self, repo: Path) -> None:
+        self.manager = KernelManager(kernel_name="python3")
+        self.manager.start_kernel(env=child_env(repo), cwd=str(ROOT))
+        self.client = self.manager.client()
+        self.client.start_channels()
+        self.client.wait_for_ready(timeout=60)
+
+    def run(self, code: str, timeout: float = 60) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        msg_id = self.client.execute(code)
+        messages: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                msg = self.client.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no idle within {timeout} s; got {messages[-3:]}") from None
+            messages.append(msg)
+            parent = msg["parent_header"].get("msg_id")
+            if (
+                msg["msg_type"] == "status"
+                and parent == msg_id
+                and msg["content"]["execution_state"] == "idle"
+            ):
+                break
+        reply = self.client.get_shell_msg(timeout=10)
+        return reply["content"], messages
+
+    def stop(self) -> None:
+        self.client.stop_channels()
+        self.manager.shutdown_kernel(now=True)
+
+
+@pytest.fixture
+def kernel_repo(tmp_path: Path) -> Path:
+    return tmp_path / "kernel-repo"
+
+
+@pytest.fixture
+def kernel(kernel_repo: Path) -> Iterator[Kernel]:
+    k = Kernel(kernel_repo)
+    try:
+        reply, _ = k.run("%load_ext nbmonitor")
+        assert reply["status"] == "ok"
+        yield k
+    finally:
+        k.stop()
+
+
+def widget_values(messages: list[dict[str, Any]]) -> list[str]:
+    """Every HTML value the widget was given, in order."""
+    values = []
+    for msg in messages:
+        if msg["msg_type"] in ("comm_open", "comm_msg"):
+            state = msg["content"].get("data", {}).get("state", {})
+            if "value" in state:
+                values.append(state["value"])
+    return values
+
+
+def displays(messages: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [m["content"]["data"] for m in messages if m["msg_type"] == kind]
+
+
+def test_a_stuck_cell_turns_stalled_and_is_notified_once_with_a_watcher_watching_too(
+    kernel: Kernel, kernel_repo: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "notified.log"
+    NotifierStore(Repo(kernel_repo)).add(NotifierConfig.create("logger", {"file": str(log)}))
+    watcher = Proc.watcher(kernel_repo, "--interval", "0.2")
+    try:
+        watcher.wait_for("watching")
+        code = (
+            "%%watch --eta 1 --name stuck\n"
+            "import os\nfrom tests.helpers import wait_until\n"
+            f"log = {str(log)!r}\n"
+            "wait_until(lambda: os.path.exists(log) and 'STALLED' in open(log).read(), 30, 'the stall')\n"
+            "from nbmonitor.magics import _agents\n"
+            "(shown,) = _agents[get_ipython()].cells.values()\n"
+            "wait_until(lambda: 'data-state=\"stalled\"' in shown.display._last_html, 10, 'the badge')"
+        )
+        reply, messages = kernel.run(code)
+        assert reply["status"] == "ok"
+        wait_until(lambda: log.exists() and "RECOVERED" in log.read_text(), 15, "the recovery notification")
+        assert watcher.popen.poll() is None, "the watcher watched the same repo all along"
+    finally:
+        watcher.stop()
+    (record,) = Repo(kernel_repo).runs()
+    claim = json.loads(
+        (Repo(kernel_repo).events_dir / record.id / f"stalled-{record.progress}.json").read_text()
+    )
+    assert claim["seen_by"].split()[0] in ("kernel", "watcher")
+    lines = log.read_text().splitlines()
+    assert len([line for line in lines if "STALLED" in line]) == 1  # sent once between the two
+    assert len([line for line in lines if "RECOVERED" in line]) == 1
+    states = [v.split('data-state="')[1].split('"')[0] for v in widget_values(messages)]
+    assert states[0] == "running"
+    assert "late" in states
+    assert "stalled" in states
+    (final,) = displays(messages, "update_display_data")
+    assert 'data-state="finished"' in final["text/html"]
+    assert WIDGET_MIME not in final
+
+
+def test_an_exception_fails_the_run_in_the_display_and_the_repo(kernel: Kernel, kernel_repo: Path) -> None:
+    reply, messages = kernel.run("%%watch --name broken\nraise ValueError('shape mismatch')")
+    assert (reply["status"], reply["ename"], reply["evalue"]) == ("error", "ValueError", "shape mismatch")
+    (final,) = displays(messages, "update_display_data")
+    assert 'data-state="failed"' in final["text/html"]
+    assert "ValueError: shape mismatch" in final["text/plain"]
+    (record,) = Repo(kernel_repo).runs()
+    assert record.status == "failed"
+    assert record.origin.kind == "notebook"
+    assert record.origin.kernel_id
+    claim = json.loads((Repo(kernel_repo).events_dir / record.id / "end.json").read_text())
+    assert (claim["event"], claim["seen_by"].split()[0]) == ("failed", "kernel")
+
+
+def test_widget_traffic_stays_under_ten_messages_a_second_in_a_million_iteration_loop(kernel: Kernel) -> None:
+    code = (
+        "%%watch --eta 5 --name million\n"
+        "import nbmonitor\n"
+        "for i in nbmonitor.track(range(1_000_000)):\n"
+        "    for _ in range(100):\n"
+        "        pass"
+    )
+    started = time.monotonic()
+    reply, messages = kernel.run(code)
+    seconds = time.monotonic() - started
+    assert reply["status"] == "ok"
+    updates = [m for m in messages if m["msg_type"] == "comm_msg"]
+    assert seconds > 1.0, "the loop was too short to measure"
+    assert len(widget_values(messages)) >= 2, "the widget never updated"
+    assert len(updates) <= 10 * seconds + 2  # the close message too
+    (final,) = displays(messages, "update_display_data")
+    assert "step 1000000/1000000 (100%)" in final["text/plain"]
+
+
+def test_a_saved_notebook_shows_the_final_snapshots_without_widgets(
+    tmp_path: Path, kernel_repo: Path
+) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("%load_ext nbmonitor"),
+        nbformat.v4.new_code_cell(
+            "%%watch --eta 2 --name ok --total 3\nimport nbmonitor\nlist(nbmonitor.track(range(3)))"
+        ),
+        nbformat.v4.new_code_cell("%%watch --name <b>bad</b>\n1 / 0"),
+    ]
+    client = NotebookClient(
+        nb, timeout=60, kernel_name="python3", allow_errors=True, resources={"metadata": {"path": str(ROOT)}}
+    )
+    client.km = KernelManager(kernel_name="python3")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NBMONITOR_REPO", str(kernel_repo))
+        client.execute()
+    saved = tmp_path / "saved.ipynb"
+    nbformat.write(nb, saved)
+    again = nbformat.read(saved, as_version=4)
+    ok, bad = (c.outputs for c in again.cells[1:])
+    ok_display = next(o for o in ok if o.output_type == "display_data")
+    assert WIDGET_MIME not in ok_display.data
+    assert 'data-state="finished"' in ok_display.data["text/html"]
+    assert "nbmonitor · ok · finished · step 3/3 (100%)" in ok_display.data["text/plain"]
+    assert next(o for o in ok if o.output_type == "execute_result").data["text/plain"] == "[0, 1, 2]"
+    bad_display = next(o for o in bad if o.output_type == "display_data")
+    assert 'data-state="failed"' in bad_display.data["text/html"]
+    assert "&lt;b&gt;bad&lt;/b&gt;" in bad_display.data["text/html"]
+    assert any(o.output_type == "error" and o.ename == "ZeroDivisionError" for o in bad)
