@@ -21,6 +21,7 @@ __all__ = [
     "Run",
     "WatcherError",
     "__version__",
+    "configure",
     "current_run",
     "report_progress",
     "track",
@@ -28,6 +29,21 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def configure(repo: Repo | str | None = None) -> Any:
+    """A form in the notebook for the notifiers of ``repo``: add, edit, test, enable, remove.
+
+    Needs ipywidgets (``pip install 'nbmonitor[jupyter]'``); edits the same file as
+    ``nbmonitor-watcher notifiers``.
+    """
+    try:
+        from .form import configure as form
+    except ImportError as e:
+        raise NbmonitorError(
+            f"configure() needs ipywidgets: pip install 'nbmonitor[jupyter]' ({e})"
+        ) from None
+    return form(repo)
 
 
 def load_ipython_extension(ipython: Any) -> None:
