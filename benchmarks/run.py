@@ -26,7 +26,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -283,18 +284,36 @@ def start_watcher(repo: Path, inbox: Inbox) -> subprocess.Popen[bytes]:
     return watcher
 
 
-def scripts(repo: Path, count: int, mode: str, gap: float) -> tuple[list[subprocess.Popen[str]], list[str]]:
-    path = repo.parent / "hang.py"
+@contextmanager
+def fleet(
+    repo: Path, count: int, mode: str, gap: float
+) -> Iterator[tuple[Inbox, list[subprocess.Popen[str]], list[str]]]:
+    """A watcher reporting to a local webhook, and ``count`` scripts started ``gap`` s apart;
+    all stopped on exit."""
+    inbox = Inbox()
+    watcher = start_watcher(repo, inbox)
+    path = repo.parent / f"{mode}.py"
     path.write_text(HANG)
     env = dict(os.environ, NBMONITOR_REPO=str(repo), PYTHONPATH=str(ROOT))
-    procs, ids = [], []
-    for _ in range(count):
-        proc = subprocess.Popen([sys.executable, str(path), mode], env=env, stdout=subprocess.PIPE, text=True)
-        assert proc.stdout is not None
-        ids.append(proc.stdout.readline().strip())
-        procs.append(proc)
-        time.sleep(gap)  # spread the deadlines, so each is its own notification
-    return procs, ids
+    procs: list[subprocess.Popen[str]] = []
+    ids: list[str] = []
+    try:
+        for _ in range(count):
+            proc = subprocess.Popen(
+                [sys.executable, str(path), mode], env=env, stdout=subprocess.PIPE, text=True
+            )
+            procs.append(proc)
+            assert proc.stdout is not None
+            ids.append(proc.stdout.readline().strip())
+            time.sleep(gap)  # spread the deadlines, so each is its own notification
+        yield inbox, procs, ids
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        watcher.terminate()
+        watcher.wait()
+        inbox.close()
 
 
 def percentiles(values: list[float]) -> tuple[float, float]:
@@ -306,18 +325,8 @@ def row_stall(count: int, work: Path) -> Row:
     from nbmonitor.repo import Repo
 
     repo = work / "stall-repo"
-    inbox = Inbox()
-    watcher = start_watcher(repo, inbox)
-    procs, ids = scripts(repo, count, "hang", 0.4)
-    try:
+    with fleet(repo, count, "hang", 0.4) as (inbox, _, ids):
         arrived = inbox.wait("stalled", set(ids), 60)
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait()
-        watcher.terminate()
-        watcher.wait()
-        inbox.close()
     latencies = []
     for run_id in ids:
         record = Repo(repo).read_run(run_id)
@@ -342,24 +351,14 @@ def row_stall(count: int, work: Path) -> Row:
 
 def row_crash(count: int, work: Path) -> Row:
     repo = work / "crash-repo"
-    inbox = Inbox()
-    watcher = start_watcher(repo, inbox)
-    procs, ids = scripts(repo, count, "busy", 0.0)
     killed: dict[str, float] = {}
-    try:
+    with fleet(repo, count, "busy", 0.0) as (inbox, procs, ids):
         time.sleep(1.0)  # let every run file be written before the kills start
         for proc, run_id in zip(procs, ids, strict=True):
             proc.send_signal(signal.SIGKILL)
             killed[run_id] = time.time()
             time.sleep(0.3)
         arrived = inbox.wait("crashed", set(ids), 60)
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait()
-        watcher.terminate()
-        watcher.wait()
-        inbox.close()
     median, p95 = percentiles([arrived[i] - killed[i] for i in ids])
     return Row(
         4,

@@ -63,3 +63,15 @@ def test_binder_installs_nbmonitor_with_its_jupyter_extras() -> None:
     assert ".[jupyter]" in requirements
     assert "jupyter =" in (ROOT / "pyproject.toml").read_text()
     assert (ROOT / "notebooks" / "quickstart.ipynb").exists()
+
+
+def test_the_benchmark_script_loads_and_documents_its_command() -> None:
+    # The benchmarks themselves are timed, so they never run in the test suite (benchmarks/RESULTS.md).
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "python benchmarks/run.py" in done.stdout
+    assert "--quick" in done.stdout
