@@ -58,3 +58,14 @@ def unload_ipython_extension(ipython: Any) -> None:
     from .magics import unload
 
     unload(ipython)
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """jupyter_server finds the REST API for the JupyterLab extension here."""
+    return [{"module": "nbmonitor"}]
+
+
+def _load_jupyter_server_extension(server_app: Any) -> None:
+    from .server import load
+
+    load(server_app)

@@ -1,0 +1,154 @@
+"""The jupyter_server extension: a read-only REST API over the repo, for the JupyterLab extension.
+
+    GET {base_url}/nbmonitor/api/runs          every run, newest first
+    GET {base_url}/nbmonitor/api/runs/<id>     one run
+    GET {base_url}/nbmonitor/api/watcher       whether a standalone watcher runs
+
+Every handler requires Jupyter authentication. Reads run in a worker thread,
+so a slow or large repo never blocks the server's event loop. The repo is
+``$NBMONITOR_REPO``, else ``~/.nbmonitor``, unless ``c.Nbmonitor.repo`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import tornado.web
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.serverapp import ServerApp
+from jupyter_server.utils import url_path_join
+from traitlets import Unicode
+from traitlets.config import Configurable
+
+from . import __version__, rules
+from .errors import CorruptRecordError
+from .record import RunRecord, is_run_id
+from .repo import Repo
+from .watcher import Observation, Watcher, watcher_info
+
+__all__ = ["Nbmonitor", "load"]
+
+
+class Nbmonitor(Configurable):
+    """Server settings: ``c.Nbmonitor.repo = "/shared/runs"``."""
+
+    repo = Unicode(
+        None, allow_none=True, config=True, help="nbmonitor repo (default: $NBMONITOR_REPO or ~/.nbmonitor)"
+    )
+
+
+class _Reader:
+    """One watcher view of the repo, used from worker threads one at a time (it caches file reads)."""
+
+    def __init__(self, repo: Repo) -> None:
+        self.repo = repo
+        self._watcher = Watcher(repo, emit=lambda _: None)
+        self._lock = threading.Lock()
+
+    def runs(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [_run_json(o) for o in self._watcher.observe()]
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            try:
+                record = self.repo.read_run(run_id)
+            except (FileNotFoundError, CorruptRecordError):
+                return None
+            found = [o for o in self._watcher.observe() if o.run.id == run_id]
+        return (
+            _run_json(found[0]) if found else _run_json(Observation(record, rules.State(record.status), 0.0))
+        )
+
+    def watcher(self) -> dict[str, Any]:
+        info = watcher_info(self.repo)
+        if info is None:
+            return {"running": False, "repo": str(self.repo.path)}
+        started = float(info.get("started_at", time.time()))
+        return {
+            "running": True,
+            "repo": str(self.repo.path),
+            "pid": info.get("pid"),
+            "host": info.get("host"),
+            "started_at": started,
+            "uptime": time.time() - started,
+        }
+
+
+def _run_json(obs: Observation) -> dict[str, Any]:
+    run: RunRecord = obs.run
+    return {
+        "id": run.id,
+        "name": run.name,
+        "status": obs.state.value,
+        "origin": {
+            "kind": run.origin.kind,
+            "path": run.origin.path,
+            "cell": run.origin.cell,
+            "text": run.origin.describe(),
+        },
+        "host": run.host,
+        "pid": run.pid,
+        "step": run.step,
+        "total": run.total,
+        "since_progress": None if obs.state in rules.TERMINAL else obs.since_progress,
+        "eta": run.eta,
+        "started_at": run.started_at,
+        "ended_at": run.ended_at,
+        "last_progress_at": run.last_progress_at,
+        "error": run.error.summary() if run.error else None,
+        "usage": None,  # runs do not record usage in the repo yet; the notebook's display shows it
+    }
+
+
+class _Handler(APIHandler):
+    @property
+    def reader(self) -> _Reader:
+        return self.settings["nbmonitor_reader"]  # type: ignore[no-any-return]
+
+    async def in_thread(self, work: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(None, work, *args)
+
+
+class RunsHandler(_Handler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        self.finish({"runs": await self.in_thread(self.reader.runs), "version": __version__})
+
+
+class RunHandler(_Handler):
+    @tornado.web.authenticated
+    async def get(self, run_id: str) -> None:
+        if not is_run_id(run_id):
+            raise tornado.web.HTTPError(400, f"not a run id: {run_id[:40]!r}")
+        found = await self.in_thread(self.reader.run, run_id)
+        if found is None:
+            raise tornado.web.HTTPError(404, f"no run {run_id}")
+        self.finish(found)
+
+
+class WatcherHandler(_Handler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        self.finish(await self.in_thread(self.reader.watcher))
+
+
+def load(server_app: ServerApp) -> None:
+    """Add the handlers to a running Jupyter server."""
+    settings = Nbmonitor(parent=server_app)
+    repo = Repo(settings.repo or None)
+    web_app = server_app.web_app
+    web_app.settings["nbmonitor_reader"] = _Reader(repo)
+    base = url_path_join(web_app.settings["base_url"], "nbmonitor", "api")
+    web_app.add_handlers(
+        ".*$",
+        [
+            (url_path_join(base, "runs"), RunsHandler),
+            (url_path_join(base, "runs", r"([^/]+)"), RunHandler),
+            (url_path_join(base, "watcher"), WatcherHandler),
+        ],
+    )
+    server_app.log.info("nbmonitor: serving %s at %s", repo.path, base)

@@ -1,0 +1,87 @@
+"""The server extension's REST API in a real Jupyter server, with authentication on."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+from nbmonitor.repo import Repo
+
+from .test_record import sample
+
+
+@pytest.fixture
+def jp_server_config(repo: Repo) -> dict[str, Any]:
+    return {"ServerApp": {"jpserver_extensions": {"nbmonitor": True}}, "Nbmonitor": {"repo": str(repo.path)}}
+
+
+async def get(jp_fetch: Any, *path: str) -> Any:
+    response = await jp_fetch("nbmonitor", "api", *path)
+    assert response.code == 200
+    return json.loads(response.body)
+
+
+def write_runs(repo: Repo) -> None:
+    now = time.time()
+    host = os.uname().nodename
+    repo.write_run(
+        sample(id="a" * 32, name="<b>stuck</b>", host=host, pid=os.getpid(), process_start=None, boot_id=None,
+               eta=1.0, last_progress_at=now - 60, started_at=now - 100, step=40, total=100)
+    )  # fmt: skip
+    repo.write_run(sample(id="b" * 32, name="done", status="finished", ended_at=now, started_at=now - 5))
+
+
+async def test_runs_lists_what_the_repo_holds(jp_fetch: Any, repo: Repo) -> None:
+    write_runs(repo)
+    body = await get(jp_fetch, "runs")
+    runs = {r["id"][0]: r for r in body["runs"]}
+    assert set(runs) == {"a", "b"}
+    stuck = runs["a"]
+    assert (stuck["name"], stuck["status"], stuck["step"], stuck["total"]) == (
+        "<b>stuck</b>",
+        "stalled",
+        40,
+        100,
+    )
+    assert stuck["since_progress"] >= 59
+    assert stuck["origin"]["text"] == "train.py --lr 3"
+    assert (runs["b"]["status"], runs["b"]["since_progress"]) == ("finished", None)
+
+
+async def test_a_corrupt_run_file_does_not_break_the_listing(jp_fetch: Any, repo: Repo) -> None:
+    write_runs(repo)
+    (repo.runs_dir / f"{'c' * 32}.json").write_text('{"format": 1, "id": "cc')
+    body = await get(jp_fetch, "runs")
+    assert sorted(r["id"][0] for r in body["runs"]) == ["a", "b"]
+
+
+async def test_one_run_by_id(jp_fetch: Any, repo: Repo) -> None:
+    write_runs(repo)
+    assert (await get(jp_fetch, "runs", "b" * 32))["status"] == "finished"
+    with pytest.raises(HTTPClientError) as missing:
+        await jp_fetch("nbmonitor", "api", "runs", "d" * 32)
+    assert missing.value.code == 404
+    with pytest.raises(HTTPClientError) as bad:
+        await jp_fetch("nbmonitor", "api", "runs", "..%2F..%2Fetc")
+    assert bad.value.code in (400, 404)
+
+
+async def test_watcher_says_whether_one_runs(jp_fetch: Any, repo: Repo) -> None:
+    body = await get(jp_fetch, "watcher")
+    assert body == {"running": False, "repo": str(repo.path)}
+
+
+@pytest.mark.parametrize("path", ["runs", f"runs/{'a' * 32}", "watcher"])
+async def test_every_endpoint_refuses_requests_without_a_token(
+    jp_fetch: Any, jp_base_url: str, jp_http_port: int, path: str
+) -> None:
+    await jp_fetch("nbmonitor", "api", "watcher")  # the server is up
+    url = f"http://localhost:{jp_http_port}{jp_base_url}nbmonitor/api/{path}"
+    with pytest.raises(HTTPClientError) as refused:
+        await AsyncHTTPClient().fetch(url)
+    assert refused.value.code == 403
