@@ -69,3 +69,8 @@ def _load_jupyter_server_extension(server_app: Any) -> None:
     from .server import load
 
     load(server_app)
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """Where the prebuilt JupyterLab extension lies inside the package (for development installs)."""
+    return [{"src": "labextension", "dest": "nbmonitor"}]

@@ -1,0 +1,283 @@
+/**
+ * nbmonitor in JupyterLab: a "Runs" panel in the left sidebar, a status bar
+ * item, and a notification when a run stalls, crashes or fails.
+ *
+ * It polls the server extension's REST API (nbmonitor/api/runs) every two
+ * seconds, backs off while the server is unreachable, and shows that it is
+ * offline. User text (run names, origins, errors) is only ever set as text.
+ */
+import {
+  ILabShell,
+  JupyterFrontEnd,
+  JupyterFrontEndPlugin
+} from '@jupyterlab/application';
+import { Notification } from '@jupyterlab/apputils';
+import { URLExt } from '@jupyterlab/coreutils';
+import { ServerConnection } from '@jupyterlab/services';
+import { IStatusBar } from '@jupyterlab/statusbar';
+import { Widget } from '@lumino/widgets';
+
+const POLL_MS = 2000;
+const MAX_BACKOFF_MS = 30000;
+const PROBLEMS = new Set(['stalled', 'crashed', 'failed']);
+const ACTIVE = new Set(['running', 'late', 'stalled']);
+
+/** One run as the REST API returns it. */
+export interface IRun {
+  id: string;
+  name: string;
+  status: string;
+  origin: { kind: string; path: string | null; cell: number | null; text: string };
+  host: string;
+  pid: number;
+  step: number;
+  total: number | null;
+  since_progress: number | null;
+  eta: number | null;
+  error: string | null;
+  ended_at: number | null;
+  last_progress_at: number;
+}
+
+const RECENT_S = 3600;
+
+/** Active, or a problem of the last hour: what deserves attention now. */
+function current(run: IRun): boolean {
+  if (ACTIVE.has(run.status)) {
+    return true;
+  }
+  const at = run.ended_at ?? run.last_progress_at;
+  return PROBLEMS.has(run.status) && Date.now() / 1000 - at < RECENT_S;
+}
+
+function duration(seconds: number): string {
+  if (seconds < 10) {
+    return `${seconds.toFixed(1)} s`;
+  }
+  if (seconds < 60) {
+    return `${Math.floor(seconds)} s`;
+  }
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) {
+    return `${minutes} min ${Math.floor(seconds % 60)} s`;
+  }
+  return `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
+}
+
+function el(tag: string, className: string, text?: string): HTMLElement {
+  const node = document.createElement(tag);
+  node.className = className;
+  if (text !== undefined) {
+    node.textContent = text; // never innerHTML: names and errors are user text
+  }
+  return node;
+}
+
+/** Polls the API with backoff and tells listeners what changed. */
+class RunsModel {
+  runs: IRun[] = [];
+  offline = false;
+  private _listeners: Array<() => void> = [];
+  private _delay = POLL_MS;
+  private _settings = ServerConnection.makeSettings();
+
+  onChange(listener: () => void): void {
+    this._listeners.push(listener);
+  }
+
+  start(): void {
+    void this._poll();
+  }
+
+  private async _poll(): Promise<void> {
+    try {
+      const url = URLExt.join(this._settings.baseUrl, 'nbmonitor', 'api', 'runs');
+      const response = await ServerConnection.makeRequest(url, {}, this._settings);
+      if (!response.ok) {
+        throw new Error(`HTTP ${response.status}`);
+      }
+      const body = (await response.json()) as { runs: IRun[] };
+      this.runs = body.runs;
+      this.offline = false;
+      this._delay = POLL_MS;
+    } catch (reason) {
+      this.offline = true;
+      this._delay = Math.min(this._delay * 2, MAX_BACKOFF_MS);
+    }
+    this._listeners.forEach(listener => listener());
+    window.setTimeout(() => void this._poll(), this._delay);
+  }
+}
+
+/** The left sidebar panel: one row per run. */
+class RunsPanel extends Widget {
+  private _list = el('ul', 'nbm-list');
+  private _offline = el('div', 'nbm-offline', 'offline: the server does not answer; retrying');
+  private _showAll = false;
+
+  constructor(
+    private _model: RunsModel,
+    private _open: (path: string) => void
+  ) {
+    super();
+    this.id = 'nbmonitor-runs';
+    this.title.caption = 'nbmonitor runs';
+    this.title.label = 'Runs';
+    this.addClass('nbm-panel');
+    const header = el('div', 'nbm-header');
+    header.appendChild(el('span', 'nbm-title', 'nbmonitor runs'));
+    const filter = el('button', 'nbm-filter jp-mod-styled', 'show all') as HTMLButtonElement;
+    filter.onclick = () => {
+      this._showAll = !this._showAll;
+      filter.textContent = this._showAll ? 'show active' : 'show all';
+      this.render();
+    };
+    header.appendChild(filter);
+    if ('Notification' in window && window.Notification.permission === 'default') {
+      const ask = el('button', 'nbm-ask jp-mod-styled', 'browser notifications') as HTMLButtonElement;
+      ask.onclick = () => void window.Notification.requestPermission().then(() => ask.remove());
+      header.appendChild(ask);
+    }
+    this.node.appendChild(header);
+    this.node.appendChild(this._offline);
+    this.node.appendChild(this._list);
+    this._model.onChange(() => this.render());
+  }
+
+  render(): void {
+    this._offline.style.display = this._model.offline ? 'block' : 'none';
+    const shown = this._model.runs.filter(r => this._showAll || current(r));
+    this._list.replaceChildren(...shown.map(run => this._row(run)));
+    if (shown.length === 0) {
+      this._list.appendChild(el('li', 'nbm-empty', this._showAll ? 'no runs yet' : 'no active runs'));
+    }
+  }
+
+  private _row(run: IRun): HTMLElement {
+    const row = el('li', `nbm-run nbm-status-${run.status}`);
+    row.dataset.runId = run.id;
+    row.dataset.status = run.status;
+    const top = el('div', 'nbm-line');
+    top.appendChild(el('span', `nbm-dot nbm-status-${run.status}`, '●'));
+    top.appendChild(el('span', 'nbm-name', run.name));
+    top.appendChild(el('span', 'nbm-state', run.status));
+    row.appendChild(top);
+    const steps = run.total !== null ? `${run.step}/${run.total}` : `${run.step}`;
+    const since = run.since_progress !== null ? ` · last progress ${duration(run.since_progress)} ago` : '';
+    row.appendChild(el('div', 'nbm-detail', `${run.origin.text} · step ${steps}${since}`));
+    if (run.error) {
+      row.appendChild(el('div', 'nbm-error', run.error));
+    }
+    if (run.origin.kind === 'notebook' && run.origin.path) {
+      const path = run.origin.path;
+      row.classList.add('nbm-openable');
+      row.title = `open ${path}`;
+      row.onclick = () => this._open(path);
+    }
+    return row;
+  }
+}
+
+/** "3 running · 1 stalled" in the status bar; red when anything is wrong. */
+class RunsStatus extends Widget {
+  constructor(
+    private _model: RunsModel,
+    onClick: () => void
+  ) {
+    super();
+    this.addClass('nbm-statusbar');
+    this.node.onclick = onClick;
+    this._model.onChange(() => this.render());
+    this.render();
+  }
+
+  render(): void {
+    const counts = new Map<string, number>();
+    for (const run of this._model.runs.filter(current)) {
+      counts.set(run.status, (counts.get(run.status) ?? 0) + 1);
+    }
+    const parts: string[] = [];
+    for (const status of ['running', 'late', 'stalled', 'crashed', 'failed']) {
+      const n = counts.get(status) ?? 0;
+      if (n > 0) {
+        parts.push(`${n} ${status}`);
+      }
+    }
+    const problems = [...PROBLEMS].some(s => (counts.get(s) ?? 0) > 0);
+    this.node.textContent = this._model.offline ? 'nbmonitor offline' : parts.join(' · ') || 'no active runs';
+    this.node.classList.toggle('nbm-bad', problems);
+    this.node.title = 'nbmonitor: click to open the runs panel';
+  }
+}
+
+/** One toast (and one browser notification) per incident; a recovery updates the toast. */
+class Alerts {
+  private _seen = new Map<string, string>();
+  private _toasts = new Map<string, string>();
+  private _first = true;
+
+  constructor(private _model: RunsModel) {
+    this._model.onChange(() => this.check());
+  }
+
+  check(): void {
+    if (this._model.offline) {
+      return;
+    }
+    for (const run of this._model.runs) {
+      const before = this._seen.get(run.id);
+      this._seen.set(run.id, run.status);
+      if (before === run.status) {
+        continue;
+      }
+      // On the first look only what is stuck right now is news; old failures are not.
+      const news = PROBLEMS.has(run.status) && current(run) && (!this._first || run.status === 'stalled');
+      if (news) {
+        this._raise(run);
+      } else if (before === 'stalled' && this._toasts.has(run.id)) {
+        Notification.update({
+          id: this._toasts.get(run.id)!,
+          message: `${run.name} recovered (${run.status})`,
+          type: 'success',
+          autoClose: 5000
+        });
+        this._toasts.delete(run.id);
+      }
+    }
+    this._first = false;
+  }
+
+  private _raise(run: IRun): void {
+    const what = run.status === 'stalled' ? 'stalled' : run.status;
+    const text = `${run.name} ${what}: ${run.error ?? run.origin.text}`;
+    const id =
+      run.status === 'stalled'
+        ? Notification.warning(text, { autoClose: false })
+        : Notification.error(text, { autoClose: false });
+    this._toasts.set(run.id, id);
+    if ('Notification' in window && window.Notification.permission === 'granted') {
+      new window.Notification(`nbmonitor: ${run.name} ${what}`, { body: run.origin.text, tag: `${run.id}-${what}` });
+    }
+  }
+}
+
+const plugin: JupyterFrontEndPlugin<void> = {
+  id: 'nbmonitor:plugin',
+  description: 'Every nbmonitor run in a panel and the status bar, with notifications.',
+  autoStart: true,
+  optional: [ILabShell, IStatusBar],
+  activate: (app: JupyterFrontEnd, labShell: ILabShell | null, statusBar: IStatusBar | null) => {
+    const model = new RunsModel();
+    const open = (path: string) => void app.commands.execute('docmanager:open', { path });
+    const panel = new RunsPanel(model, open);
+    app.shell.add(panel, 'left', { rank: 900 });
+    if (statusBar) {
+      const item = new RunsStatus(model, () => app.shell.activateById(panel.id));
+      statusBar.registerStatusItem('nbmonitor:status', { item, align: 'left', rank: 900 });
+    }
+    new Alerts(model);
+    model.start();
+  }
+};
+
+export default plugin;
