@@ -12,6 +12,7 @@ so a slow or large repo never blocks the server's event loop. The repo is
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from typing import Any
@@ -43,14 +44,15 @@ class Nbmonitor(Configurable):
 class _Reader:
     """One watcher view of the repo, used from worker threads one at a time (it caches file reads)."""
 
-    def __init__(self, repo: Repo) -> None:
+    def __init__(self, repo: Repo, root_dir: str | None = None) -> None:
         self.repo = repo
+        self.root_dir = root_dir
         self._watcher = Watcher(repo, emit=lambda _: None)
         self._lock = threading.Lock()
 
     def runs(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [_run_json(o) for o in self._watcher.observe()]
+            return [_run_json(o, self.root_dir) for o in self._watcher.observe()]
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -78,7 +80,17 @@ class _Reader:
         }
 
 
-def _run_json(obs: Observation) -> dict[str, Any]:
+def _lab_path(path: str | None, root_dir: str | None) -> str | None:
+    """A notebook's path relative to the server's root, which is what JupyterLab opens; None outside it."""
+    if not path or root_dir is None:
+        return path if path and not os.path.isabs(path) else None
+    if not os.path.isabs(path):
+        return path
+    relative = os.path.relpath(os.path.realpath(path), os.path.realpath(root_dir))
+    return None if relative.startswith("..") else relative.replace(os.sep, "/")
+
+
+def _run_json(obs: Observation, root_dir: str | None = None) -> dict[str, Any]:
     run: RunRecord = obs.run
     return {
         "id": run.id,
@@ -89,6 +101,7 @@ def _run_json(obs: Observation) -> dict[str, Any]:
             "path": run.origin.path,
             "cell": run.origin.cell,
             "text": run.origin.describe(),
+            "lab_path": _lab_path(run.origin.path, root_dir) if run.origin.kind == "notebook" else None,
         },
         "host": run.host,
         "pid": run.pid,
@@ -141,7 +154,7 @@ def load(server_app: ServerApp) -> None:
     settings = Nbmonitor(parent=server_app)
     repo = Repo(settings.repo or None)
     web_app = server_app.web_app
-    web_app.settings["nbmonitor_reader"] = _Reader(repo)
+    web_app.settings["nbmonitor_reader"] = _Reader(repo, server_app.root_dir)
     base = url_path_join(web_app.settings["base_url"], "nbmonitor", "api")
     web_app.add_handlers(
         ".*$",

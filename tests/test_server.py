@@ -85,3 +85,16 @@ async def test_every_endpoint_refuses_requests_without_a_token(
     with pytest.raises(HTTPClientError) as refused:
         await AsyncHTTPClient().fetch(url)
     assert refused.value.code == 403
+
+
+async def test_notebook_paths_are_given_relative_to_the_servers_root(
+    jp_fetch: Any, repo: Repo, jp_root_dir: Any
+) -> None:
+    from nbmonitor.record import Origin
+
+    inside = str(jp_root_dir / "work" / "train.ipynb")
+    repo.write_run(sample(id="e" * 32, origin=Origin("notebook", path=inside, cell=3)))
+    repo.write_run(sample(id="f" * 32, origin=Origin("notebook", path="/elsewhere/x.ipynb", cell=1)))
+    runs = {r["id"][0]: r for r in (await get(jp_fetch, "runs"))["runs"]}
+    assert runs["e"]["origin"]["lab_path"] == "work/train.ipynb"
+    assert runs["f"]["origin"]["lab_path"] is None

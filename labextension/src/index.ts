@@ -27,7 +27,7 @@ export interface IRun {
   id: string;
   name: string;
   status: string;
-  origin: { kind: string; path: string | null; cell: number | null; text: string };
+  origin: { kind: string; path: string | null; cell: number | null; text: string; lab_path: string | null };
   host: string;
   pid: number;
   step: number;
@@ -168,8 +168,8 @@ class RunsPanel extends Widget {
     if (run.error) {
       row.appendChild(el('div', 'nbm-error', run.error));
     }
-    if (run.origin.kind === 'notebook' && run.origin.path) {
-      const path = run.origin.path;
+    if (run.origin.lab_path) {
+      const path = run.origin.lab_path;
       row.classList.add('nbm-openable');
       row.title = `open ${path}`;
       row.onclick = () => this._open(path);

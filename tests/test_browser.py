@@ -1,0 +1,161 @@
+"""The JupyterLab extension in a real JupyterLab, driven in Debian's Chromium with Playwright.
+
+Needs /usr/bin/chromium (tests/setup-browser.sh installs it where apt-get can);
+without it the test is skipped and says why. Screenshots go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .helpers import ROOT, wait_until
+from .servers import free_port
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium")
+
+
+class Lab:
+    """A JupyterLab server of its own: config, settings, repo and a copy of the quickstart."""
+
+    def __init__(self, work: Path) -> None:
+        self.token = "nbmonitor-browser-test"
+        self.port = free_port()
+        self.root = work / "root"
+        self.root.mkdir()
+        shutil.copy(ROOT / "notebooks" / "quickstart.ipynb", self.root / "quickstart.ipynb")
+        self.repo = work / "repo"
+        self.go = work / "go"
+        settings = work / "settings" / "@jupyterlab" / "apputils-extension"
+        settings.mkdir(parents=True)
+        (settings / "notification.jupyterlab-settings").write_text(
+            json.dumps({"fetchNews": "false", "checkForUpdates": False})
+        )
+        env = dict(
+            os.environ,
+            JUPYTER_CONFIG_DIR=str(work / "config"),
+            NBMONITOR_REPO=str(self.repo),
+            NBM_GO=str(self.go),
+        )
+        self.log = (work / "lab.log").open("w")
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
+                f"--port={self.port}", f"--IdentityProvider.token={self.token}",
+                f"--ServerApp.root_dir={self.root}", f"--LabApp.user_settings_dir={work / 'settings'}",
+            ],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        wait_until(self._up, 60, "JupyterLab to answer")
+
+    def _up(self) -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.url('api/status')}", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{path}?token={self.token}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    server = Lab(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def page(lab: Lab) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 900})
+        finally:
+            browser.close()
+
+
+def run_cell(page: Any, lines: list[str]) -> None:
+    """Add a cell at the end of the open notebook, type ``lines`` into it, and run it."""
+    page.keyboard.press("Escape")
+    page.keyboard.press("Control+End")
+    page.keyboard.press("b")  # a new cell below, in edit mode after Enter
+    page.keyboard.press("Enter")
+    for i, line in enumerate(lines):
+        if i:
+            page.keyboard.press("Enter")
+            page.keyboard.press("Home")
+        page.keyboard.type(line)
+    page.keyboard.press("Shift+Enter")
+
+
+def test_the_runs_panel_and_status_bar_follow_a_stalling_cell(lab: Lab, page: Any) -> None:
+    page.goto(lab.url("lab/tree/quickstart.ipynb"))
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator, .jp-Toolbar", timeout=60_000)
+    # Load the extension (the quickstart's first code cell), then a cell that stalls until told.
+    page.locator(".jp-Notebook .jp-CodeCell").first.click()
+    page.keyboard.press("Shift+Enter")
+    run_cell(
+        page,
+        [
+            "%%watch --eta 1 --name browser-stall",
+            "import os, time",
+            "while not os.path.exists(os.environ['NBM_GO']): time.sleep(0.05)",
+        ],
+    )
+    page.locator(".jp-SideBar .lm-TabBar-tab", has_text="Runs").first.click()
+    stalled = page.locator('.nbm-run[data-status="stalled"]', has_text="browser-stall")
+    stalled.wait_for(timeout=60_000)
+    status = page.locator(".nbm-statusbar")
+    assert "1 stalled" in status.inner_text()
+    assert "nbm-bad" in (status.get_attribute("class") or "")
+    page.locator("#nbmonitor-runs").screenshot(path=str(ARTIFACTS / "runs-panel-stalled.png"))
+    page.screenshot(path=str(ARTIFACTS / "lab-stalled.png"))
+    assert stalled.get_attribute("title") == "open quickstart.ipynb"  # a click opens the notebook
+
+    lab.go.touch()  # the cell carries on and ends
+    page.locator(".nbm-run", has_text="browser-stall").wait_for(state="detached", timeout=30_000)
+    wait_until(lambda: "stalled" not in status.inner_text(), 30, "the status bar to drop the stall")
+    assert "nbm-bad" not in (status.get_attribute("class") or "")
+    page.locator(".nbm-filter").click()  # show all runs, ended ones too
+    page.locator('.nbm-run[data-status="finished"]', has_text="browser-stall").wait_for(timeout=10_000)
+    page.locator("#nbmonitor-runs").screenshot(path=str(ARTIFACTS / "runs-panel-recovered.png"))
