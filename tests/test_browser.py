@@ -145,6 +145,7 @@ def test_the_runs_panel_and_status_bar_follow_a_stalling_cell(lab: Lab, page: An
     page.locator(".jp-SideBar .lm-TabBar-tab", has_text="Runs").first.click()
     stalled = page.locator('.nbm-run[data-status="stalled"]', has_text="browser-stall")
     stalled.wait_for(timeout=60_000)
+    page.get_by_text("browser-stall stalled:").first.wait_for(timeout=10_000)  # the notification toast
     status = page.locator(".nbm-statusbar")
     assert "1 stalled" in status.inner_text()
     assert "nbm-bad" in (status.get_attribute("class") or "")
@@ -154,6 +155,7 @@ def test_the_runs_panel_and_status_bar_follow_a_stalling_cell(lab: Lab, page: An
 
     lab.go.touch()  # the cell carries on and ends
     page.locator(".nbm-run", has_text="browser-stall").wait_for(state="detached", timeout=30_000)
+    page.get_by_text("browser-stall recovered").first.wait_for(timeout=10_000)  # the toast, updated
     wait_until(lambda: "stalled" not in status.inner_text(), 30, "the status bar to drop the stall")
     assert "nbm-bad" not in (status.get_attribute("class") or "")
     page.locator(".nbm-filter").click()  # show all runs, ended ones too
