@@ -21,7 +21,7 @@ from typing import Any
 from . import _monitor, rules
 from .events import Event
 from .outbox import Postman
-from .record import RunRecord
+from .record import RunRecord, RunUsage
 from .repo import Repo
 from .run import Run
 from .usage import History, Sampler
@@ -177,11 +177,15 @@ class KernelAgent:
             cells = list(self.cells.values())
         if self._sampler is not None and now_mono - self._last_usage >= USAGE_EVERY:
             self._last_usage = now_mono
-            wanted = [c.usage for c in cells if c.usage is not None]
+            wanted = [c for c in cells if c.usage is not None]
             if wanted:
                 sample = self._sampler.sample(now_mono)
-                for history in wanted:
-                    history.add(sample)
+                gpu = sum(g.process_memory or 0 for g in sample.gpus) if sample.gpus else None
+                summary = RunUsage(round(sample.cpu_percent, 1), sample.rss, gpu)
+                for cell in wanted:
+                    assert cell.usage is not None
+                    cell.usage.add(sample)
+                    cell.run._usage = summary  # into the run file: the lab panel shows it
         # Every tick: just-ended runs are handed over once, and their end must be claimed.
         self._check_rules(runs)
         if now_mono - self._last_watcher_look >= WATCHER_EVERY:

@@ -11,7 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-__all__ = ["FORMAT", "STATUSES", "ErrorInfo", "Origin", "RunRecord", "is_run_id"]
+__all__ = ["FORMAT", "STATUSES", "ErrorInfo", "Origin", "RunRecord", "RunUsage", "is_run_id"]
 
 #: Version of the run-file format; readers skip files with a newer one.
 FORMAT = 1
@@ -63,6 +63,15 @@ class ErrorInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class RunUsage:
+    """The latest resource reading of a run's process tree, where its owner samples it (a kernel)."""
+
+    cpu_percent: float  # 100 = one core
+    rss: int  # bytes
+    gpu_memory: int | None = None  # bytes on GPUs, when NVML sees any
+
+
+@dataclass(frozen=True, slots=True)
 class RunRecord:
     """Everything one run file holds. Times are seconds: ``*_at`` wall clock, ``*_mono`` the
     writer's CLOCK_MONOTONIC, comparable only on the same host and boot."""
@@ -86,6 +95,7 @@ class RunRecord:
     ended_at: float | None = None
     error: ErrorInfo | None = None
     updated_at: float = 0.0
+    usage: RunUsage | None = None
     format: int = field(default=FORMAT)
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,6 +154,7 @@ class RunRecord:
             ended_at=get.opt_number("ended_at"),
             error=_error(data.get("error")),
             updated_at=get.number("updated_at"),
+            usage=_usage(data.get("usage")),
             format=fmt,
         )
 
@@ -230,3 +241,16 @@ def _error(data: object) -> ErrorInfo | None:
         raise ValueError(f"field 'error' must be an object or null, got {_kind(data)}")
     get = _Fields(data)
     return ErrorInfo(type=get.text("type"), message=get.text("message"), where=get.opt_text("where"))
+
+
+def _usage(data: object) -> RunUsage | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ValueError(f"field 'usage' must be an object or null, got {_kind(data)}")
+    get = _Fields(data)
+    return RunUsage(
+        cpu_percent=get.number("cpu_percent"),
+        rss=get.integer("rss"),
+        gpu_memory=get.opt_integer("gpu_memory"),
+    )

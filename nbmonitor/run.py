@@ -22,7 +22,7 @@ from typing import Any, Final, TypeVar
 
 from . import _monitor, _process
 from .errors import RepoError
-from .record import ErrorInfo, Origin, RunRecord, clip
+from .record import ErrorInfo, Origin, RunRecord, RunUsage, clip
 from .repo import Repo
 
 __all__ = ["Run", "current_run", "report_progress", "track", "watch"]
@@ -73,6 +73,7 @@ class Run:
         "_step",
         "_total",
         "_track",
+        "_usage",
         "_written",
     )
 
@@ -107,6 +108,7 @@ class Run:
         self._step: int | None = None
         self._track: _Track | None = None
         self._probe: Callable[[], int] | None = None
+        self._usage: RunUsage | None = None  # set by a kernel that samples usage
         self._seen = 0
         self._started_at = self._last_wall = self._monitor.wall()
         self._last_mono = self._monitor.mono()
@@ -236,7 +238,7 @@ class Run:
                     self._abandoned_at = now_mono
                 elif now_mono - self._abandoned_at >= self._monitor.SETTLE_AFTER:
                     self._set_end("finished", None, now_wall)
-            state = (self._status, progress, step, self._total, self._eta, self._name)
+            state = (self._status, progress, step, self._total, self._eta, self._name, self._usage)
             final = self._status != "running"
             if state == self._written:
                 return final
@@ -272,6 +274,7 @@ class Run:
             ended_at=self._ended_at,
             error=self._error,
             updated_at=now_wall,
+            usage=self._usage,
         )
 
     def _set_end(self, status: str, error: ErrorInfo | None, now_wall: float) -> None:

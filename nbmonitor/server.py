@@ -113,7 +113,13 @@ def _run_json(obs: Observation, root_dir: str | None = None) -> dict[str, Any]:
         "ended_at": run.ended_at,
         "last_progress_at": run.last_progress_at,
         "error": run.error.summary() if run.error else None,
-        "usage": None,  # runs do not record usage in the repo yet; the notebook's display shows it
+        "usage": None
+        if run.usage is None
+        else {
+            "cpu_percent": run.usage.cpu_percent,
+            "rss": run.usage.rss,
+            "gpu_memory": run.usage.gpu_memory,
+        },
     }
 
 

@@ -181,3 +181,22 @@ def test_nothing_is_printed_when_the_repo_cannot_be_written(
     cell(ip, "%watch status")
     assert "cannot write the file of run 'nowhere'" in capsys.readouterr().out
     assert nbmonitor.current_run() is None
+
+
+def test_a_watched_cell_records_its_usage_for_the_lab_panel(ip: InteractiveShell) -> None:
+    code = (
+        "%%watch --name measured\n"
+        "import nbmonitor\n"
+        "from tests.helpers import wait_until\n"
+        "run = nbmonitor.current_run()\n"
+        "on_disk = lambda: repo.run_path(run.id).exists() and repo.read_run(run.id).usage\n"
+        "wait_until(on_disk, 15, 'a usage reading in the run file')"
+    )
+    assert cell(ip, code).success
+    usage = runs(ip)["measured"].usage
+    assert usage is not None
+    assert usage.rss > 0
+    assert usage.cpu_percent >= 0
+    quiet = cell(ip, "%%watch --name unmeasured --no-usage\npass")
+    assert quiet.success
+    assert runs(ip)["unmeasured"].usage is None

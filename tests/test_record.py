@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from nbmonitor.record import FORMAT, ErrorInfo, Origin, RunRecord
+from nbmonitor.record import FORMAT, ErrorInfo, Origin, RunRecord, RunUsage
 
 
 def sample(**changes: Any) -> RunRecord:
@@ -34,7 +34,12 @@ def sample(**changes: Any) -> RunRecord:
 
 
 def test_a_record_survives_a_json_round_trip() -> None:
-    record = sample(status="failed", error=ErrorInfo("ValueError", "bad", "x.py:3 in f"), ended_at=2020.0)
+    record = sample(
+        status="failed",
+        error=ErrorInfo("ValueError", "bad", "x.py:3 in f"),
+        ended_at=2020.0,
+        usage=RunUsage(95.5, 2**30, None),
+    )
     assert RunRecord.from_dict(json.loads(json.dumps(record.to_dict()))) == record
     assert record.to_dict()["format"] == FORMAT
 
@@ -58,6 +63,8 @@ def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
         ({"step": 1.5}, "'step' must be a non-negative integer"),
         ({"origin": []}, "'origin' must be an object"),
         ({"error": "boom"}, "'error' must be an object or null"),
+        ({"usage": [1]}, "'usage' must be an object or null"),
+        ({"usage": {"cpu_percent": "high", "rss": 1}}, "'cpu_percent' must be a finite number"),
     ],
 )
 def test_bad_fields_are_named_in_the_error(change: dict[str, Any], message: str) -> None:

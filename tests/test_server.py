@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
+from nbmonitor.record import RunUsage
 from nbmonitor.repo import Repo
 
 from .test_record import sample
@@ -33,7 +34,10 @@ def write_runs(repo: Repo) -> None:
         sample(id="a" * 32, name="<b>stuck</b>", host=host, pid=os.getpid(), process_start=None, boot_id=None,
                eta=1.0, last_progress_at=now - 60, started_at=now - 100, step=40, total=100)
     )  # fmt: skip
-    repo.write_run(sample(id="b" * 32, name="done", status="finished", ended_at=now, started_at=now - 5))
+    repo.write_run(
+        sample(id="b" * 32, name="done", status="finished", ended_at=now, started_at=now - 5,
+               usage=RunUsage(150.0, 3 * 2**30, 2**30))
+    )  # fmt: skip
 
 
 async def test_runs_lists_what_the_repo_holds(jp_fetch: Any, repo: Repo) -> None:
@@ -51,6 +55,8 @@ async def test_runs_lists_what_the_repo_holds(jp_fetch: Any, repo: Repo) -> None
     assert stuck["since_progress"] >= 59
     assert stuck["origin"]["text"] == "train.py --lr 3"
     assert (runs["b"]["status"], runs["b"]["since_progress"]) == ("finished", None)
+    assert runs["b"]["usage"] == {"cpu_percent": 150.0, "rss": 3 * 2**30, "gpu_memory": 2**30}
+    assert stuck["usage"] is None
 
 
 async def test_a_corrupt_run_file_does_not_break_the_listing(jp_fetch: Any, repo: Repo) -> None:

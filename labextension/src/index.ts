@@ -37,6 +37,17 @@ export interface IRun {
   error: string | null;
   ended_at: number | null;
   last_progress_at: number;
+  usage: { cpu_percent: number; rss: number; gpu_memory: number | null } | null;
+}
+
+function bytes(n: number): string {
+  const units = ['B', 'KB', 'MB', 'GB', 'TB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i += 1;
+  }
+  return i === 0 ? `${n} B` : `${n.toFixed(1)} ${units[i]}`;
 }
 
 const RECENT_S = 3600;
@@ -165,6 +176,11 @@ class RunsPanel extends Widget {
     const steps = run.total !== null ? `${run.step}/${run.total}` : `${run.step}`;
     const since = run.since_progress !== null ? ` · last progress ${duration(run.since_progress)} ago` : '';
     row.appendChild(el('div', 'nbm-detail', `${run.origin.text} · step ${steps}${since}`));
+    if (run.usage && ACTIVE.has(run.status)) {
+      const gpu = run.usage.gpu_memory ? ` · GPU ${bytes(run.usage.gpu_memory)}` : '';
+      const text = `CPU ${Math.round(run.usage.cpu_percent)}% · ${bytes(run.usage.rss)}${gpu}`;
+      row.appendChild(el('div', 'nbm-usage nbm-detail', text));
+    }
     if (run.error) {
       row.appendChild(el('div', 'nbm-error', run.error));
     }
