@@ -82,13 +82,16 @@ class Lab:
         return f"http://127.0.0.1:{self.port}/{path}?token={self.token}"
 
     def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
         self.process.terminate()
         try:
             self.process.wait(15)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        self.log.close()
+        if not self.log.closed:
+            self.log.close()
 
 
 @pytest.fixture
@@ -183,3 +186,7 @@ def follow_a_stalling_cell(lab: Lab, page: Any) -> None:
     page.locator(".nbm-filter").click()  # show all runs, ended ones too
     page.locator('.nbm-run[data-status="finished"]', has_text="browser-stall").wait_for(timeout=10_000)
     page.locator("#nbmonitor-runs").screenshot(path=str(ARTIFACTS / "runs-panel-recovered.png"))
+
+    lab.stop()  # the server goes away: the panel and the status bar say so
+    page.locator(".nbm-offline").wait_for(state="visible", timeout=30_000)
+    wait_until(lambda: status.inner_text() == "nbmonitor offline", 30, "the status bar to say offline")
