@@ -12,6 +12,7 @@ import os
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 __all__ = ["GpuUsage", "History", "Sampler", "Usage", "human_bytes", "sparkline"]
@@ -53,8 +54,9 @@ def human_bytes(n: float) -> str:
 
 
 def sparkline(values: Sequence[float], width: int = 30, top: float | None = None) -> str:
-    """The last ``width`` values as block characters, scaled to ``top`` (default: their maximum)."""
-    shown = list(values)[-width:]
+    """``values`` as at most ``width`` block characters (averaged in equal buckets when there are
+    more), scaled to ``top`` (default: their maximum)."""
+    shown = _buckets(list(values), width)
     if not shown:
         return ""
     high = top if top is not None else max(shown)
@@ -62,6 +64,13 @@ def sparkline(values: Sequence[float], width: int = 30, top: float | None = None
         return _BLOCKS[0] * len(shown)
     steps = len(_BLOCKS) - 1
     return "".join(_BLOCKS[max(0, min(steps, round(v / high * steps)))] for v in shown)
+
+
+def _buckets(values: list[float], width: int) -> list[float]:
+    if len(values) <= width:
+        return values
+    edges = [round(i * len(values) / width) for i in range(width + 1)]
+    return [sum(values[a:b]) / (b - a) for a, b in pairwise(edges)]
 
 
 def cpu_percent(previous: dict[int, float], current: dict[int, float], seconds: float) -> float:

@@ -17,6 +17,8 @@ def test_sparkline_scales_to_the_maximum_or_a_given_top() -> None:
     assert sparkline([0, 0]) == "▁▁"
     assert sparkline([]) == ""
     assert len(sparkline(list(range(100)), width=30)) == 30
+    # Five minutes of samples fit: the first minutes' calm and the last minute's load both show.
+    assert sparkline([0.0] * 240 + [100.0] * 60, width=5, top=100) == "▁▁▁▁█"
 
 
 @pytest.mark.parametrize(
