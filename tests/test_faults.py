@@ -1,0 +1,112 @@
+"""Faults on purpose (issue: fault injection): each gives the right event, exactly once."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nbmonitor.repo import Repo
+
+from .helpers import Proc, wait_until
+from .test_e2e_watcher import run_id_from
+
+DIES = """
+import ctypes, os, signal, sys, time
+import nbmonitor
+run = nbmonitor.Run(name="doomed", expect_next_in=3600)
+run.report_progress()
+print("started", run.id, flush=True)
+deadline = time.monotonic() + 30
+while not run.repo.run_path(run.id).exists() and time.monotonic() < deadline:
+    time.sleep(0.02)
+how = sys.argv[1]
+if how == "os._exit":
+    os._exit(1)
+if how == "segfault":
+    ctypes.string_at(0)
+if how == "sigterm":
+    os.kill(os.getpid(), signal.SIGTERM)
+if how == "sigkill":
+    os.kill(os.getpid(), signal.SIGKILL)
+time.sleep(60)
+"""
+
+
+@pytest.fixture
+def watcher(repo: Repo) -> Iterator[Proc]:
+    proc = Proc.watcher(repo.path, "--interval", "0.2")
+    proc.wait_for("watching")
+    yield proc
+    proc.stop()
+
+
+@pytest.mark.parametrize("how", ["os._exit", "segfault", "sigterm", "sigkill"])
+def test_a_script_that_dies_is_crashed_once(repo: Repo, watcher: Proc, tmp_path: Path, how: str) -> None:
+    script = tmp_path / "dies.py"
+    script.write_text(DIES)
+    proc = Proc.python(script, how, repo=repo.path)
+    run_id = run_id_from(proc, "started")
+    assert proc.wait_exit(30) != 0
+    watcher.wait_for("CRASHED", run_id[:8], timeout=10)
+    later = Proc.python(script, "return", repo=repo.path)  # a later run, seen in later polls
+    later_id = run_id_from(later, "started")
+    wait_until(lambda: repo.run_path(later_id).exists(), 10, "the later run's file")
+    later.stop()
+    assert len(watcher.matching(run_id[:8])) == 1
+    claim = json.loads((repo.events_dir / run_id / "end.json").read_text())
+    assert claim["event"] == "crashed"
+    assert repo.read_run(run_id).status == "running"  # it never reported an end: that is the crash
+
+
+def test_sigterm_handled_by_the_script_itself_is_a_normal_exit(
+    repo: Repo, watcher: Proc, tmp_path: Path
+) -> None:
+    script = tmp_path / "graceful.py"
+    script.write_text(
+        "import signal, sys, time, nbmonitor\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+        "run = nbmonitor.Run(name='graceful', expect_next_in=3600)\n"
+        "print('started', run.id, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = Proc.python(script, repo=repo.path)
+    run_id = run_id_from(proc, "started")
+    wait_until(lambda: repo.run_path(run_id).exists(), 10, "the run file")
+    proc.popen.send_signal(signal.SIGTERM)
+    assert proc.wait_exit(30) == 0
+    watcher.wait_for("FINISHED", run_id[:8], timeout=10)
+    assert watcher.matching("CRASHED") == []
+
+
+@pytest.mark.parametrize(("restart", "outcome"), [("kill", "crashed"), ("graceful", "interrupted")])
+def test_a_kernel_restarted_mid_cell_ends_that_run_and_the_next_cell_works(
+    repo: Repo, watcher: Proc, restart: str, outcome: str
+) -> None:
+    from .test_kernel_e2e import Kernel
+
+    kernel = Kernel(repo.path)
+    try:
+        kernel.run("%load_ext nbmonitor")
+        kernel.client.execute("%%watch --eta 60 --name cut-off\nimport time\ntime.sleep(60)")
+        (cut,) = wait_until(lambda: [r for r in repo.runs() if r.name == "cut-off"], 30, "the cell's run")
+        kernel.manager.restart_kernel(now=restart == "kill")
+        kernel.client.wait_for_ready(timeout=60)
+        end = repo.events_dir / cut.id / "end.json"
+        wait_until(end.exists, 15, "the cut-off run's end to be claimed")
+        # A killed kernel cannot speak for itself: the watcher reports it. A restarted one
+        # interrupts the cell and says so itself.
+        assert json.loads(end.read_text())["event"] == outcome
+        reply, _ = kernel.run("%load_ext nbmonitor")
+        assert reply["status"] == "ok"
+        reply, _ = kernel.run("%%watch --name after-restart\n1 + 1")
+        assert reply["status"] == "ok"
+    finally:
+        kernel.stop()
+    (after,) = [r for r in repo.runs() if r.name == "after-restart"]
+    assert after.status == "finished"
+    assert len(watcher.matching(cut.id[:8])) == (1 if restart == "kill" else 0)
+    assert sorted(p.name for p in (repo.events_dir / cut.id).iterdir()) == ["end.json"]
