@@ -11,14 +11,19 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from nbmonitor.record import ErrorInfo
+from nbmonitor.repo import Repo
+
 from .helpers import ROOT, wait_until
 from .servers import free_port
+from .test_record import sample
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"
@@ -186,6 +191,19 @@ def follow_a_stalling_cell(lab: Lab, page: Any) -> None:
     page.locator(".nbm-filter").click()  # show all runs, ended ones too
     page.locator('.nbm-run[data-status="finished"]', has_text="browser-stall").wait_for(timeout=10_000)
     page.locator("#nbmonitor-runs").screenshot(path=str(ARTIFACTS / "runs-panel-recovered.png"))
+
+    # Names and errors are user text: shown as text, never run as HTML.
+    evil = '<img src=x onerror="window.__pwned = 1">'
+    Repo(lab.repo).write_run(
+        sample(id="9" * 32, name=evil, status="failed", ended_at=time.time(), started_at=time.time() - 5,
+               error=ErrorInfo("ValueError", f"<script>window.__pwned = 2</script>{evil}"))
+    )  # fmt: skip
+    shown = page.locator(".nbm-run", has_text='<img src=x onerror="window.__pwned = 1">')
+    shown.wait_for(timeout=15_000)
+    assert "<script>window.__pwned = 2</script>" in shown.inner_text()
+    assert page.locator(".nbm-panel img").count() == 0
+    assert page.evaluate("window.__pwned") is None
+    page.locator("#nbmonitor-runs").screenshot(path=str(ARTIFACTS / "runs-panel-user-text.png"))
 
     lab.stop()  # the server goes away: the panel and the status bar say so
     page.locator(".nbm-offline").wait_for(state="visible", timeout=30_000)
