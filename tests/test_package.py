@@ -87,3 +87,13 @@ def test_installing_enables_the_server_and_lab_extensions() -> None:
     assert re.search(r"nbmonitor enabled\s+- Validating nbmonitor\.\.\.\s+nbmonitor 0\.1\.0 OK", plain)
     plain = re.sub(r"\x1b\[[0-9;]*m", "", lab.stdout + lab.stderr)
     assert re.search(r"nbmonitor v0\.1\.0 enabled OK \(python, nbmonitor\)", plain)
+
+
+def test_every_test_cited_in_the_reliability_table_exists() -> None:
+    text = (ROOT / "docs" / "RELIABILITY.md").read_text()
+    cited = re.findall(r"`(?:tests/)?(test_\w+\.py)(?:::(\w+))?", text)
+    assert len(cited) > 30
+    for module, name in cited:
+        source = (ROOT / "tests" / module).read_text()
+        if name and not name.endswith("_"):
+            assert f"def {name}(" in source, f"{module}::{name} is cited but does not exist"
