@@ -96,7 +96,7 @@ class NotifierConfig:
         given = dict(args or {})
         unknown = sorted(set(given) - {f.name for f in spec})
         if unknown:
-            raise ConfigError(unknown[0], f"{type} notifiers have no setting {unknown[0]!r}")
+            raise ConfigError(unknown[0] or "args", f"{type} notifiers have no setting {unknown[0]!r}")
         parsed = {f.name: f.parse(given.get(f.name)) for f in spec}
         if not isinstance(enabled, bool):
             raise ConfigError("enabled", f"must be true or false, got {enabled!r}")

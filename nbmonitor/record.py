@@ -171,30 +171,33 @@ def _basename(path: str) -> str:
 class _Fields:
     """Typed getters over a JSON object, each raising ValueError that names the field."""
 
-    def __init__(self, data: dict[str, Any]) -> None:
+    def __init__(self, data: dict[str, Any], within: str = "") -> None:
         self._data = data
+        self._within = within  # "origin." for the fields of a nested object, so errors name the path
 
     def _get(self, name: str) -> object:
         if name not in self._data:
-            raise ValueError(f"field {name!r} is missing")
+            raise ValueError(f"field {self._within + name!r} is missing")
         return self._data[name]
 
     def text(self, name: str) -> str:
         value = self._get(name)
         if not isinstance(value, str):
-            raise ValueError(f"field {name!r} must be a string, got {_kind(value)}")
+            raise ValueError(f"field {self._within + name!r} must be a string, got {_kind(value)}")
         return value
 
     def integer(self, name: str) -> int:
         value = self._get(name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"field {name!r} must be a non-negative integer, got {_kind(value)}")
+            raise ValueError(
+                f"field {self._within + name!r} must be a non-negative integer, got {_kind(value)}"
+            )
         return value
 
     def number(self, name: str) -> float:
         value = self._get(name)
         if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-            raise ValueError(f"field {name!r} must be a finite number, got {_kind(value)}")
+            raise ValueError(f"field {self._within + name!r} must be a finite number, got {_kind(value)}")
         return float(value)
 
     def opt_text(self, name: str) -> str | None:
@@ -209,7 +212,9 @@ class _Fields:
     def duration(self, name: str, allow_zero: bool = False) -> float | None:
         value = self.opt_number(name)
         if value is not None and (value < 0 or (value == 0 and not allow_zero)):
-            raise ValueError(f"field {name!r} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+            raise ValueError(
+                f"field {self._within + name!r} must be {'>= 0' if allow_zero else '> 0'}, got {value}"
+            )
         return value
 
 
@@ -220,7 +225,7 @@ def _kind(value: object) -> str:
 def _origin(data: object) -> Origin:
     if not isinstance(data, dict):
         raise ValueError(f"field 'origin' must be an object, got {_kind(data)}")
-    get = _Fields(data)
+    get = _Fields(data, "origin.")
     kind = get.text("kind")
     argv = data.get("argv", [])
     if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
@@ -239,7 +244,7 @@ def _error(data: object) -> ErrorInfo | None:
         return None
     if not isinstance(data, dict):
         raise ValueError(f"field 'error' must be an object or null, got {_kind(data)}")
-    get = _Fields(data)
+    get = _Fields(data, "error.")
     return ErrorInfo(type=get.text("type"), message=get.text("message"), where=get.opt_text("where"))
 
 
@@ -248,7 +253,7 @@ def _usage(data: object) -> RunUsage | None:
         return None
     if not isinstance(data, dict):
         raise ValueError(f"field 'usage' must be an object or null, got {_kind(data)}")
-    get = _Fields(data)
+    get = _Fields(data, "usage.")
     return RunUsage(
         cpu_percent=get.number("cpu_percent"),
         rss=get.integer("rss"),

@@ -64,7 +64,7 @@ def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
         ({"origin": []}, "'origin' must be an object"),
         ({"error": "boom"}, "'error' must be an object or null"),
         ({"usage": [1]}, "'usage' must be an object or null"),
-        ({"usage": {"cpu_percent": "high", "rss": 1}}, "'cpu_percent' must be a finite number"),
+        ({"usage": {"cpu_percent": "high", "rss": 1}}, "'usage.cpu_percent' must be a finite number"),
     ],
 )
 def test_bad_fields_are_named_in_the_error(change: dict[str, Any], message: str) -> None:
