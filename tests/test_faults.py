@@ -110,3 +110,66 @@ def test_a_kernel_restarted_mid_cell_ends_that_run_and_the_next_cell_works(
     assert after.status == "finished"
     assert len(watcher.matching(cut.id[:8])) == (1 if restart == "kill" else 0)
     assert sorted(p.name for p in (repo.events_dir / cut.id).iterdir()) == ["end.json"]
+
+
+MANY = """
+import sys, threading, time, nbmonitor
+def one(i):
+    run = nbmonitor.Run(name=f"p{sys.argv[1]}-r{i}", expect_next_in=5)
+    end = time.monotonic() + 3
+    while time.monotonic() < end:
+        run.report_progress(expect_next_in=5)
+        time.sleep(0.01)
+    run.report_successful_finish()
+threads = [threading.Thread(target=one, args=(i,)) for i in range(10)]
+for t in threads: t.start()
+for t in threads: t.join()
+"""
+
+
+def test_200_runs_in_20_processes_with_a_watcher_and_a_kernel_each_event_arrives_once(
+    repo: Repo, watcher: Proc, tmp_path: Path
+) -> None:
+    from nbmonitor.config import NotifierConfig, NotifierStore
+
+    from .servers import HttpRecorder
+    from .test_kernel_e2e import Kernel
+
+    http = HttpRecorder()
+    NotifierStore(repo).add(
+        NotifierConfig.create(
+            "webhook", {"url": f"{http.url}/hook"}, events=["stalled", "crashed", "finished"]
+        )
+    )
+    kernel = Kernel(repo.path)
+    script = tmp_path / "many.py"
+    script.write_text(MANY)
+    try:
+        kernel.run("%load_ext nbmonitor")
+        kernel.client.execute("%%watch --eta 30 --name kernel-cell\nimport time\ntime.sleep(6)")
+        fleet = [Proc.python(script, str(p), repo=repo.path) for p in range(20)]
+        assert [p.wait_exit(60) for p in fleet] == [0] * 20
+        received: dict[str, list[str]] = {}
+
+        def count() -> int:
+            received.clear()
+            for request in http.answered(200):
+                body = request.json()
+                for item in body.get("events") or [{"event": body["event"], "run": body["run"]}]:
+                    received.setdefault(item["run"]["id"], []).append(item["event"])
+            return len(received)
+
+        wait_until(lambda: count() >= 201, 60, "201 finished notifications")
+        # Nothing left to send anywhere: any duplicate would have arrived by now.
+        wait_until(lambda: not list((repo.path / "outbox").rglob("*.json")), 30, "an empty outbox")
+        count()
+    finally:
+        kernel.stop()
+        http.close()
+    assert all(events == ["finished"] for events in received.values()), received
+    runs = repo.runs()
+    assert len(runs) == 201
+    assert {r.status for r in runs} == {"finished"}
+    assert watcher.matching("STALLED") == []
+    assert watcher.matching("CRASHED") == []
+    assert watcher.matching("WARNING") == []
