@@ -55,15 +55,13 @@ class _Reader:
             return [_run_json(o, self.root_dir) for o in self._watcher.observe()]
 
     def run(self, run_id: str) -> dict[str, Any] | None:
+        try:
+            record = self.repo.read_run(run_id)
+        except (FileNotFoundError, CorruptRecordError):
+            return None
         with self._lock:
-            try:
-                record = self.repo.read_run(run_id)
-            except (FileNotFoundError, CorruptRecordError):
-                return None
-            found = [o for o in self._watcher.observe() if o.run.id == run_id]
-        return (
-            _run_json(found[0]) if found else _run_json(Observation(record, rules.State(record.status), 0.0))
-        )
+            (seen,) = self._watcher.observe([record])
+        return _run_json(seen, self.root_dir)
 
     def watcher(self) -> dict[str, Any]:
         info = watcher_info(self.repo)

@@ -118,12 +118,13 @@ class Watcher:
         self._seen = present
         return won
 
-    def observe(self) -> list[Observation]:
-        """Every run's state now, newest first, without claiming anything (for ``status``)."""
+    def observe(self, runs: Iterable[RunRecord] | None = None) -> list[Observation]:
+        """The state of ``runs`` (default: every run of the repo) now, newest first, without
+        claiming anything (for ``status`` and the server's API)."""
         now_wall, now_mono = self.wall(), self.mono()
         alive: dict[tuple[int, float | None], bool] = {}
         found = []
-        for run in self._scanner.scan():
+        for run in self._scanner.scan() if runs is None else runs:
             # A one-off look has no history for runs of other hosts: use their wall clock.
             seen = _Seen(run.progress, now_mono - max(0.0, now_wall - run.last_progress_at))
             found.append(self._observe(run, seen, now_wall, now_mono, alive))

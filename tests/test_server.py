@@ -104,3 +104,5 @@ async def test_notebook_paths_are_given_relative_to_the_servers_root(
     runs = {r["id"][0]: r for r in (await get(jp_fetch, "runs"))["runs"]}
     assert runs["e"]["origin"]["lab_path"] == "work/train.ipynb"
     assert runs["f"]["origin"]["lab_path"] is None
+    one = await get(jp_fetch, "runs", "e" * 32)
+    assert one["origin"]["lab_path"] == "work/train.ipynb"
