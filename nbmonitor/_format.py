@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["duration", "steps"]
+from collections.abc import Sequence
+
+__all__ = ["duration", "steps", "table"]
 
 
 def duration(seconds: float) -> str:
@@ -27,3 +29,11 @@ def duration(seconds: float) -> str:
 def steps(step: int, total: int | None) -> str:
     """``40/100`` or ``40``."""
     return f"{step}/{total}" if total is not None else str(step)
+
+
+def table(rows: Sequence[Sequence[str]]) -> str:
+    """Rows of text as left-aligned columns two spaces apart (the first row is the header)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    )

@@ -174,9 +174,7 @@ def _list(repo: Repo, args: argparse.Namespace) -> int:
                 _last(repo, n.id),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print(_format.table(rows))
     return 0
 
 

@@ -192,9 +192,7 @@ def _status(repo: Repo, args: argparse.Namespace) -> int:
                 o.run.id[:8],
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print(_format.table(rows))
     hidden = len(ended) - _RECENT_ENDED
     if hidden > 0 and not args.all:
         print(f"({hidden} older ended runs not shown; --all lists them)")
