@@ -162,8 +162,8 @@ class KernelAgent:
         snapshot and forget the cell."""
         with self._lock:
             self.cells.pop(cell.run.id, None)
-        self._check_rules([cell.run])
         record = cell.run.record()
+        self._check_rules([(cell.run, record)])
         cell.state = record.status
         if cell.display is not None:
             cell.display.finish(self.view(cell, time.monotonic(), record))
@@ -186,13 +186,14 @@ class KernelAgent:
                     assert cell.usage is not None
                     cell.usage.add(sample)
                     cell.run._usage = summary  # into the run file: the lab panel shows it
+        records = {run.id: (run, run.record()) for run in runs}
         # Every tick: just-ended runs are handed over once, and their end must be claimed.
-        self._check_rules(runs)
+        self._check_rules(list(records.values()))
         if now_mono - self._last_watcher_look >= WATCHER_EVERY:
             self._last_watcher_look = now_mono
             self._look_for_watchers(cells)
         for cell in cells:
-            record = cell.run.record()
+            record = records[cell.run.id][1] if cell.run.id in records else cell.run.record()
             cell.since_progress = now_mono - record.last_progress_mono
             cell.state = self._state(record, cell.since_progress).value
             if cell.display is not None:
@@ -202,14 +203,14 @@ class KernelAgent:
         grace = rules.grace_for(record.eta, record.grace) if record.eta is not None else 0.0
         return rules.state(record.status, alive=True, since_progress=since, eta=record.eta, grace=grace)
 
-    def _check_rules(self, runs: list[Run]) -> None:
+    def _check_rules(self, runs: list[tuple[Run, RunRecord]]) -> None:
         with self._rules_lock:  # the monitor thread, and a cell's end on the main thread
             self._check_rules_locked(runs)
 
-    def _check_rules_locked(self, runs: list[Run]) -> None:
+    def _check_rules_locked(self, runs: list[tuple[Run, RunRecord]]) -> None:
         by_repo: dict[str, list[RunRecord]] = {}
-        for run in runs:
-            by_repo.setdefault(str(run.repo.path), []).append(run.record())
+        for run, record in runs:
+            by_repo.setdefault(str(run.repo.path), []).append(record)
         for path, records in by_repo.items():
             postman = self._postmen.get(path)
             watcher = self._watchers.get(path)
