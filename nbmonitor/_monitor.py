@@ -48,6 +48,9 @@ class Monitor:
         self.observers: list[Callable[[list[Run], float, float], None]] = []
         #: Keep ticking with no open run (a kernel in %watch auto mode needs it).
         self.keep_alive = False
+        #: Set by a kernel: asked before a run records an interrupt, True if the kernel is being
+        #: shut down or restarted (Jupyter interrupts the cell first). Such a run is cut off instead.
+        self.shutting_down: Callable[[], bool] | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -103,6 +106,14 @@ class Monitor:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=2 * self.TICK + 1)
+
+    def cut_all(self) -> list[Run]:
+        """The process is going away mid-run: record every open run as still running, for good."""
+        cut = self.runs()
+        for run in cut:
+            run._cut()
+            self.retire(run)
+        return cut
 
     def end_all(self, status: str, exc: BaseException | None = None) -> None:
         """End every open run of this process with ``status`` and write it now."""

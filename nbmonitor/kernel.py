@@ -33,6 +33,11 @@ __all__ = ["CellRun", "KernelAgent", "TqdmProbe"]
 USAGE_EVERY = 1.0  # seconds between usage samples
 WATCHER_EVERY = 5.0  # seconds between looks for a standalone watcher
 RATE_WINDOW = 10.0  # seconds of progress the rate is measured over
+#: Seconds an interrupted run waits for a shutdown request before it counts as interrupted:
+#: Jupyter interrupts a busy kernel just before it shuts it down or restarts it.
+SHUTDOWN_SETTLE = 0.5
+#: Seconds a kernel being shut down waits for its "crashed" notifications to go out.
+SHUTDOWN_DELIVERY = 2.0
 
 
 class TqdmProbe:
@@ -119,6 +124,10 @@ class KernelAgent:
         self.auto: Auto | None = None
         #: IPython event hooks registered for this agent, by event name.
         self.hooks: dict[str, Callable[..., None]] = {}
+        #: A cell is executing (between IPython's pre_run_cell and post_run_cell).
+        self.executing = False
+        self._shutdown = threading.Event()
+        self._unhook: Callable[[], None] | None = None
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -129,8 +138,63 @@ class KernelAgent:
         self._logger.addHandler(self.notes)
         self._logger.propagate = False
 
+    def hook_shutdown(self, kernel: Any) -> bool:
+        """Hear the kernel's shutdown requests (a restart is one), so a cell cut off by one is
+        "crashed" rather than "interrupted". False if this kernel has no such handler."""
+        handlers = getattr(kernel, "control_handlers", None)
+        original = handlers.get("shutdown_request") if isinstance(handlers, dict) else None
+        if original is None or self._unhook is not None:
+            return False
+        assert isinstance(handlers, dict)
+
+        def shutdown_request(*args: Any, **kwargs: Any) -> Any:
+            try:
+                self.on_shutdown()
+            except Exception:  # never stand in the way of a shutdown
+                self._logger.exception("nbmonitor could not record the runs cut off by the shutdown")
+            return original(*args, **kwargs)
+
+        def unhook() -> None:
+            if handlers.get("shutdown_request") is shutdown_request:
+                handlers["shutdown_request"] = original
+            self.monitor.shutting_down = None
+
+        handlers["shutdown_request"] = shutdown_request
+        self.monitor.shutting_down = lambda: self._shutdown.wait(SHUTDOWN_SETTLE)
+        self._unhook = unhook
+        return True
+
+    def on_shutdown(self) -> None:
+        """The kernel is being shut down or restarted. If a cell is running, its runs are cut
+        off: recorded as still running, claimed as "crashed" now, and their notifications sent."""
+        cut = self.monitor.cut_all() if self.executing else []
+        self._shutdown.set()  # an interrupt waiting in Run._end now knows it was no interrupt
+        if not cut:
+            return
+        claimed: list[tuple[Repo, Event]] = []
+        by_repo: dict[str, list[Run]] = {}
+        for run in cut:
+            by_repo.setdefault(str(run.repo.path), []).append(run)
+        for path, runs in by_repo.items():
+            repo = runs[0].repo
+            self._ensure_postman(repo)
+            postman = self._postmen[path]
+            postman.refresh()
+            # Seen as gone: the process is ending with these runs open.
+            gone = Watcher(
+                repo, emit=self.events.append, notifiers=postman.configs, alive=_gone, role="kernel"
+            )
+            claimed += [(repo, e) for e in gone.check([run.record() for run in runs])]
+            postman.wake()
+        deadline = time.monotonic() + SHUTDOWN_DELIVERY
+        while claimed and time.monotonic() < deadline and any(_queued(*c) for c in claimed):
+            time.sleep(0.02)
+
     def detach(self) -> None:
         """Leave the monitor thread and stop delivering (``%unload_ext nbmonitor``)."""
+        if self._unhook is not None:
+            self._unhook()
+            self._unhook = None
         if self.on_tick in self.monitor.observers:
             self.monitor.observers.remove(self.on_tick)
         self.monitor.keep_alive = False
@@ -263,6 +327,15 @@ class KernelAgent:
             note=self.notes.lines[-1] if self.notes.lines else None,
             ended=ended,
         )
+
+
+def _gone(pid: int, start: float | None) -> bool:
+    return False
+
+
+def _queued(repo: Repo, event: Event) -> bool:
+    """Some notifier's delivery of ``event`` is still waiting in the outbox."""
+    return any((repo.path / "outbox").glob(f"*/{event.run.id}.{event.key}.*.json"))
 
 
 class Auto:

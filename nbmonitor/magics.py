@@ -95,7 +95,8 @@ class WatchMagics(Magics):
         run is "stalled" and the configured notifiers hear of it. Inside the
         cell, ``nbmonitor.report_progress()``, ``nbmonitor.track(...)`` and
         tqdm bars count as progress. An exception fails the run (the
-        traceback shows as usual), Ctrl-C / interrupt marks it interrupted.
+        traceback shows as usual), Ctrl-C / interrupt marks it interrupted, and a kernel
+        restarted or shut down while the cell runs marks it crashed.
 
           --eta SECONDS    most seconds between two progress reports (none: it cannot stall)
           --name NAME      the run's name (default: notebook and cell number)
@@ -198,18 +199,22 @@ class WatchMagics(Magics):
 
 def load(shell: InteractiveShell) -> KernelAgent:
     """Register the magics and hooks on ``shell``; start nothing heavy."""
-    widgets = getattr(shell, "kernel", None) is not None and _has_ipywidgets()
-    agent = KernelAgent(widgets=widgets)
+    kernel = getattr(shell, "kernel", None)
+    agent = KernelAgent(widgets=kernel is not None and _has_ipywidgets())
     agent.attach()
+    if kernel is not None:
+        agent.hook_shutdown(kernel)
     shell.register_magics(WatchMagics(shell, agent))
 
     def pre_run_cell(info: ExecutionInfo) -> None:
+        agent.executing = True
         if agent.auto is not None and not (info.raw_cell or "").lstrip().startswith("%watch"):
             agent.auto.cell_started(getattr(shell, "execution_count", None))
 
     def post_run_cell(result: ExecutionResult) -> None:
         if agent.auto is not None:
             agent.auto.cell_ended(result.error_in_exec)
+        agent.executing = False
 
     shell.events.register("pre_run_cell", pre_run_cell)
     shell.events.register("post_run_cell", post_run_cell)

@@ -50,6 +50,7 @@ class Run:
         "_abandoned",
         "_abandoned_at",
         "_beats",
+        "_cut_off",
         "_ended_at",
         "_error",
         "_eta",
@@ -117,6 +118,7 @@ class Run:
         self._error: ErrorInfo | None = None
         self._abandoned = False
         self._abandoned_at: float | None = None
+        self._cut_off = False
         self._written: tuple[Any, ...] | None = None
         self._last_write = -math.inf
         self._monitor.add(self)
@@ -230,6 +232,8 @@ class Run:
         """Stamp new progress and write the file if it changed and is due. True once the
         run has ended and its final state is on disk."""
         with self._lock:
+            if self._cut_off:
+                return True
             progress, step = self._counts()
             if progress != self._seen:
                 self._seen, self._last_wall, self._last_mono = progress, now_wall, now_mono
@@ -282,10 +286,13 @@ class Run:
 
     def _end(self, status: str, exc: BaseException | None = None, error: ErrorInfo | None = None) -> None:
         """End the run (once) and write its final state now, from the owning process only."""
-        if self._status != "running" or os.getpid() != self._pid:
+        if self._status != "running" or os.getpid() != self._pid or self._cut_off:
             return
+        shutting_down = self._monitor.shutting_down
+        if status == "interrupted" and shutting_down is not None and shutting_down():
+            return  # not an interrupt: the kernel is going away, and _cut() has recorded that
         with self._lock:
-            if self._status != "running":
+            if self._status != "running" or self._cut_off:
                 return
             if exc is not None and error is None:
                 error = _error_info(exc)
@@ -311,6 +318,13 @@ class Run:
 
     def _abandon(self) -> None:
         self._abandoned = True
+
+    def _cut(self) -> None:
+        """The process is going away mid-run (a kernel shut down or restarted while its cell ran):
+        write the run as still running, then never again, so its end is "crashed" for everyone."""
+        self._tick(self._monitor.wall(), self._monitor.mono(), force=True)
+        with self._lock:
+            self._cut_off = True
 
 
 class _Track:

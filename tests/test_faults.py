@@ -82,9 +82,9 @@ def test_sigterm_handled_by_the_script_itself_is_a_normal_exit(
     assert watcher.matching("CRASHED") == []
 
 
-@pytest.mark.parametrize(("restart", "outcome"), [("kill", "crashed"), ("graceful", "interrupted")])
-def test_a_kernel_restarted_mid_cell_ends_that_run_and_the_next_cell_works(
-    repo: Repo, watcher: Proc, restart: str, outcome: str
+@pytest.mark.parametrize("restart", ["kill", "graceful"])
+def test_a_kernel_killed_or_restarted_mid_cell_crashes_that_run_and_the_next_cell_works(
+    repo: Repo, watcher: Proc, restart: str
 ) -> None:
     from .test_kernel_e2e import Kernel
 
@@ -97,9 +97,11 @@ def test_a_kernel_restarted_mid_cell_ends_that_run_and_the_next_cell_works(
         kernel.client.wait_for_ready(timeout=60)
         end = repo.events_dir / cut.id / "end.json"
         wait_until(end.exists, 15, "the cut-off run's end to be claimed")
-        # A killed kernel cannot speak for itself: the watcher reports it. A restarted one
-        # interrupts the cell and says so itself.
-        assert json.loads(end.read_text())["event"] == outcome
+        # A killed kernel cannot speak for itself: the watcher reports it. One asked to restart
+        # (Jupyter interrupts its cell first) claims the crash itself before it goes.
+        claim = json.loads(end.read_text())
+        assert claim["event"] == "crashed"
+        assert claim["seen_by"].startswith("watcher" if restart == "kill" else "kernel")
         reply, _ = kernel.run("%load_ext nbmonitor")
         assert reply["status"] == "ok"
         reply, _ = kernel.run("%%watch --name after-restart\n1 + 1")
@@ -110,6 +112,76 @@ def test_a_kernel_restarted_mid_cell_ends_that_run_and_the_next_cell_works(
     assert after.status == "finished"
     assert len(watcher.matching(cut.id[:8])) == (1 if restart == "kill" else 0)
     assert sorted(p.name for p in (repo.events_dir / cut.id).iterdir()) == ["end.json"]
+
+
+def test_an_interrupt_with_no_shutdown_after_it_is_interrupted_and_the_kernel_goes_on(repo: Repo) -> None:
+    from .test_kernel_e2e import Kernel
+
+    kernel = Kernel(repo.path)
+    try:
+        kernel.run("%load_ext nbmonitor")
+        msg_id = kernel.client.execute("%%watch --eta 60 --name stopped\nimport time\ntime.sleep(60)")
+        wait_until(lambda: [r for r in repo.runs() if r.name == "stopped"], 30, "the cell's run")
+        kernel.manager.interrupt_kernel()
+        reply = kernel.client.get_shell_msg(timeout=30)
+        assert reply["parent_header"]["msg_id"] == msg_id
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+        reply, _ = kernel.run("%%watch --name next\n1 + 1")
+        assert reply["status"] == "ok"
+    finally:
+        kernel.stop()
+    runs = {r.name: r for r in repo.runs()}
+    assert runs["stopped"].status == "interrupted"
+    end = json.loads((repo.events_dir / runs["stopped"].id / "end.json").read_text())
+    assert end["event"] == "interrupted"
+    assert runs["next"].status == "finished"
+
+
+def test_a_restarted_kernel_sends_the_crash_itself_when_no_watcher_runs(repo: Repo) -> None:
+    from nbmonitor.config import NotifierConfig, NotifierStore
+
+    from .servers import HttpRecorder
+    from .test_kernel_e2e import Kernel
+
+    http = HttpRecorder()
+    NotifierStore(repo).add(NotifierConfig.create("webhook", {"url": f"{http.url}/hook"}))
+    kernel = Kernel(repo.path)
+    try:
+        kernel.run("%load_ext nbmonitor")
+        # A run opened in an earlier cell and left open is cut off too, like the cell's own.
+        kernel.run("import nbmonitor\nlong = nbmonitor.Run(name='across-cells')")
+        kernel.client.execute("%%watch --eta 60 --name cut-off\nimport time\ntime.sleep(60)")
+        wait_until(lambda: len(repo.runs()) == 2, 30, "both runs' files")
+        kernel.manager.restart_kernel(now=False)
+        kernel.client.wait_for_ready(timeout=60)
+        # No watcher runs: the kernel sent the notifications before it went.
+        wait_until(lambda: len(http.answered()) >= 2, 15, "two notifications")
+    finally:
+        kernel.stop()
+        http.close()
+    assert sorted((p.json()["event"], p.json()["run"]["name"]) for p in http.answered()) == [
+        ("crashed", "across-cells"),
+        ("crashed", "cut-off"),
+    ]
+    assert {r.status for r in repo.runs()} == {"running"}  # cut off: never ended, by anyone
+    assert not list((repo.path / "outbox").rglob("*.json"))
+
+
+def test_a_kernel_shut_down_between_cells_ends_its_open_runs_as_finished(repo: Repo) -> None:
+    from .test_kernel_e2e import Kernel
+
+    kernel = Kernel(repo.path)
+    try:
+        kernel.run("%load_ext nbmonitor")
+        reply, _ = kernel.run("import nbmonitor\nlong = nbmonitor.Run(name='left-open')")
+        assert reply["status"] == "ok"
+        wait_until(lambda: repo.runs(), 30, "the run's file")
+        kernel.manager.shutdown_kernel(now=False)  # the user closes the notebook: no cell runs
+    finally:
+        kernel.client.stop_channels()
+    (run,) = repo.runs()
+    assert run.status == "finished"  # so no watcher will ever call it crashed
+    assert not (repo.events_dir / run.id).exists()  # and the kernel claimed no crash on its way out
 
 
 MANY = """
