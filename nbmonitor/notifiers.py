@@ -9,6 +9,7 @@ retried; any other is a NotifierError, recorded and not retried.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -74,6 +75,15 @@ class Message:
     @property
     def kind(self) -> str:
         return self.events[0].kind if len(self.events) == 1 else "digest"
+
+    @property
+    def key(self) -> str:
+        """The same for every attempt to send this message: ``<run id>/<event key>``, or for a
+        digest a hash of those, so a receiver can drop a retry it has already seen."""
+        keys = sorted(f"{e.run.id}/{e.key}" for e in self.events)
+        if len(keys) == 1:
+            return keys[0]
+        return "digest-" + hashlib.sha256("\n".join(keys).encode()).hexdigest()[:32]
 
 
 # -- fields: what each notifier is configured with ----------------------------
@@ -450,7 +460,8 @@ class WebhookNotifier(_Http):
             body["run"] = template_fields(message.events[0])
         else:
             body["events"] = [{"event": e.kind, "run": template_fields(e)} for e in message.events]
-        return self.post(self.args["url"], json_body=body, headers=self.args.get("headers") or {})
+        headers = {"Idempotency-Key": message.key, **(self.args.get("headers") or {})}
+        return self.post(self.args["url"], json_body=body, headers=headers)
 
 
 class DiscordNotifier(_Http):

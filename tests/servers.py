@@ -37,6 +37,7 @@ class Answer:
     body: str = "ok"
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds before answering (a server that "never" answers)
+    hold: threading.Event | None = None  # answer only once this is set (at most a minute)
 
 
 class HttpRecorder:
@@ -59,6 +60,8 @@ class HttpRecorder:
                     )
                 if answer.delay:
                     time.sleep(answer.delay)  # the slow server under test, not a wait in a test
+                if answer.hold is not None:
+                    answer.hold.wait(60)
                 payload = answer.body.encode()
                 try:
                     self.send_response(answer.status)

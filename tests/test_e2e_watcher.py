@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -326,3 +327,33 @@ def test_a_delivery_pending_when_the_watcher_is_killed_is_sent_once_after_restar
         assert secret not in first.text + second.text  # ... without the secret URL
     finally:
         http.close()
+
+
+def test_a_watcher_killed_mid_request_sends_again_after_restart_with_the_same_idempotency_key(
+    repo: Repo, scripts: Path, procs: list[Proc]
+) -> None:
+    http = HttpRecorder()
+    answer = threading.Event()
+    http.script = [Answer(200, "too late", hold=answer)]  # receives the request, answers later
+    try:
+        NotifierStore(repo).add(NotifierConfig.create("webhook", {"url": f"{http.url}/hook"}))
+        first = start_watcher(repo, procs)
+        run_id = crash_a_busy_script(scripts, repo, procs)
+        wait_until(lambda: webhook_posts(http, run_id), 10, "the request to reach the endpoint")
+        first.popen.send_signal(signal.SIGKILL)  # while it waits for the answer
+        first.wait_exit()
+        answer.set()  # the answer goes to a dead watcher
+        second = start_watcher(repo, procs)
+        wait_until(lambda: len(webhook_posts(http, run_id)) == 2, 10, "the delivery after restart")
+        later = crash_a_busy_script(scripts, repo, procs)
+        wait_until(lambda: webhook_posts(http, later), 10, "a later delivery")
+        wait_until(lambda: not list((repo.path / "outbox").rglob("*.json")), 10, "an empty outbox")
+    finally:
+        http.close()
+    # Whether the first request counted only the endpoint knows: it is sent again, the same,
+    # with the same Idempotency-Key so a receiver that keeps keys can drop it. Nothing more.
+    first_try, retry = webhook_posts(http, run_id)
+    assert first_try.headers["Idempotency-Key"] == retry.headers["Idempotency-Key"] == f"{run_id}/end"
+    assert first_try.json() == retry.json()
+    assert len(webhook_posts(http, later)) == 1
+    assert second.matching("CRASHED", run_id[:8]) == []  # the event is not claimed again

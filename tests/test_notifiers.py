@@ -56,6 +56,22 @@ def test_webhook_posts_event_text_and_run_fields_with_extra_headers(http: HttpRe
     assert body["title"] == "train-resnet stalled"
     assert body["run"] == templates.fields(EVENT)
     assert body["run"]["steps"] == "1200/5000"
+    assert request.headers["Idempotency-Key"] == f"{EVENT.run.id}/{EVENT.key}"
+
+
+def test_a_digest_has_one_idempotency_key_whatever_the_order_of_its_events(http: HttpRecorder) -> None:
+    other = EVENT.__class__(
+        "crashed", "end", EVENT.run.with_changes(id="b" * 32), EVENT.at, 1.0, None, "test"
+    )
+    keys = set()
+    for events in [(EVENT, other), (other, EVENT)]:
+        send("webhook", {"url": f"{http.url}/hook"}, message=Message("2 events", "two", events))
+        keys.add(http.requests[-1].headers["Idempotency-Key"])
+    (key,) = keys
+    assert key.startswith("digest-")
+    assert key != MESSAGE.key
+    alone = Message("1 event", "one", (other,))
+    assert alone.key == f"{'b' * 32}/end"
 
 
 def test_discord_posts_content(http: HttpRecorder) -> None:
