@@ -19,7 +19,7 @@ from nbmonitor.config import NotifierConfig, NotifierStore
 from nbmonitor.repo import Repo
 
 from .helpers import Proc, wait_until
-from .servers import Answer, HttpRecorder, Request
+from .servers import Answer, HttpRecorder, Request, free_port
 
 POLL = 0.2
 
@@ -357,3 +357,21 @@ def test_a_watcher_killed_mid_request_sends_again_after_restart_with_the_same_id
     assert first_try.json() == retry.json()
     assert len(webhook_posts(http, later)) == 1
     assert second.matching("CRASHED", run_id[:8]) == []  # the event is not claimed again
+
+
+def test_an_endpoint_that_refuses_connections_gets_each_pending_notification_once_when_it_is_up(
+    repo: Repo, scripts: Path, procs: list[Proc]
+) -> None:
+    port = free_port()
+    NotifierStore(repo).add(NotifierConfig.create("webhook", {"url": f"http://127.0.0.1:{port}/hook"}))
+    watcher = start_watcher(repo, procs)
+    crashed = [crash_a_busy_script(scripts, repo, procs) for _ in range(2)]
+    watcher.wait_for("cannot reach", "Connection refused", timeout=10)
+    http = HttpRecorder(port)  # the endpoint comes up
+    try:
+        wait_until(lambda: all(webhook_posts(http, r) for r in crashed), 30, "both deliveries")
+        wait_until(lambda: not list((repo.path / "outbox").rglob("*.json")), 10, "an empty outbox")
+    finally:
+        http.close()
+    assert [len(webhook_posts(http, r)) for r in crashed] == [1, 1]
+    assert len(http.requests) == 2

@@ -11,7 +11,7 @@ import pytest
 
 from nbmonitor.repo import Repo
 
-from .helpers import Proc, wait_until
+from .helpers import FakeClock, Proc, wait_until
 from .test_e2e_watcher import run_id_from
 
 DIES = """
@@ -245,3 +245,72 @@ def test_200_runs_in_20_processes_with_a_watcher_and_a_kernel_each_event_arrives
     assert watcher.matching("STALLED") == []
     assert watcher.matching("CRASHED") == []
     assert watcher.matching("WARNING") == []
+
+
+def test_an_endpoint_down_for_two_minutes_gets_every_notification_once_when_it_is_back(
+    repo: Repo, clock: FakeClock
+) -> None:
+    """Two minutes on an injected clock, second by second: the watcher polls and the postman
+    delivers as the real loop does. The endpoint refuses connections for a minute, answers 503
+    for another, then is back; a second notifier is up all along."""
+    from nbmonitor.config import NotifierConfig, NotifierStore
+    from nbmonitor.outbox import Postman
+
+    from .servers import Answer, HttpRecorder, free_port
+    from .test_watcher import World
+
+    port = free_port()
+    steady = HttpRecorder()
+    store = NotifierStore(repo)
+    for url in (f"http://127.0.0.1:{port}/down", f"{steady.url}/up"):
+        store.add(NotifierConfig.create("webhook", {"url": url}))
+    world = World(repo, clock)
+    postman = Postman(repo, clock=clock.wall, timeout=2)
+    watcher = world.watcher(notifiers=postman.refresh)
+    arrived: dict[HttpRecorder, list[tuple[float, str, str]]] = {}
+
+    def second(until: float) -> None:
+        while clock.wall() < until:
+            clock.advance(1)
+            watcher.poll()
+            postman.deliver()
+            for server in [s for s in (steady, flaky) if s is not None]:
+                seen = arrived.setdefault(server, [])
+                for request in server.answered(200)[len(seen) :]:
+                    body = request.json()
+                    for item in body.get("events") or [body]:
+                        seen.append((clock.wall(), item["run"]["name"], item["event"]))
+
+    flaky: HttpRecorder | None = None
+    start = clock.wall()
+    stuck = world.write("1" * 32, name="stuck", pid=101, eta=5.0, grace=2.0)
+    world.write("2" * 32, name="killed", pid=102, eta=None)
+    world.write("3" * 32, name="raises", pid=103, eta=None)
+    try:
+        second(start + 20)  # "stuck" stalls at 7 s
+        world.dead.add(102)  # "killed" crashes at 20 s
+        second(start + 60)
+        flaky = HttpRecorder(port)  # the endpoint answers again, with 503 for a minute
+        flaky.default = Answer(503, "maintenance")
+        world.write("3" * 32, name="raises", pid=103, eta=None, status="failed", ended_at=clock.wall())
+        second(start + 90)
+        moved = world.progress(stuck)  # "stuck" recovers at 90 s, and ends
+        repo.write_run(moved.with_changes(status="finished", ended_at=clock.wall()))
+        second(start + 120)
+        flaky.default = Answer(200, "ok")  # back at 120 s
+        second(start + 240)
+    finally:
+        steady.close()
+        if flaky is not None:
+            flaky.close()
+    assert flaky is not None
+    expected = [("stuck", "stalled"), ("killed", "crashed"), ("raises", "failed"), ("stuck", "recovered")]
+    back = arrived[flaky]
+    assert sorted((name, kind) for _, name, kind in back) == sorted(expected)  # each once
+    assert max(at for at, _, _ in back) <= start + 120 + 60 + 1  # backoff is capped at 60 s
+    assert [(name, kind) for _, name, kind in arrived[steady]] == expected
+    happened = [start + 8, start + 21, start + 61, start + 91]  # the first poll after each
+    assert [at for at, _, _ in arrived[steady]] == happened  # the other notifier was not held up
+    failed = len(flaky.requests) - len(flaky.answered(200))
+    assert 1 <= failed <= 8  # it backed off rather than hammering the endpoint
+    assert not list((repo.path / "outbox").rglob("*.json"))
