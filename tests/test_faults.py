@@ -312,5 +312,5 @@ def test_an_endpoint_down_for_two_minutes_gets_every_notification_once_when_it_i
     happened = [start + 8, start + 21, start + 61, start + 91]  # the first poll after each
     assert [at for at, _, _ in arrived[steady]] == happened  # the other notifier was not held up
     failed = len(flaky.requests) - len(flaky.answered(200))
-    assert 1 <= failed <= 8  # it backed off rather than hammering the endpoint
+    assert 1 <= failed <= 2  # a minute of 503s at most 60 s apart: it backed off, not hammered
     assert not list((repo.path / "outbox").rglob("*.json"))
