@@ -75,7 +75,10 @@ class Repo:
         try:
             write_atomic(path, record.to_dict())
         except FileNotFoundError:
+            gone = not self.path.is_dir()
             self.ensure()
+            if gone:
+                log.warning("nbmonitor: the repo %s was gone (deleted?); created it again", self.path)
             write_atomic(path, record.to_dict())
 
     def read_run(self, run_id: str) -> RunRecord:

@@ -75,6 +75,7 @@ class Run:
         "_total",
         "_track",
         "_usage",
+        "_write_error",
         "_written",
     )
 
@@ -119,6 +120,7 @@ class Run:
         self._abandoned = False
         self._abandoned_at: float | None = None
         self._cut_off = False
+        self._write_error: str | None = None
         self._written: tuple[Any, ...] | None = None
         self._last_write = -math.inf
         self._monitor.add(self)
@@ -252,10 +254,26 @@ class Run:
             try:
                 self._repo.write_run(self._record(now_wall, progress, step))
             except OSError as e:
-                _warn_write(self, e)
+                self._write_failed(e)
                 return False
+            if self._write_error is not None:
+                self._write_error = None
+                _monitor.log.warning("nbmonitor: run %r is written to %s again", self._name, self._repo.path)
             self._written = state
             return final
+
+    def _write_failed(self, error: OSError) -> None:
+        # Said once per cause: the work goes on and the file is retried every second.
+        cause = error.strerror or str(error)
+        if cause != self._write_error:
+            self._write_error = cause
+            _monitor.log.warning(
+                "nbmonitor: cannot write the file of run %r in %s (%s); the run goes on, "
+                "and its file is retried every second",
+                self._name,
+                self._repo.path,
+                cause,
+            )
 
     def _record(self, now_wall: float, progress: int, step: int) -> RunRecord:
         return RunRecord(
@@ -506,19 +524,3 @@ def _error_info(exc: BaseException) -> ErrorInfo:
         last = frames[-1]
         where = f"{last.filename}:{last.lineno} in {last.name}"
     return ErrorInfo(type(exc).__name__, clip(str(exc)), where)
-
-
-_warned: set[str] = set()
-
-
-def _warn_write(run: Run, error: OSError) -> None:
-    # Once per run and cause: the loop keeps going, the file is retried every second.
-    key = f"{run.id}:{error.errno}"
-    if key not in _warned:
-        _warned.add(key)
-        _monitor.log.warning(
-            "nbmonitor: cannot write the file of run %r in %s (%s); retrying every second",
-            run.name,
-            run.repo.path,
-            error.strerror or error,
-        )

@@ -89,6 +89,7 @@ class Watcher:
         self.seen_by = f"{role} {os.getpid()}@{self.host}"
         self._scanner = Scanner(repo)
         self._seen: dict[str, _Seen] = {}
+        self._claim_error: str | None = None
 
     def poll(self) -> list[Event]:
         """Look at every run once; claim and emit the events that are due. Returns those this
@@ -186,8 +187,11 @@ class Watcher:
             try:
                 claimed = claim_event(self.repo, event, targets)
             except OSError as e:
-                log.warning("cannot record event %s of run %s: %s", due.key, run.id, e)
+                self._claim_failed(event, e)
                 return won
+            if self._claim_error is not None:
+                self._claim_error = None
+                log.warning("events are recorded in %s again", self.repo.path)
             seen.claimed.add(due.key)
             if claimed:
                 won.append(event)
@@ -195,6 +199,20 @@ class Watcher:
         if obs.state in rules.TERMINAL and rules.END_KEY in seen.claimed:
             seen.done = True
         return won
+
+    def _claim_failed(self, event: Event, error: OSError) -> None:
+        # Said once per cause, not at every poll: the event is claimed and sent once the repo
+        # can be written again.
+        cause = error.strerror or str(error)
+        if cause != self._claim_error:
+            self._claim_error = cause
+            log.warning(
+                "cannot record event %s of run %s in %s (%s); it is reported once the repo can be written",
+                event.kind,
+                event.run.id[:8],
+                self.repo.path,
+                cause,
+            )
 
 
 def watcher_info(repo: Repo) -> dict[str, Any] | None:
@@ -232,27 +250,29 @@ def serve(
             f"a watcher is already running for {repo.path}{who}; stop it with 'nbmonitor-watcher stop' first"
         ) from None
     stop = stop or threading.Event()
+    info = {
+        "pid": os.getpid(),
+        "host": _process.host(),
+        "process_start": _process.process_start(),
+        "started_at": time.time(),
+        "interval": interval,
+        "grace": grace,
+        "repo": str(repo.path),
+    }
     try:
-        write_atomic(
-            repo.watcher_file,
-            {
-                "pid": os.getpid(),
-                "host": _process.host(),
-                "process_start": _process.process_start(),
-                "started_at": time.time(),
-                "interval": interval,
-                "grace": grace,
-                "repo": str(repo.path),
-            },
-        )
+        write_atomic(repo.watcher_file, info)
         postman = Postman(repo)
         postman.start(interval)
         watcher = Watcher(repo, grace=grace, notifiers=postman.configs)
         log.info("nbmonitor-watcher (pid %d) watching %s every %g s", os.getpid(), repo.path, interval)
         next_poll = time.monotonic()
+        present = True
         try:
             while not stop.is_set():
                 try:
+                    if repo.runs_dir.is_dir() != present:
+                        present = not present
+                        _say_repo(repo, present, info)
                     postman.refresh()
                     if watcher.poll():
                         postman.wake()
@@ -267,6 +287,16 @@ def serve(
         with contextlib.suppress(OSError):
             repo.watcher_file.unlink()
         lock.release()
+
+
+def _say_repo(repo: Repo, present: bool, info: dict[str, Any]) -> None:
+    """The repo was deleted, or is back: say so once, and be findable in it again."""
+    if not present:
+        log.warning("the repo %s is gone (deleted?); watching for runs to create it again", repo.path)
+        return
+    log.warning("the repo %s is back; watching it again", repo.path)
+    with contextlib.suppress(OSError):
+        write_atomic(repo.watcher_file, info)  # so 'status' and 'stop' find this watcher
 
 
 def _read_json(path: os.PathLike[str]) -> dict[str, Any]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -314,3 +317,150 @@ def test_an_endpoint_down_for_two_minutes_gets_every_notification_once_when_it_i
     failed = len(flaky.requests) - len(flaky.answered(200))
     assert 1 <= failed <= 2  # a minute of 503s at most 60 s apart: it backed off, not hammered
     assert not list((repo.path / "outbox").rglob("*.json"))
+
+
+# -- the repo made unusable under running work -------------------------------------------------
+
+TRAINS = """
+import pathlib, sys, time, nbmonitor
+stop = pathlib.Path(sys.argv[1])
+run = nbmonitor.Run(name="trains", expect_next_in=60)
+print("started", run.id, flush=True)
+step = 0
+while not stop.exists():
+    step += 1
+    run.report_progress(step=step)
+    if step % 10 == 0:
+        print("step", step, flush=True)
+    time.sleep(0.01)
+run.report_successful_finish()
+print("done", step, flush=True)
+"""
+
+
+def _mount(*args: str) -> None:
+    done = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"needs permission to mount: {done.stderr.strip()}")
+
+
+class Disk:
+    """A small filesystem of its own (tmpfs) that a test can fill and free."""
+
+    def __init__(self, path: Path, size: str = "4m") -> None:
+        path.mkdir()
+        _mount("-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path))
+        self.path = path
+        self.filler = path / "filler"
+
+    def fill(self) -> None:
+        with open(self.filler, "wb", buffering=0) as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+        assert shutil.disk_usage(self.path).free == 0
+
+    def free(self) -> None:
+        self.filler.unlink()
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Disk]:
+    mount = Disk(tmp_path / "disk")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount.path)], check=True)
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """``path`` read-only (a read-only bind mount over it), even for root, until the block ends."""
+    _mount("--bind", str(path), str(path))
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def steps_after(proc: Proc, since: float) -> list[int]:
+    return [int(line.split()[1]) for at, line in proc.lines if at > since and line.startswith("step ")]
+
+
+def train(tmp_path: Path, repo: Repo) -> tuple[Proc, str, Path]:
+    script, stop = tmp_path / "trains.py", tmp_path / "stop"
+    script.write_text(TRAINS)
+    proc = Proc.python(script, str(stop), repo=repo.path)
+    run_id = run_id_from(proc, "started")
+    wait_until(lambda: repo.run_path(run_id).exists(), 10, "the run file")
+    return proc, run_id, stop
+
+
+def test_a_read_only_repo_never_stops_the_loop_and_monitoring_resumes_when_writable(
+    repo: Repo, watcher: Proc, tmp_path: Path
+) -> None:
+    proc, run_id, stop = train(tmp_path, repo)
+    with read_only(repo.path):
+        said = proc.wait_for("cannot write the file of run 'trains'", "Read-only file system", timeout=10)
+        wait_until(lambda: len(steps_after(proc, said)) >= 3, 10, "the loop to go on")
+        frozen = repo.read_run(run_id).progress  # still readable, no longer updated
+    proc.wait_for("run 'trains' is written to", "again", timeout=10)
+    wait_until(lambda: repo.read_run(run_id).progress > frozen, 10, "the file to move again")
+    stop.touch()
+    assert proc.wait_exit(30) == 0
+    watcher.wait_for("FINISHED", run_id[:8], timeout=10)
+    assert len(proc.matching("cannot write")) == 1  # said once, not every second
+    assert "Traceback" not in proc.text + watcher.text
+    assert watcher.matching("CRASHED") == watcher.matching("STALLED") == []
+
+
+def test_a_full_disk_delays_events_without_losing_one_and_the_loop_goes_on(
+    disk: Disk, tmp_path: Path
+) -> None:
+    repo = Repo(disk.path / "repo")
+    watcher = Proc.watcher(repo.path, "--interval", "0.2")
+    try:
+        watcher.wait_for("watching")
+        proc, run_id, stop = train(tmp_path, repo)
+        (tmp_path / "dies.py").write_text(DIES)
+        doomed = Proc.python(tmp_path / "dies.py", "sleep", repo=repo.path)
+        doomed_id = run_id_from(doomed, "started")
+        wait_until(lambda: repo.run_path(doomed_id).exists(), 10, "the doomed run's file")
+        disk.fill()
+        said = proc.wait_for("cannot write the file of run 'trains'", "No space left", timeout=10)
+        doomed.popen.send_signal(signal.SIGKILL)
+        doomed.wait_exit()
+        watcher.wait_for("cannot record event crashed", doomed_id[:8], "No space left", timeout=10)
+        wait_until(lambda: len(steps_after(proc, said)) >= 3, 10, "the loop to go on")
+        assert watcher.matching("CRASHED") == []  # not reported before it is recorded ...
+        disk.free()
+        watcher.wait_for("CRASHED", doomed_id[:8], timeout=10)  # ... and reported once it is
+        proc.wait_for("run 'trains' is written to", "again", timeout=10)
+        stop.touch()
+        assert proc.wait_exit(30) == 0
+        watcher.wait_for("FINISHED", run_id[:8], timeout=10)
+    finally:
+        watcher.stop()
+    assert len(watcher.matching("cannot record event")) == 1  # said once, not at every poll
+    assert len(watcher.matching("CRASHED")) == 1
+    assert len(proc.matching("cannot write")) == 1
+    assert "Traceback" not in proc.text + watcher.text
+
+
+def test_a_repo_deleted_under_running_work_is_created_again_and_watched(
+    repo: Repo, watcher: Proc, tmp_path: Path
+) -> None:
+    proc, run_id, stop = train(tmp_path, repo)
+    before = repo.read_run(run_id).progress
+    shutil.rmtree(repo.path)
+    proc.wait_for("the repo", "was gone (deleted?); created it again", timeout=10)
+    watcher.wait_for("is gone (deleted?)", timeout=10)
+    wait_until(lambda: repo.run_path(run_id).exists(), 10, "the run file to come back")
+    watcher.wait_for("is back; watching it again", timeout=10)
+    wait_until(lambda: repo.read_run(run_id).progress > before, 10, "the file to move again")
+    stop.touch()
+    assert proc.wait_exit(30) == 0
+    watcher.wait_for("FINISHED", run_id[:8], timeout=10)
+    wait_until(repo.watcher_file.exists, 10, "the watcher to be findable again")
+    assert "Traceback" not in proc.text + watcher.text
+    assert watcher.matching("CRASHED") == watcher.matching("STALLED") == []
