@@ -179,6 +179,7 @@ class Postman:
         self._configs: list[NotifierConfig] = []
         self._config_error: str | None = None
         self._backoff: dict[str, _Backoff] = {}
+        self._unreadable_claims: set[Path] = set()
         self._couriers: dict[str, threading.Thread] = {}
         self._wake = threading.Condition()
         self._stopped = False
@@ -318,18 +319,32 @@ class Postman:
             payload = event.to_dict() | {"nonce": pending.nonce}
             self.repo.claim(event.run.id, event.key, payload)
             claim = self._claim_nonce(event)
+        if claim == "":
+            # Claims are written whole, so this one was damaged by hand or by the disk: better
+            # a notification twice than none.
+            if pending.path not in self._unreadable_claims:
+                self._unreadable_claims.add(pending.path)
+                log.warning(
+                    "the claim of event %s of run %s is unreadable; sending %s anyway",
+                    event.key,
+                    event.run.id[:8],
+                    pending.path.name,
+                )
+            return True
         if claim != pending.nonce:
             pending.done()  # the claimer lost the race for this event
             return False
         return True
 
     def _claim_nonce(self, event: Event) -> str | None:
+        """The nonce of the event's claim; None if unclaimed, "" if the claim is unreadable."""
         try:
-            return str(self.repo.read_claim(event.run.id, event.key).get("nonce", ""))
+            nonce = self.repo.read_claim(event.run.id, event.key).get("nonce")
         except FileNotFoundError:
             return None
         except (OSError, ValueError, CorruptRecordError):
             return ""
+        return nonce if isinstance(nonce, str) else ""
 
     # -- threads -------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 from pathlib import Path
@@ -15,7 +17,7 @@ from nbmonitor import cli, templates
 from nbmonitor.config import NotifierConfig, NotifierStore
 from nbmonitor.errors import CorruptRecordError
 from nbmonitor.events import Event
-from nbmonitor.notifiers import ConfigError
+from nbmonitor.notifiers import TYPES, ConfigError
 from nbmonitor.record import RunRecord
 from nbmonitor.repo import Repo, read_record
 
@@ -135,3 +137,149 @@ def test_any_template_renders_and_only_known_fields_change(template: str, name: 
     if template and "{" not in template:  # an empty template means the default text
         assert text == template
     assert isinstance(text, str)
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.one_of(st.sampled_from(["auto", "off", "status", "--after", "--frob", "-x"]), NUMBERS), max_size=5
+    )
+)
+def test_watch_line_commands_parse_or_give_a_one_line_usage_error(words: list[str]) -> None:
+    from IPython.core.error import UsageError
+
+    from nbmonitor.magics import LINE
+
+    try:
+        args = LINE.parse_args(words)
+    except UsageError as e:
+        assert str(e).startswith("%watch")
+        assert "\n" not in str(e)
+        return
+    assert args.command in ("auto", "off", "status")
+    if args.command == "auto":
+        assert math.isfinite(args.after)
+        assert args.after >= 0
+
+
+MARK = "s3cr3t9f8e7d"  # in every generated secret: it must never be shown whole
+SECRET_VALUES = st.one_of(
+    st.builds(lambda s: f"https://hooks.example.org/{MARK}{s}", st.text("abcXYZ019/_-", max_size=12)),
+    st.builds(lambda s: f"{MARK}{s}", st.text("abc:019", max_size=6)),
+    st.builds(lambda s: f"Authorization: Bearer {MARK}{s}", st.text("abc", max_size=4)),
+)
+PLAIN_VALUES = st.one_of(
+    NUMBERS,
+    st.sampled_from(["https://example.org", "ftp://x", "a@b.co", "x@", "stalled,crashed", "bogus", "ssl"]),
+    st.sampled_from(["stalled={name} stuck", "nope=x", "=", "{0}", "{name.__class__}", "{run[id]}"]),
+)
+SECRET_FLAGS = ["--webhook-url", "--url", "--access-token", "--bot-token", "--token", "--password"]
+SECRET_FLAGS += ["--header", "--apprise-url"]
+PLAIN_FLAGS = ["--group-id", "--chat-id", "--base-url", "--server", "--topic", "--smtp-host", "--smtp-port"]
+PLAIN_FLAGS += ["--security", "--username", "--from", "--to", "--file", "--events", "--message", "--template"]
+FLAG_VALUES = st.one_of(
+    st.tuples(st.sampled_from(SECRET_FLAGS), SECRET_VALUES),
+    st.tuples(st.sampled_from(PLAIN_FLAGS), PLAIN_VALUES),
+    st.tuples(st.sampled_from(["--disabled", "--frob"]), st.just(None)),
+)
+
+
+@FUZZ
+@given(
+    st.sampled_from([*sorted(TYPES), "pigeon", ""]),
+    st.lists(FLAG_VALUES, max_size=5),
+)
+def test_notifiers_add_flags_save_a_valid_notifier_or_say_what_is_wrong(
+    tmp_path_factory: Any, kind: str, flags: list[tuple[str, str | None]]
+) -> None:
+    repo = Repo(Path(tmp_path_factory.mktemp("fuzz-cli")))
+    argv = ["--repo", str(repo.path), "notifiers", "add", *([kind] if kind else [])]
+    for flag, value in flags:
+        argv += [flag] if value is None else [flag, value]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code: int | str | None
+        try:
+            code = cli.main([*argv, "--yes"])
+        except SystemExit as e:  # argparse: a bad flag or type
+            code = e.code
+    shown = out.getvalue() + err.getvalue()
+    assert MARK not in shown
+    saved = NotifierStore(repo).load() if NotifierStore(repo).path.exists() else []
+    if code == 0:
+        (config,) = saved
+        assert config.type == kind
+        return
+    assert saved == []  # nothing written half
+    assert code in (1, 2)
+    last = err.getvalue().strip().splitlines()[-1]
+    assert last.startswith("nbmonitor-watcher")
+    assert "error:" in last
+
+
+def _a_claimed_delivery(repo: Repo) -> Path:
+    """A pending delivery with its claim, for a webhook at an unreachable port."""
+    from nbmonitor.outbox import claim_event
+
+    config = NotifierStore(repo).add(NotifierConfig.create("webhook", {"url": "http://127.0.0.1:9/h"}))
+    event = Event("crashed", "end", sample(id="c" * 32), 2000.0, 1.0, None, "fuzz")
+    assert claim_event(repo, event, [config])
+    (pending,) = (repo.path / "outbox").rglob("*.json")
+    return pending
+
+
+@FUZZ
+@given(st.one_of(st.binary(max_size=200), JSON.map(lambda v: json.dumps(v).encode())))
+def test_any_bytes_in_a_claim_file_never_break_a_watcher_or_lose_the_delivery(
+    tmp_path_factory: Any, data: bytes
+) -> None:
+    from nbmonitor.outbox import Postman
+    from nbmonitor.watcher import Watcher
+
+    repo = Repo(Path(tmp_path_factory.mktemp("fuzz-claim")))
+    repo.ensure()
+    _a_claimed_delivery(repo)
+    (repo.events_dir / ("c" * 32) / "end.json").write_bytes(data)
+    repo.write_run(sample(id="c" * 32))
+    Watcher(repo, alive=lambda pid, start: False).poll()  # a claim exists: nothing to report
+    (result,) = Postman(repo, timeout=0.2).deliver(now=2001.0)
+    assert "cannot reach" in result.answer  # tried, not dropped: nothing lost
+    assert list((repo.path / "outbox").rglob("*.json"))
+
+
+def _payload_with(field: str, value: Any) -> bytes:
+    event = Event("crashed", "end", sample(id="d" * 32), 2000.0, 1.0, None, "fuzz")
+    data = event.to_dict() | {"nonce": "0" * 32}
+    if field.startswith("run."):
+        data["run"] = data["run"] | {field[4:]: value}
+    else:
+        data[field] = value
+    return json.dumps(data).encode()
+
+
+PAYLOAD_FIELDS = [*Event("crashed", "end", sample(), 0.0, 0.0, None, "").to_dict(), "nonce"]
+PAYLOAD_FIELDS += [f"run.{name}" for name in sample().to_dict()]
+
+
+@FUZZ
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        JSON.map(lambda v: json.dumps(v).encode()),
+        st.builds(_payload_with, st.sampled_from(PAYLOAD_FIELDS), JSON),
+    )
+)
+def test_any_bytes_in_a_pending_delivery_are_set_aside_or_sent_never_a_crash(
+    tmp_path_factory: Any, data: bytes
+) -> None:
+    from nbmonitor.outbox import Postman
+
+    repo = Repo(Path(tmp_path_factory.mktemp("fuzz-pending")))
+    repo.ensure()
+    good = _a_claimed_delivery(repo)
+    bad = good.with_name(f"{'d' * 32}.end.{'0' * 32}.json")
+    bad.write_bytes(data)
+    results = Postman(repo, timeout=0.2, orphan_after=0).deliver(now=2001.0)
+    assert results  # the good one was tried
+    assert good.exists()  # and kept for a retry, since the endpoint is down
+    assert bad.exists() or bad.with_name(f".bad-{bad.name}").exists()
