@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -85,12 +86,26 @@ class Result:
 
 
 def last_result(repo: Repo, notifier_id: str) -> dict[str, Any] | None:
-    """The last delivery result of a notifier (``at``, ``ok``, ``answer``, ``pending``), if any."""
+    """The last delivery result of a notifier (``at``, ``ok``, ``answer``, ``pending``), if any;
+    None also for a damaged file, which the next delivery replaces."""
     try:
         data = json.loads((repo.path / "deliveries" / f"{notifier_id}.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    at, ok, pending = data.get("at"), data.get("ok"), data.get("pending")
+    if not _number(at) or not isinstance(ok, bool) or not (pending is None or _count(pending)):
+        return None
+    return data | {"answer": str(data.get("answer", ""))}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def send_test(repo: Repo, config: NotifierConfig, timeout: float = DEFAULT_TIMEOUT) -> Result:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -221,9 +222,11 @@ def watcher_info(repo: Repo) -> dict[str, Any] | None:
         info = _read_json(repo.watcher_file)
     except (OSError, ValueError):
         return None
-    pid, start = info.get("pid"), info.get("process_start")
-    if not isinstance(pid, int) or info.get("host") != _process.host():
+    pid, start, started = info.get("pid"), info.get("process_start"), info.get("started_at")
+    if type(pid) is not int or pid <= 0 or info.get("host") != _process.host():
         return None
+    if not isinstance(started, int | float) or isinstance(started, bool) or not math.isfinite(started):
+        return None  # not a file this watcher wrote whole
     if not _process.is_alive(pid, start if isinstance(start, float) else None):
         return None
     return info

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -283,3 +284,40 @@ def test_any_bytes_in_a_pending_delivery_are_set_aside_or_sent_never_a_crash(
     assert results  # the good one was tried
     assert good.exists()  # and kept for a retry, since the endpoint is down
     assert bad.exists() or bad.with_name(f".bad-{bad.name}").exists()
+
+
+STATUS_FIELDS = ["at", "ok", "answer", "pending", "events", "pid", "host", "process_start", "started_at"]
+
+
+def _status_file_with(values: dict[str, Any]) -> bytes:
+    from nbmonitor import _process
+
+    # This very process on this host: a watcher file that names it counts as a live watcher.
+    good = {"at": 1.0, "ok": True, "answer": "200 ok", "pending": 0, "started_at": 1.0}
+    good |= {"pid": os.getpid(), "host": _process.host()}
+    return json.dumps(good | values).encode()
+
+
+@FUZZ
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        JSON.map(lambda v: json.dumps(v).encode()),
+        st.dictionaries(st.sampled_from(STATUS_FIELDS), JSON, min_size=1, max_size=3).map(_status_file_with),
+    )
+)
+def test_any_bytes_in_the_watcher_and_delivery_files_leave_status_and_list_working(
+    tmp_path_factory: Any, data: bytes
+) -> None:
+    repo = Repo(Path(tmp_path_factory.mktemp("fuzz-status")))
+    repo.ensure()
+    config = NotifierStore(repo).add(NotifierConfig.create("logger"))
+    repo.write_run(sample(id="e" * 32))
+    repo.watcher_file.write_bytes(data)
+    (repo.path / "deliveries").mkdir()
+    (repo.path / "deliveries" / f"{config.id}.json").write_bytes(data)
+    for command in (["status"], ["notifiers", "list"]):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            assert cli.main(["--repo", str(repo.path), *command]) == 0
+        assert out.getvalue()
