@@ -106,3 +106,25 @@ async def test_notebook_paths_are_given_relative_to_the_servers_root(
     assert runs["f"]["origin"]["lab_path"] is None
     one = await get(jp_fetch, "runs", "e" * 32)
     assert one["origin"]["lab_path"] == "work/train.ipynb"
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+@pytest.mark.parametrize("path", ["runs", f"runs/{'a' * 32}", "watcher"])
+async def test_nothing_can_change_state_with_a_token_or_from_another_site(
+    jp_fetch: Any, jp_base_url: str, jp_http_port: int, repo: Repo, path: str, method: str
+) -> None:
+    write_runs(repo)
+    before = sorted((p.name, p.read_bytes()) for p in repo.path.rglob("*") if p.is_file())
+    body = None if method == "DELETE" else b"{}"
+    with pytest.raises(HTTPClientError) as authorised:  # the token is sent: no such method
+        await jp_fetch("nbmonitor", "api", *path.split("/"), method=method, body=body)
+    assert authorised.value.code == 405
+    url = f"http://localhost:{jp_http_port}{jp_base_url}nbmonitor/api/{path}"
+    forged = {"Cookie": "_xsrf=2|the-users-cookie"}  # what a form posted from another site sends
+    for origin, refusal in [({"Origin": "http://evil.example"}, 404), ({}, 403)]:
+        # Jupyter hides the API from other origins; with no origin, no token and no XSRF header
+        # the request is refused before any handler runs.
+        with pytest.raises(HTTPClientError) as refused:
+            await AsyncHTTPClient().fetch(url, method=method, body=body, headers=forged | origin)
+        assert refused.value.code == refusal
+    assert sorted((p.name, p.read_bytes()) for p in repo.path.rglob("*") if p.is_file()) == before
