@@ -321,3 +321,49 @@ def test_any_bytes_in_the_watcher_and_delivery_files_leave_status_and_list_worki
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
             assert cli.main(["--repo", str(repo.path), *command]) == 0
         assert out.getvalue()
+
+
+# Not "start" (it would watch on; its arguments have a test of their own), nor "--repo".
+COMMAND_WORDS = st.sampled_from(
+    [
+        "stop",
+        "status",
+        "--all",
+        "notifiers",
+        "list",
+        "enable",
+        "disable",
+        "remove",
+        "test",
+        "add",
+        "--yes",
+        "--version",
+        "--bogus",
+        "-h",
+        "logger",
+        "slack",
+        "--events",
+        "stalled",
+    ]
+)
+
+
+@FUZZ
+@given(st.lists(st.one_of(COMMAND_WORDS, NUMBERS, st.sampled_from(["0", "ab", "../x", "\0"])), max_size=5))
+def test_any_command_line_but_start_gives_an_exit_status_and_a_one_line_error(
+    tmp_path_factory: Any, words: list[str]
+) -> None:
+    repo = Repo(Path(tmp_path_factory.mktemp("fuzz-argv")))
+    NotifierStore(repo).add(NotifierConfig.create("logger"))  # something for the id commands to find
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code: int | str | None = cli.main(["--repo", str(repo.path), *words])
+        except SystemExit as e:  # argparse: usage errors, --help and --version
+            code = e.code
+    assert code in (0, 1, 2)
+    if code:
+        lines = err.getvalue().strip().splitlines()
+        assert lines, "a failure says why"
+        assert lines[-1].startswith("nbmonitor-watcher")
+        assert "Traceback" not in err.getvalue()
