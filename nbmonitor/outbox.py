@@ -176,7 +176,8 @@ class Postman:
         repo: Repo,
         store: NotifierStore | None = None,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         timeout: float = DEFAULT_TIMEOUT,
         digest_at: int = 4,
         give_up_after: float = 3600.0,
@@ -185,7 +186,8 @@ class Postman:
     ) -> None:
         self.repo = repo
         self.store = store or NotifierStore(repo)
-        self.clock = clock
+        self.clock = clock  # for every wait and age: immune to wall-clock jumps
+        self.wall = wall  # only to stamp results
         self.timeout = timeout
         self.digest_at = digest_at
         self.give_up_after = give_up_after
@@ -195,6 +197,10 @@ class Postman:
         self._config_error: str | None = None
         self._backoff: dict[str, _Backoff] = {}
         self._unreadable_claims: set[Path] = set()
+        # Pending files by when (our clock) this postman first failed to send them, and first
+        # found them unclaimed: their ages, measured here since another host's clock is not ours.
+        self._failing_since: dict[Path, float] = {}
+        self._unclaimed_since: dict[Path, float] = {}
         self._couriers: dict[str, threading.Thread] = {}
         self._wake = threading.Condition()
         self._stopped = False
@@ -224,7 +230,8 @@ class Postman:
     # -- sending -----------------------------------------------------------------
 
     def deliver(self, now: float | None = None) -> list[Result]:
-        """One pass over every enabled notifier's pending deliveries (synchronously)."""
+        """One pass over every enabled notifier's pending deliveries (synchronously); ``now``
+        is on ``clock``."""
         now = self.clock() if now is None else now
         results: list[Result] = []
         for config in self.refresh():
@@ -247,10 +254,10 @@ class Postman:
                 results.append(result)
                 if result.retry_in is not None:
                     left = sum(len(u) for u in units[i:])
-                    _record(self.repo, result, now, pending=left)
+                    _record(self.repo, result, self.wall(), pending=left)
                     return results
             self._backoff.pop(config.id, None)
-            _record(self.repo, results[-1], now, pending=0)
+            _record(self.repo, results[-1], self.wall(), pending=0)
             return results
         finally:
             for pending in batch:
@@ -266,9 +273,11 @@ class Postman:
             if e.retry_after is not None:
                 delay = min(max(e.retry_after, delay), self.give_up_after)
             self._backoff[config.id] = _Backoff(now + delay, delay)
-            expired = [p for p in unit if now - p.event.at > self.give_up_after]
+            for pending in unit:
+                self._failing_since.setdefault(pending.path, now)
+            expired = [p for p in unit if now - self._failing_since[p.path] >= self.give_up_after]
             for pending in expired:
-                pending.done()
+                self._done(pending)
             if expired:
                 give_up = f"gave up after {self.give_up_after:g} s: {e}"
                 log.warning("notifier %s (%s): %s", config.id[:8], config.type, give_up)
@@ -277,17 +286,21 @@ class Postman:
             return Result(config.id, False, f"{e} (retrying in {delay:g} s)", keys, retry_in=delay)
         except NotifierError as e:
             for pending in unit:
-                pending.done()
+                self._done(pending)
             log.warning("notifier %s (%s) failed: %s", config.id[:8], config.type, e)
             return Result(config.id, False, str(e), keys)
         except Exception as e:  # a bug in one notifier must not stop the others
             for pending in unit:
-                pending.done()
+                self._done(pending)
             log.exception("notifier %s (%s) broke", config.id[:8], config.type)
             return Result(config.id, False, f"internal error: {type(e).__name__}", keys)
         for pending in unit:
-            pending.done()
+            self._done(pending)
         return Result(config.id, True, answer, keys)
+
+    def _done(self, pending: _Pending) -> None:
+        pending.done()
+        self._failing_since.pop(pending.path, None)
 
     def _message(self, config: NotifierConfig, events: list[Event]) -> Message:
         lines = [text_for(e, config.templates, config.message) for e in events]
@@ -329,11 +342,12 @@ class Postman:
         event = pending.event
         claim = self._claim_nonce(event)
         if claim is None:
-            if now - event.at < self.orphan_after:
-                return False  # its claimer is still at work
+            if now - self._unclaimed_since.setdefault(pending.path, now) < self.orphan_after:
+                return False  # its claimer may still be at work
             payload = event.to_dict() | {"nonce": pending.nonce}
             self.repo.claim(event.run.id, event.key, payload)
             claim = self._claim_nonce(event)
+        self._unclaimed_since.pop(pending.path, None)
         if claim == "":
             # Claims are written whole, so this one was damaged by hand or by the disk: better
             # a notification twice than none.

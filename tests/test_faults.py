@@ -268,7 +268,7 @@ def test_an_endpoint_down_for_two_minutes_gets_every_notification_once_when_it_i
     for url in (f"http://127.0.0.1:{port}/down", f"{steady.url}/up"):
         store.add(NotifierConfig.create("webhook", {"url": url}))
     world = World(repo, clock)
-    postman = Postman(repo, clock=clock.wall, timeout=2)
+    postman = Postman(repo, clock=clock.mono, wall=clock.wall, timeout=2)
     watcher = world.watcher(notifiers=postman.refresh)
     arrived: dict[HttpRecorder, list[tuple[float, str, str]]] = {}
 

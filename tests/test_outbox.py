@@ -39,7 +39,7 @@ def claim(repo: Repo, e: Event) -> bool:
 
 @pytest.fixture
 def postman(repo: Repo, clock: FakeClock) -> Postman:
-    return Postman(repo, clock=clock.wall, timeout=0.5, orphan_after=30)
+    return Postman(repo, clock=clock.mono, wall=clock.wall, timeout=0.5, orphan_after=30)
 
 
 def names(http: HttpRecorder, status: int = 200) -> list[str]:
@@ -86,7 +86,7 @@ def test_a_500_is_retried_after_a_backoff_and_delivered_once(
 
 
 def test_backoff_doubles_up_to_its_cap(repo: Repo, http: HttpRecorder, clock: FakeClock) -> None:
-    postman = Postman(repo, clock=clock.wall, max_backoff=4)
+    postman = Postman(repo, clock=clock.mono, wall=clock.wall, max_backoff=4)
     webhook(repo, f"{http.url}/h")
     http.default = Answer(503, "down")
     claim(repo, event(1))
@@ -185,7 +185,7 @@ def test_one_failing_notifier_neither_delays_nor_duplicates_another(
 def test_transient_failures_give_up_after_a_bounded_time(
     repo: Repo, http: HttpRecorder, clock: FakeClock
 ) -> None:
-    postman = Postman(repo, clock=clock.wall, give_up_after=120, max_backoff=60)
+    postman = Postman(repo, clock=clock.mono, wall=clock.wall, give_up_after=120, max_backoff=60)
     config = webhook(repo, f"{http.url}/h")
     http.default = Answer(503, "down")
     claim(repo, event(1, at=clock.wall()))
@@ -196,6 +196,25 @@ def test_transient_failures_give_up_after_a_bounded_time(
     assert 2 <= attempts <= 5
     assert "gave up after 120 s" in last_result(repo, config.id)["answer"]  # type: ignore[index]
     assert not list((repo.path / "outbox").rglob("*.json"))
+
+
+def test_a_wall_clock_jump_neither_freezes_nor_expires_deliveries(
+    repo: Repo, http: HttpRecorder, clock: FakeClock
+) -> None:
+    postman = Postman(repo, clock=clock.mono, wall=clock.wall, give_up_after=120)
+    webhook(repo, f"{http.url}/h")
+    http.default = Answer(503, "down")
+    claim(repo, event(1, at=clock.wall()))
+    postman.deliver()  # fails: retry in 1 s
+    clock.jump_wall(-3600)
+    clock.advance(1)
+    postman.deliver()  # on time, not an hour late
+    assert len(http.requests) == 2
+    clock.jump_wall(+7200)  # now an hour ahead of when the event happened
+    clock.advance(2)
+    http.default = Answer(200, "ok")
+    postman.deliver()
+    assert names(http) == ["run-1"]  # not given up: it has been failing for 3 s, not an hour
 
 
 def test_many_events_at_once_become_one_digest(repo: Repo, http: HttpRecorder, postman: Postman) -> None:
