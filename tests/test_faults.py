@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -324,7 +326,7 @@ def test_an_endpoint_down_for_two_minutes_gets_every_notification_once_when_it_i
 TRAINS = """
 import pathlib, sys, time, nbmonitor
 stop = pathlib.Path(sys.argv[1])
-run = nbmonitor.Run(name="trains", expect_next_in=60)
+run = nbmonitor.Run(name="trains", expect_next_in=float(sys.argv[2]) if len(sys.argv) > 2 else 60)
 print("started", run.id, flush=True)
 step = 0
 while not stop.exists():
@@ -387,10 +389,10 @@ def steps_after(proc: Proc, since: float) -> list[int]:
     return [int(line.split()[1]) for at, line in proc.lines if at > since and line.startswith("step ")]
 
 
-def train(tmp_path: Path, repo: Repo) -> tuple[Proc, str, Path]:
+def train(tmp_path: Path, repo: Repo, *args: str) -> tuple[Proc, str, Path]:
     script, stop = tmp_path / "trains.py", tmp_path / "stop"
     script.write_text(TRAINS)
-    proc = Proc.python(script, str(stop), repo=repo.path)
+    proc = Proc.python(script, str(stop), *args, repo=repo.path)
     run_id = run_id_from(proc, "started")
     wait_until(lambda: repo.run_path(run_id).exists(), 10, "the run file")
     return proc, run_id, stop
@@ -464,3 +466,49 @@ def test_a_repo_deleted_under_running_work_is_created_again_and_watched(
     wait_until(repo.watcher_file.exists, 10, "the watcher to be findable again")
     assert "Traceback" not in proc.text + watcher.text
     assert watcher.matching("CRASHED") == watcher.matching("STALLED") == []
+
+
+# Every process started with this on its path reads its wall clock's offset from a file.
+SHIFTED_WALL = """
+import os, time
+_offset, _real = os.environ["NBMONITOR_TEST_WALL_OFFSET"], time.time
+def _shifted():
+    try:
+        with open(_offset) as f:
+            return _real() + float(f.read())
+    except (OSError, ValueError):
+        return _real()
+time.time = _shifted
+"""
+
+
+def test_the_wall_clock_jumping_an_hour_raises_no_false_alarm_in_real_processes(
+    repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    offset, shifted = tmp_path / "offset", tmp_path / "shifted"
+    offset.write_text("0")
+    shifted.mkdir()
+    (shifted / "sitecustomize.py").write_text(SHIFTED_WALL)
+    monkeypatch.setenv("PYTHONPATH", str(shifted))
+    monkeypatch.setenv("NBMONITOR_TEST_WALL_OFFSET", str(offset))
+    watcher = Proc.watcher(repo.path, "--interval", "0.2")
+    try:
+        watcher.wait_for("watching")
+        proc, run_id, stop = train(tmp_path, repo, "1")  # ETA 1 s, grace 2 s
+
+        def sees(jump: float) -> bool:  # the run's file is stamped with the jumped clock
+            return abs(repo.read_run(run_id).last_progress_at - time.time() - jump) < 60
+
+        for jump in (3600, -3600):  # an hour ahead, then an hour behind
+            offset.write_text(str(jump))
+            wait_until(functools.partial(sees, jump), 10, "the processes to see the jump")
+            # Well past ETA + grace by either wall clock, with the watcher polling all along.
+            later = functools.partial(steps_after, proc, time.monotonic() + 4)
+            wait_until(later, 15, "the loop to run 4 s past the jump")
+        stop.touch()
+        assert proc.wait_exit(30) == 0
+        watcher.wait_for("FINISHED", run_id[:8], timeout=10)
+    finally:
+        watcher.stop()
+    assert watcher.matching("STALLED") == watcher.matching("CRASHED") == []
+    assert "Traceback" not in proc.text + watcher.text
