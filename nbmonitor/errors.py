@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CorruptRecordError", "NbmonitorError", "RepoError", "WatcherError"]
+__all__ = ["CorruptRecordError", "NbmonitorError", "NewerFormatError", "RepoError", "WatcherError"]
 
 
 class NbmonitorError(Exception):
@@ -20,6 +20,10 @@ class CorruptRecordError(NbmonitorError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class NewerFormatError(ValueError):
+    """A record written by a newer nbmonitor: left as it is, for the newer one to read."""
 
 
 class WatcherError(NbmonitorError):

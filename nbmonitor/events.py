@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .record import RunRecord
+from .errors import NewerFormatError
+from .record import FORMAT, RunRecord
 
 __all__ = ["Event"]
 
@@ -28,7 +29,7 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": 1,
+            "format": FORMAT,
             "event": self.kind,
             "key": self.key,
             "at": self.at,
@@ -43,6 +44,11 @@ class Event:
         """Parse a claim or pending-delivery payload; ValueError names what is wrong."""
         if not isinstance(data, dict):
             raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        fmt = data.get("format", FORMAT)
+        if type(fmt) is not int or fmt < 1:
+            raise ValueError(f"field 'format' must be an integer >= 1, got {fmt!r}")
+        if fmt > FORMAT:
+            raise NewerFormatError(f"format {fmt} is newer than this nbmonitor understands ({FORMAT})")
         try:
             grace = data.get("grace")
             return cls(
@@ -56,5 +62,7 @@ class Event:
             )
         except KeyError as e:
             raise ValueError(f"field {e.args[0]!r} is missing") from None
+        except NewerFormatError:
+            raise
         except (TypeError, ValueError) as e:
             raise ValueError(str(e)) from None

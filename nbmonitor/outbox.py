@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import NotifierConfig, NotifierStore
-from .errors import CorruptRecordError
+from .errors import CorruptRecordError, NewerFormatError
 from .events import Event
 from .notifiers import DEFAULT_TIMEOUT, Message, NotifierError, TransientError
 from .repo import Repo, write_atomic
@@ -148,6 +148,9 @@ class _Pending:
         except (BlockingIOError, FileNotFoundError):
             os.close(fd)
             return None
+        except NewerFormatError:
+            os.close(fd)
+            raise
         except (ValueError, UnicodeDecodeError) as e:
             os.close(fd)
             raise ValueError(str(e)) from None
@@ -197,6 +200,7 @@ class Postman:
         self._config_error: str | None = None
         self._backoff: dict[str, _Backoff] = {}
         self._unreadable_claims: set[Path] = set()
+        self._newer: set[Path] = set()
         # Pending files by when (our clock) this postman first failed to send them, and first
         # found them unclaimed: their ages, measured here since another host's clock is not ours.
         self._failing_since: dict[Path, float] = {}
@@ -324,6 +328,11 @@ class Postman:
             path = folder / name
             try:
                 pending = _Pending.take(path)
+            except NewerFormatError as e:
+                if path not in self._newer:  # left for a newer nbmonitor on this repo to send
+                    self._newer.add(path)
+                    log.warning("leaving pending delivery %s to a newer nbmonitor: %s", path, e)
+                continue
             except ValueError as e:
                 log.warning("setting aside a bad pending delivery %s: %s", path, e)
                 with contextlib.suppress(OSError):

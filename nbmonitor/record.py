@@ -11,6 +11,8 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from .errors import NewerFormatError
+
 __all__ = ["FORMAT", "STATUSES", "ErrorInfo", "Origin", "RunRecord", "RunUsage", "is_run_id"]
 
 #: Version of the run-file format; readers skip files with a newer one.
@@ -122,7 +124,7 @@ class RunRecord:
         if not isinstance(fmt, int) or isinstance(fmt, bool):
             raise ValueError(f"field 'format' must be an integer, got {fmt!r}")
         if fmt > FORMAT:
-            raise ValueError(
+            raise NewerFormatError(
                 f"format {fmt} is newer than this nbmonitor understands ({FORMAT}); upgrade nbmonitor"
             )
         if fmt < 1:

@@ -301,6 +301,31 @@ def test_a_bad_pending_file_is_set_aside_with_a_warning(
     assert (folder / f".bad-{bad.name}").exists()
 
 
+@pytest.mark.parametrize("where", ["event", "run"])
+def test_a_pending_file_of_a_newer_format_is_left_for_a_newer_nbmonitor(
+    repo: Repo, http: HttpRecorder, postman: Postman, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    config = webhook(repo, f"{http.url}/h")
+    folder = repo.path / "outbox" / config.id
+    folder.mkdir(parents=True)
+    data = event(1).to_dict() | {"nonce": "b" * 32}
+    if where == "event":
+        data["format"] = 2
+    else:
+        data["run"]["format"] = 2
+    newer = folder / f"{'1' * 32}.end.{'b' * 32}.json"
+    newer.write_text(json.dumps(data))
+    claim(repo, event(2))
+    postman.deliver()
+    postman.deliver()
+    assert names(http) == ["run-2"]
+    assert newer.exists()  # untouched: not sent, not set aside
+    assert [r.getMessage() for r in caplog.records if "newer" in r.getMessage()] == [
+        f"leaving pending delivery {newer} to a newer nbmonitor: format 2 is newer than this nbmonitor "
+        + ("understands (1)" if where == "event" else "understands (1); upgrade nbmonitor")
+    ]
+
+
 def test_removing_or_disabling_a_notifier_drops_what_waits_for_it(
     repo: Repo, http: HttpRecorder, postman: Postman
 ) -> None:
