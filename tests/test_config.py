@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
+import tempfile
 import threading
+from typing import Any
 
 import pytest
 
@@ -16,10 +19,28 @@ from nbmonitor.repo import Repo
 SLACK = {"webhook_url": "https://hooks.slack.com/services/T0/B0/abcdefghijklmnop"}
 
 
-def test_the_file_is_private_from_the_first_write(repo: Repo) -> None:
-    store = NotifierStore(repo)
-    store.add(NotifierConfig.create("slack", SLACK))
+def test_the_file_is_private_from_the_first_write(repo: Repo, monkeypatch: pytest.MonkeyPatch) -> None:
+    # With a umask that would leave anything world-readable, look at every file as it is created,
+    # before a byte is written to it.
+    created: list[int] = []
+    real = tempfile.mkstemp
+
+    def mkstemp(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        fd, path = real(*args, **kwargs)
+        created.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        return fd, path
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    umask = os.umask(0)
+    try:
+        store = NotifierStore(repo)
+        added = store.add(NotifierConfig.create("slack", SLACK))
+        store.update(added.id, enabled=False)
+    finally:
+        os.umask(umask)
+    assert created == [0o600, 0o600]  # the add, then the update: each a new file, private at once
     assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(repo.path.stat().st_mode) == 0o700
     assert json.loads(store.path.read_text())["format"] == 1
 
 
