@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import queue
 import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -512,3 +514,56 @@ def test_the_wall_clock_jumping_an_hour_raises_no_false_alarm_in_real_processes(
         watcher.stop()
     assert watcher.matching("STALLED") == watcher.matching("CRASHED") == []
     assert "Traceback" not in proc.text + watcher.text
+
+
+def test_a_read_only_repo_under_a_watched_cell_prints_nothing_into_it_and_the_cell_finishes(
+    repo: Repo, tmp_path: Path
+) -> None:
+    from .test_kernel_e2e import Kernel, widget_values
+
+    stop = tmp_path / "stop"
+    kernel = Kernel(repo.path)
+    messages: list[dict[str, Any]] = []
+
+    def shown(*parts: str) -> bool:
+        """Read the cell's messages until its display shows every part (or, with none, it is done)."""
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                msg = kernel.client.get_iopub_msg(timeout=1)
+            except queue.Empty:
+                continue
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            messages.append(msg)
+            if not parts and msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                return True
+            if parts and any(all(p in value for p in parts) for value in widget_values([msg])):
+                return True
+        raise AssertionError(f"the display never showed {parts or 'the end'}")
+
+    try:
+        kernel.run("%load_ext nbmonitor")
+        msg_id = kernel.client.execute(
+            "%%watch --name under-ro --eta 30\n"
+            "import pathlib, time, nbmonitor\n"
+            f"while not pathlib.Path({str(stop)!r}).exists():\n"
+            "    nbmonitor.report_progress()\n"
+            "    time.sleep(0.01)\n"
+        )
+        (run,) = wait_until(lambda: repo.runs(), 30, "the cell's run file")
+        with read_only(repo.path):
+            assert shown("cannot write the file of run", "Read-only file system")
+            frozen = repo.read_run(run.id).progress
+        assert shown("written to", "again")
+        wait_until(lambda: repo.read_run(run.id).progress > frozen, 10, "the file to move again")
+        stop.touch()
+        assert shown()
+        _, status = kernel.run("%watch status")
+    finally:
+        kernel.stop()
+    streams = [m["content"]["text"] for m in messages if m["msg_type"] == "stream"]
+    assert not any("nbmonitor" in text for text in streams)  # nothing printed into the cell
+    status_text = "".join(m["content"].get("text", "") for m in status if m["msg_type"] == "stream")
+    assert "cannot write the file of run 'under-ro'" in status_text  # kept for %watch status
+    assert repo.read_run(run.id).status == "finished"
