@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import queue
 import shutil
 import signal
 import subprocess
@@ -519,28 +518,20 @@ def test_the_wall_clock_jumping_an_hour_raises_no_false_alarm_in_real_processes(
 def test_a_read_only_repo_under_a_watched_cell_prints_nothing_into_it_and_the_cell_finishes(
     repo: Repo, tmp_path: Path
 ) -> None:
-    from .test_kernel_e2e import Kernel, widget_values
+    from .test_kernel_e2e import Kernel, idle, widget_values
 
     stop = tmp_path / "stop"
     kernel = Kernel(repo.path)
     messages: list[dict[str, Any]] = []
 
     def shown(*parts: str) -> bool:
-        """Read the cell's messages until its display shows every part (or, with none, it is done)."""
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                msg = kernel.client.get_iopub_msg(timeout=1)
-            except queue.Empty:
-                continue
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            messages.append(msg)
-            if not parts and msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                return True
-            if parts and any(all(p in value for p in parts) for value in widget_values([msg])):
-                return True
-        raise AssertionError(f"the display never showed {parts or 'the end'}")
+        """Read the cell's messages until its display shows every part."""
+
+        def showing(msg: dict[str, Any]) -> bool:
+            return any(all(p in value for p in parts) for value in widget_values([msg]))
+
+        messages.extend(kernel.read(msg_id, showing, 15, f"display showing {parts}"))
+        return True
 
     try:
         kernel.run("%load_ext nbmonitor")
@@ -558,7 +549,7 @@ def test_a_read_only_repo_under_a_watched_cell_prints_nothing_into_it_and_the_ce
         assert shown("written to", "again")
         wait_until(lambda: repo.read_run(run.id).progress > frozen, 10, "the file to move again")
         stop.touch()
-        assert shown()
+        messages.extend(kernel.read(msg_id, idle, 15, "end of the cell"))
         _, status = kernel.run("%watch status")
     finally:
         kernel.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import queue
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,27 +34,34 @@ class Kernel:
 
     def run(self, code: str, timeout: float = 60) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         msg_id = self.client.execute(code)
+        messages = self.read(msg_id, idle, timeout, "idle")
+        reply = self.client.get_shell_msg(timeout=10)
+        return reply["content"], messages
+
+    def read(
+        self, msg_id: str, until: Callable[[dict[str, Any]], bool], timeout: float, what: str
+    ) -> list[dict[str, Any]]:
+        """The iopub messages of request ``msg_id``, up to the first for which ``until`` is true."""
         messages: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout
         while True:
             try:
                 msg = self.client.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"no idle within {timeout} s; got {messages[-3:]}") from None
+                raise AssertionError(f"no {what} within {timeout} s; got {messages[-3:]}") from None
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
             messages.append(msg)
-            parent = msg["parent_header"].get("msg_id")
-            if (
-                msg["msg_type"] == "status"
-                and parent == msg_id
-                and msg["content"]["execution_state"] == "idle"
-            ):
-                break
-        reply = self.client.get_shell_msg(timeout=10)
-        return reply["content"], messages
+            if until(msg):
+                return messages
 
     def stop(self) -> None:
         self.client.stop_channels()
         self.manager.shutdown_kernel(now=True)
+
+
+def idle(msg: dict[str, Any]) -> bool:
+    return bool(msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle")
 
 
 @pytest.fixture
