@@ -281,6 +281,18 @@ def webhook_posts(http: HttpRecorder, run_id: str, status: int = 200) -> list[Re
     return [r for r in http.answered(status) if r.json().get("run", {}).get("id") == run_id]
 
 
+def a_later_delivery_then_an_empty_outbox(
+    http: HttpRecorder, scripts: Path, repo: Repo, procs: list[Proc]
+) -> str:
+    """A later event is delivered and nothing is left to send: the restarted watcher has made
+    whole passes since, so anything it were to repeat would have been sent by now."""
+    later = crash_a_busy_script(scripts, repo, procs)
+    wait_until(lambda: webhook_posts(http, later), 10, "a later delivery")
+    # The server counts a post before the sender reads the answer and clears the file.
+    wait_until(lambda: not list((repo.path / "outbox").rglob("*.json")), 10, "an empty outbox")
+    return later
+
+
 def test_a_running_watcher_uses_notifiers_added_after_it_started(
     repo: Repo, scripts: Path, procs: list[Proc]
 ) -> None:
@@ -316,13 +328,9 @@ def test_a_delivery_pending_when_the_watcher_is_killed_is_sent_once_after_restar
         http.default = Answer(200, "ok")
         second = start_watcher(repo, procs)
         wait_until(lambda: webhook_posts(http, run_id), 10, "the delivery after restart")
-        # A later event delivered too: the restarted watcher has made whole passes since.
-        later = crash_a_busy_script(scripts, repo, procs)
-        wait_until(lambda: webhook_posts(http, later), 10, "a later delivery")
+        a_later_delivery_then_an_empty_outbox(http, scripts, repo, procs)
         assert len(webhook_posts(http, run_id)) == 1
         assert second.matching("CRASHED", run_id[:8]) == []  # the event itself is not repeated
-        # The server counts a post before the sender reads the answer and clears the file.
-        wait_until(lambda: not list((repo.path / "outbox").rglob("*.json")), 10, "an empty outbox")
         assert "endpoint down" in first.text  # the failure was logged ...
         assert secret not in first.text + second.text  # ... without the secret URL
     finally:
@@ -345,9 +353,7 @@ def test_a_watcher_killed_mid_request_sends_again_after_restart_with_the_same_id
         answer.set()  # the answer goes to a dead watcher
         second = start_watcher(repo, procs)
         wait_until(lambda: len(webhook_posts(http, run_id)) == 2, 10, "the delivery after restart")
-        later = crash_a_busy_script(scripts, repo, procs)
-        wait_until(lambda: webhook_posts(http, later), 10, "a later delivery")
-        wait_until(lambda: not list((repo.path / "outbox").rglob("*.json")), 10, "an empty outbox")
+        later = a_later_delivery_then_an_empty_outbox(http, scripts, repo, procs)
     finally:
         http.close()
     # Whether the first request counted only the endpoint knows: it is sent again, the same,
