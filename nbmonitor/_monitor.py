@@ -33,8 +33,12 @@ class Monitor:
 
     #: Seconds between ticks: the precision of a progress time stamp.
     TICK = 0.1
-    #: Least seconds between two writes of one run's file.
+    #: Least seconds between two writes of one run's file, unless its promise needs one sooner.
     WRITE_EVERY = 1.0
+    #: Most seconds a run file's progress trails the run's while it keeps its promise: a file is
+    #: written by the tick that finds its last progress one tick short of looking late, and a
+    #: tick may come a tick late. Written into every run file; readers add it to each deadline.
+    WRITE_LAG = 2 * TICK
     #: Seconds a track() loop left early waits for an exception to claim it before it counts as finished.
     SETTLE_AFTER = 0.5
 

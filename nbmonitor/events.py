@@ -6,11 +6,13 @@ holds ``Event.to_dict()``, so whoever delivers it later has all it needs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import NewerFormatError
 from .record import FORMAT, RunRecord
+from .rules import EVENTS, is_event_key
 
 __all__ = ["Event"]
 
@@ -49,20 +51,36 @@ class Event:
             raise ValueError(f"field 'format' must be an integer >= 1, got {fmt!r}")
         if fmt > FORMAT:
             raise NewerFormatError(f"format {fmt} is newer than this nbmonitor understands ({FORMAT})")
-        try:
-            grace = data.get("grace")
-            return cls(
-                kind=str(data["event"]),
-                key=str(data["key"]),
-                run=RunRecord.from_dict(data["run"]),
-                at=float(data["at"]),
-                since_progress=float(data["since_progress"]),
-                grace=None if grace is None else float(grace),
-                seen_by=str(data.get("seen_by", "")),
-            )
-        except KeyError as e:
-            raise ValueError(f"field {e.args[0]!r} is missing") from None
-        except NewerFormatError:
-            raise
-        except (TypeError, ValueError) as e:
-            raise ValueError(str(e)) from None
+        kind, key = data.get("event"), data.get("key")
+        if not isinstance(kind, str) or kind not in EVENTS:
+            raise ValueError(f"field 'event' must be one of {', '.join(EVENTS)}, got {_shown(kind)}")
+        if not is_event_key(key):
+            raise ValueError(f"field 'key' must be end, stalled-<n> or recovered-<n>, got {_shown(key)}")
+        seen_by = data.get("seen_by", "")
+        if not isinstance(seen_by, str):
+            raise ValueError(f"field 'seen_by' must be a string, got {_shown(seen_by)}")
+        if "run" not in data:
+            raise ValueError("field 'run' is missing")
+        grace = data.get("grace")
+        return cls(
+            kind=kind,
+            key=key,
+            run=RunRecord.from_dict(data["run"]),
+            at=_number(data, "at"),
+            since_progress=_number(data, "since_progress"),
+            grace=None if grace is None else _number(data, "grace"),
+            seen_by=seen_by,
+        )
+
+
+def _number(data: dict[str, Any], name: str) -> float:
+    value = data.get(name)
+    if name not in data:
+        raise ValueError(f"field {name!r} is missing")
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"field {name!r} must be a finite number, got {_shown(value)}")
+    return float(value)
+
+
+def _shown(value: object) -> str:
+    return repr(value)[:40] if isinstance(value, str | int | float | bool | None) else type(value).__name__

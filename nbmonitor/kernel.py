@@ -265,7 +265,10 @@ class KernelAgent:
 
     def _state(self, record: RunRecord, since: float) -> rules.State:
         grace = rules.grace_for(record.eta, record.grace) if record.eta is not None else 0.0
-        return rules.state(record.status, alive=True, since_progress=since, eta=record.eta, grace=grace)
+        lag = rules.write_lag(record.write_lag)  # the same deadline as a watcher reading the file
+        return rules.state(
+            record.status, alive=True, since_progress=since, eta=record.eta, grace=grace, lag=lag
+        )
 
     def _check_rules(self, runs: list[tuple[Run, RunRecord]]) -> None:
         with self._rules_lock:  # the monitor thread, and a cell's end on the main thread

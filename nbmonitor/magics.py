@@ -151,9 +151,11 @@ class WatchMagics(Magics):
         last = None
         if tree.body and isinstance(tree.body[-1], ast.Expr):
             last = ast.Expression(tree.body.pop().value)
-        exec(shell.compile(tree, filename, "exec"), shell.user_ns)
+        # The builtin compile() with the shell's flags: what IPython's compiler does with a tree.
+        flags = shell.compile.flags
+        exec(compile(tree, filename, "exec", flags, dont_inherit=True), shell.user_ns)
         if last is not None:
-            return eval(shell.compile(last, filename, "eval"), shell.user_ns)
+            return eval(compile(last, filename, "eval", flags, dont_inherit=True), shell.user_ns)
         return None
 
     def _line(self, line: str) -> None:

@@ -98,6 +98,10 @@ class RunRecord:
     error: ErrorInfo | None = None
     updated_at: float = 0.0
     usage: RunUsage | None = None
+    #: Most seconds the file's progress may trail the process's while it keeps its promise (the
+    #: writer's resolution); readers add it to every deadline. None: an older writer, which wrote at
+    #: most once a second and said nothing (see rules.write_lag).
+    write_lag: float | None = None
     format: int = field(default=FORMAT)
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,6 +161,7 @@ class RunRecord:
             error=_error(data.get("error")),
             updated_at=get.number("updated_at"),
             usage=_usage(data.get("usage")),
+            write_lag=get.duration("write_lag", allow_zero=True),
             format=fmt,
         )
 

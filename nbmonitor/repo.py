@@ -27,6 +27,7 @@ from typing import Any
 
 from .errors import CorruptRecordError, RepoError
 from .record import RunRecord, is_run_id
+from .rules import is_event_key
 
 __all__ = ["Repo", "Scanner", "default_path"]
 
@@ -104,7 +105,7 @@ class Repo:
         fails if the name exists, so exactly one claimer wins and every claim
         file is complete (an O_EXCL create that also works on NFS).
         """
-        if not is_run_id(run_id) or not key.replace("-", "").isalnum():
+        if not is_run_id(run_id) or not is_event_key(key):
             raise ValueError(f"bad claim: run {run_id[:40]!r}, key {key[:40]!r}")
         folder = self.events_dir / run_id
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import TypeGuard
 
 __all__ = [
     "END_KEY",
@@ -25,13 +26,19 @@ __all__ = [
     "default_grace",
     "due_events",
     "grace_for",
+    "is_event_key",
     "stall_key",
     "state",
+    "write_lag",
 ]
 
 GRACE_SHARE = 0.10
 GRACE_MIN = 2.0
 GRACE_MAX = 60.0
+
+#: The write lag of run files that declare none: their writers wrote at most once a second, on a
+#: 0.1 s tick, so their progress could trail the process's by that much and a tick more.
+LEGACY_WRITE_LAG = 1.2
 
 
 class State(str, enum.Enum):
@@ -72,6 +79,12 @@ def grace_for(eta: float, run_grace: float | None, watcher_grace: float | None =
     return default_grace(eta)
 
 
+def write_lag(declared: float | None) -> float:
+    """Seconds a run file's progress may trail its process's: what its writer declared, else the
+    bound of the writers that declared nothing."""
+    return LEGACY_WRITE_LAG if declared is None else declared
+
+
 def state(
     status: str,
     *,
@@ -79,20 +92,24 @@ def state(
     since_progress: float,
     eta: float | None,
     grace: float,
+    lag: float = 0.0,
 ) -> State:
     """The state of a run whose owner reports ``status``.
 
     ``alive`` is False when its process is known to be gone, None when it
     cannot be checked (another host). ``since_progress`` is the time since
-    its last progress, measured by the caller in a clock it trusts.
+    its last progress, measured by the caller in a clock it trusts, from a
+    view of the run that may trail the run itself by up to ``lag`` seconds
+    (a file written now and then): every deadline moves by that much, so a
+    run that keeps its promise is never late, whatever its ETA.
     """
     if status != "running":
         return State(status)
     if alive is False:
         return State.CRASHED
-    if eta is None or since_progress <= eta:
+    if eta is None or since_progress <= eta + lag:
         return State.RUNNING
-    if since_progress <= eta + grace:
+    if since_progress <= eta + grace + lag:
         return State.LATE
     return State.STALLED
 
@@ -132,6 +149,16 @@ def due_events(current: State, progress: int, claimed: Collection[str]) -> list[
     if current in TERMINAL and END_KEY not in claimed:
         due.append(Due(current.value, END_KEY))
     return due
+
+
+def is_event_key(key: object) -> TypeGuard[str]:
+    """True for a claim key these rules make: ``end``, ``stalled-<n>`` or ``recovered-<n>``."""
+    if not isinstance(key, str):
+        return False
+    if key == END_KEY:
+        return True
+    kind, sep, count = key.partition("-")
+    return bool(sep) and kind in ("stalled", "recovered") and count.isdigit() and count.isascii()
 
 
 def _count(key: str) -> int | None:

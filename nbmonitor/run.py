@@ -77,6 +77,8 @@ class Run:
         "_usage",
         "_write_error",
         "_written",
+        "_written_mono",
+        "_written_seen",
     )
 
     def __init__(
@@ -122,6 +124,7 @@ class Run:
         self._cut_off = False
         self._write_error: str | None = None
         self._written: tuple[Any, ...] | None = None
+        self._written_seen, self._written_mono = -1, self._last_mono
         self._last_write = -math.inf
         self._monitor.add(self)
 
@@ -248,7 +251,7 @@ class Run:
             final = self._status != "running"
             if state == self._written:
                 return final
-            if not (final or force) and now_mono - self._last_write < self._monitor.WRITE_EVERY:
+            if not (final or force or self._write_due(now_mono)):
                 return False
             self._last_write = now_mono
             try:
@@ -259,8 +262,18 @@ class Run:
             if self._write_error is not None:
                 self._write_error = None
                 _monitor.log.warning("nbmonitor: run %r is written to %s again", self._name, self._repo.path)
-            self._written = state
+            self._written, self._written_seen, self._written_mono = state, self._seen, self._last_mono
             return final
+
+    def _write_due(self, now_mono: float) -> bool:
+        """Whether a changed run's file is due: once a second, or sooner when the file's last
+        progress is about to look late to a reader while newer progress waits in memory."""
+        if now_mono - self._last_write >= self._monitor.WRITE_EVERY:
+            return True
+        eta = self._eta
+        if eta is None or self._seen == self._written_seen:
+            return False
+        return now_mono - self._written_mono >= eta - self._monitor.TICK
 
     def _write_failed(self, error: OSError) -> None:
         # Said once per cause: the work goes on and the file is retried every second.
@@ -297,6 +310,7 @@ class Run:
             error=self._error,
             updated_at=now_wall,
             usage=self._usage,
+            write_lag=self._monitor.WRITE_LAG,
         )
 
     def _set_end(self, status: str, error: ErrorInfo | None, now_wall: float) -> None:

@@ -79,9 +79,12 @@ class Watcher:
         host: str | None = None,
         boot_id: str | None = None,
         role: str = "watcher",
+        interval: float = 1.0,
     ) -> None:
         self.repo = repo
         self.grace = grace
+        #: Seconds between this watcher's looks: how late it may see a change on another host.
+        self.interval = interval
         self.emit = emit
         self.notifiers = notifiers
         self.wall, self.mono, self.alive = wall, mono, alive
@@ -140,8 +143,12 @@ class Watcher:
         now_mono: float,
         alive: dict[tuple[int, float | None], bool],
     ) -> Observation:
+        lag = rules.write_lag(run.write_lag)
         if run.host != self.host:
+            # Timed from when this watcher saw the progress count change, which it sees only
+            # at its next look after the file was written.
             since = now_mono - seen.first_seen
+            lag += self.interval
             is_alive: bool | None = None
         else:
             if run.boot_id is not None and run.boot_id == self.boot_id:
@@ -155,7 +162,9 @@ class Watcher:
                     alive[key] = self.alive(run.pid, run.process_start)
                 is_alive = alive[key]
         grace = rules.grace_for(run.eta, run.grace, self.grace) if run.eta is not None else 0.0
-        current = rules.state(run.status, alive=is_alive, since_progress=since, eta=run.eta, grace=grace)
+        current = rules.state(
+            run.status, alive=is_alive, since_progress=since, eta=run.eta, grace=grace, lag=lag
+        )
         return Observation(run, current, max(since, 0.0))
 
     def _recheck(
@@ -266,7 +275,7 @@ def serve(
         write_atomic(repo.watcher_file, info)
         postman = Postman(repo)
         postman.start(interval)
-        watcher = Watcher(repo, grace=grace, notifiers=postman.configs)
+        watcher = Watcher(repo, grace=grace, notifiers=postman.configs, interval=interval)
         log.info("nbmonitor-watcher (pid %d) watching %s every %g s", os.getpid(), repo.path, interval)
         next_poll = time.monotonic()
         present = True

@@ -70,6 +70,18 @@ for _ in range(5):
 print("done", run.id, flush=True)
 """
 
+# Keeps a short promise: progress every 20 ms for four seconds.
+KEEPS_PROMISE = """
+import sys, time, nbmonitor
+eta, grace = float(sys.argv[1]), None if sys.argv[2] == "none" else float(sys.argv[2])
+with nbmonitor.watch(eta=eta, grace=grace, name="keeps-promise") as run:
+    print("started", run.id, flush=True)
+    end = time.monotonic() + 4
+    while time.monotonic() < end:
+        run.report_progress()
+        time.sleep(0.02)
+"""
+
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Repo:
@@ -80,7 +92,8 @@ def repo(tmp_path: Path) -> Repo:
 def scripts(tmp_path: Path) -> Path:
     folder = tmp_path / "scripts"
     folder.mkdir()
-    for name, text in {"hangs": HANGS, "busy": BUSY, "raises": RAISES, "quiet": QUIET_EXIT}.items():
+    texts = {"hangs": HANGS, "busy": BUSY, "raises": RAISES, "quiet": QUIET_EXIT, "keeps": KEEPS_PROMISE}
+    for name, text in texts.items():
         (folder / f"{name}.py").write_text(text)
     return folder
 
@@ -171,6 +184,23 @@ def test_4_a_script_that_exits_without_finishing_raises_no_alarm(
     watcher_polls_past_deadline(repo, run_id, 1 + 2 + 2 * POLL)
     assert watcher.matching(run_id[:8]) == watcher.matching("FINISHED", run_id[:8])
     assert len(watcher.matching(run_id[:8])) == 1
+
+
+@pytest.mark.parametrize(
+    ("eta", "grace", "watcher_args"),
+    [("0.5", "0.2", ()), ("0.8", "none", ("--grace", "0"))],
+    ids=["watch-eta-0.5-grace-0.2", "eta-0.8-start-grace-0"],
+)
+def test_a_healthy_loop_with_a_short_eta_is_never_called_stalled(
+    repo: Repo, scripts: Path, procs: list[Proc], eta: str, grace: str, watcher_args: tuple[str, ...]
+) -> None:
+    # Seen: run files written once a second made such a loop "stalled", then "recovered", every second.
+    watcher = start_watcher(repo, procs, *watcher_args)
+    script = run_script(scripts, "keeps", repo, procs, eta, grace)
+    run_id = run_id_from(script, "started")
+    assert script.wait_exit() == 0
+    watcher.wait_for("FINISHED", run_id[:8])
+    assert watcher.matching(run_id[:8]) == watcher.matching("FINISHED", run_id[:8])
 
 
 def watcher_polls_past_deadline(repo: Repo, run_id: str, seconds: float) -> None:

@@ -286,19 +286,36 @@ def test_two_senders_on_one_outbox_send_each_event_once(repo: Repo, http: HttpRe
     assert sorted(names(http)) == sorted(f"run-{n}" for n in range(40))
 
 
+BAD_PENDING = {
+    "truncated": "{trunc",
+    # Found by hypothesis: a key of another type reached Repo.claim and broke the delivery loop.
+    "key-a-list": json.dumps(event(1).to_dict() | {"key": ["end"], "nonce": "b" * 32}),
+    "key-a-path": json.dumps(event(1).to_dict() | {"key": "../end", "nonce": "b" * 32}),
+    "event-unknown": json.dumps(event(1).to_dict() | {"event": "exploded", "nonce": "b" * 32}),
+    "at-a-bool": json.dumps(event(1).to_dict() | {"at": True, "nonce": "b" * 32}),
+}
+
+
+@pytest.mark.parametrize("content", BAD_PENDING.values(), ids=BAD_PENDING.keys())
 def test_a_bad_pending_file_is_set_aside_with_a_warning(
-    repo: Repo, http: HttpRecorder, postman: Postman, caplog: pytest.LogCaptureFixture
+    repo: Repo,
+    http: HttpRecorder,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    content: str,
 ) -> None:
     config = webhook(repo, f"{http.url}/h")
     folder = repo.path / "outbox" / config.id
     folder.mkdir(parents=True)
     bad = folder / f"{'1' * 32}.end.{'b' * 32}.json"
-    bad.write_text("{trunc")
+    bad.write_text(content)
     claim(repo, event(2))
-    postman.deliver()
+    # orphan_after=0: a pending file nobody claimed is claimed at once, so a bad key reaches the claim.
+    Postman(repo, clock=clock.mono, wall=clock.wall, timeout=0.5, orphan_after=0).deliver()
     assert names(http) == ["run-2"]
     assert str(bad) in caplog.text
     assert (folder / f".bad-{bad.name}").exists()
+    assert not bad.exists()
 
 
 @pytest.mark.parametrize("where", ["event", "run"])

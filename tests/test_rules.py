@@ -8,8 +8,10 @@ from nbmonitor import rules
 from nbmonitor.rules import Due, State
 
 
-def at(since: float, eta: float | None = 1.0, grace: float = 2.0, alive: bool | None = True) -> State:
-    return rules.state("running", alive=alive, since_progress=since, eta=eta, grace=grace)
+def at(
+    since: float, eta: float | None = 1.0, grace: float = 2.0, alive: bool | None = True, lag: float = 0.0
+) -> State:
+    return rules.state("running", alive=alive, since_progress=since, eta=eta, grace=grace, lag=lag)
 
 
 @pytest.mark.parametrize(
@@ -33,6 +35,21 @@ def test_a_run_is_running_then_late_then_stalled_as_time_passes() -> None:
     assert at(1.01) is State.LATE
     assert at(3.0) is State.LATE
     assert at(3.01) is State.STALLED
+
+
+def test_a_view_that_may_trail_the_run_moves_every_deadline_by_that_lag() -> None:
+    assert at(1.2, lag=0.2) is State.RUNNING
+    assert at(1.21, lag=0.2) is State.LATE
+    assert at(3.2, lag=0.2) is State.LATE
+    assert at(3.21, lag=0.2) is State.STALLED
+    assert at(1.1, eta=1.0, grace=0.0, lag=0.2) is State.RUNNING  # even with no grace at all
+
+
+def test_files_that_declare_no_write_lag_get_the_bound_of_their_writers() -> None:
+    # Writers before write_lag wrote at most once a second on a 0.1 s tick.
+    assert rules.write_lag(None) == pytest.approx(1.2)
+    assert rules.write_lag(0.2) == pytest.approx(0.2)
+    assert rules.write_lag(0.0) == 0.0
 
 
 def test_a_run_without_eta_never_stalls_but_still_crashes() -> None:

@@ -7,9 +7,12 @@ from typing import Any
 
 import pytest
 
+import nbmonitor
+from nbmonitor import _monitor
 from nbmonitor.events import Event
 from nbmonitor.record import RunRecord
 from nbmonitor.repo import Repo
+from nbmonitor.rules import State
 from nbmonitor.watcher import Watcher
 
 from .helpers import FakeClock
@@ -44,6 +47,7 @@ class World:
             "host": HOST,
             "boot_id": BOOT,
             "eta": 1.0,
+            "write_lag": 0.0,  # a file as fresh as its run: deadlines exactly at ETA + grace
             "progress": 0,
             "step": 0,
             "last_progress_at": self.clock.wall(),
@@ -182,14 +186,15 @@ def test_a_wall_clock_jump_raises_no_false_alarm_on_this_host(world: World) -> N
 
 
 def test_runs_of_another_host_are_timed_by_this_watchers_clock(world: World) -> None:
-    watcher = world.watcher()
+    # It sees that host's progress only at its next look, so it allows one interval more.
+    watcher = world.watcher(interval=0.5)
     # Its clock is an hour behind ours, and its monotonic clock means nothing here.
     run = world.write(host="elsewhere", boot_id="x", last_progress_at=world.clock.wall() - 3600)
     watcher.poll()
-    world.clock.advance(2.5)
+    world.clock.advance(3.4)  # ETA 1 s + grace 2 s + one interval 0.5 s not yet over
     watcher.poll()
     assert world.events == []
-    world.clock.advance(1.0)
+    world.clock.advance(0.2)
     watcher.poll()
     assert world.kinds() == ["stalled"]
     world.progress(run)
@@ -229,3 +234,41 @@ def test_observe_reports_states_without_claiming(world: World) -> None:
     assert states == {"a": "stalled", "b": "finished"}
     assert world.events == []
     assert world.repo.claims("a" * 32) == set()
+
+
+@pytest.mark.parametrize(
+    ("eta", "run_grace", "watcher_grace"),
+    [(0.5, 0.2, None), (0.8, None, 0.0), (0.05, 0.0, 0.0), (3.0, None, 0.0)],
+    ids=["eta-0.5-grace-0.2", "eta-0.8-watcher-grace-0", "eta-0.05-no-grace", "eta-3-watcher-grace-0"],
+)
+def test_a_run_keeping_a_short_promise_is_never_late_to_a_watcher_reading_its_file(
+    monitor: _monitor.Monitor,
+    repo: Repo,
+    clock: FakeClock,
+    eta: float,
+    run_grace: float | None,
+    watcher_grace: float | None,
+) -> None:
+    # Progress every 20 ms for ten seconds, the writer ticking every 0.1 s (every seventh tick a
+    # tick late), the real watcher reading the real file after every report. Run files were
+    # written at most once a second, so a 0.5 s promise looked broken every second.
+    events: list[Event] = []
+    watcher = Watcher(repo, grace=watcher_grace, emit=events.append, wall=clock.wall, mono=clock.mono)
+    run = nbmonitor.Run(repo=repo, expect_next_in=eta, grace=run_grace)
+    monitor.tick()
+    next_tick, ticks = clock.mono() + monitor.TICK, 0
+    for _ in range(500):
+        run.report_progress()
+        clock.advance(0.02)
+        if clock.mono() >= next_tick - 1e-9:
+            monitor.tick()
+            ticks += 1
+            next_tick += monitor.TICK * (2 if ticks % 7 == 0 else 1)
+        watcher.poll()
+        (seen,) = watcher.observe([repo.read_run(run.id)])
+        assert seen.state is State.RUNNING, f"{seen.state} after {seen.since_progress:.2f} s"
+    assert events == []
+    run.close()
+    monitor.tick()
+    watcher.poll()
+    assert [e.kind for e in events] == ["finished"]
