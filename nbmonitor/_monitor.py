@@ -2,8 +2,11 @@
 
 Runs' hot paths only bump counters; every tick this thread stamps the time
 of new progress and writes a run's file when it changed, at most once a
-second. At exit, runs still open are closed as finished, and an uncaught
-exception fails them first.
+second (sooner when its promise needs it). At exit, runs still open end as
+the process does: finished, failed by an uncaught exception or a non-zero
+``sys.exit()``, interrupted by Ctrl-C; a thread that dies of an exception
+fails the runs it created; a multiprocessing worker's end and ``os.exec*()``
+close them too, since neither runs atexit.
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from .record import ErrorInfo
 
 if TYPE_CHECKING:
     from .run import Run
@@ -119,15 +125,41 @@ class Monitor:
             self.retire(run)
         return cut
 
-    def end_all(self, status: str, exc: BaseException | None = None) -> None:
+    def end_all(self, status: str, exc: BaseException | None = None, error: ErrorInfo | None = None) -> None:
         """End every open run of this process with ``status`` and write it now."""
         for run in self.runs():
-            run._end(status, exc)
+            run._end(status, exc, error)
             self.retire(run)
+
+    def end_thread(self, thread: threading.Thread, status: str, exc: BaseException | None) -> None:
+        """``thread`` is ending by ``exc``: end the open runs it created."""
+        for run in self.runs():
+            if run._owner is thread:
+                run._end(status, exc)
+                self.retire(run)
+
+    def fail_loops(self, thread: threading.Thread, exc: BaseException) -> None:
+        """An exception (that a kernel's cell caught) left the ``track()`` loops of ``thread``
+        that are runs of their own: they failed (or were interrupted), rather than finishing."""
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        for run in self.runs():
+            if run._owns_loop and run._owner is thread:
+                run._end("interrupted" if interrupted else "failed", None if interrupted else exc)
+                self.retire(run)
+
+
+@dataclass(frozen=True, slots=True)
+class _Ending:
+    """How this process is ending, once its main thread knows: what its open runs become."""
+
+    status: str
+    exc: BaseException | None = None
+    error: ErrorInfo | None = None
 
 
 _monitor: Monitor | None = None
 _hooks_installed = False
+_ending: _Ending | None = None
 
 
 def get() -> Monitor:
@@ -136,11 +168,12 @@ def get() -> Monitor:
     if _monitor is None:
         _monitor = Monitor()
         _install_hooks()
+        _hook_worker_exit()
     return _monitor
 
 
 def _install_hooks() -> None:
-    global _hooks_installed
+    global _hooks_installed, _original_exit
     if _hooks_installed:
         return
     _hooks_installed = True
@@ -148,28 +181,87 @@ def _install_hooks() -> None:
     previous = sys.excepthook
 
     def excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        # The main thread dies of it, and the process ends that way.
+        global _ending
+        _ending = _Ending("interrupted") if isinstance(exc, KeyboardInterrupt) else _Ending("failed", exc)
         if _monitor is not None:
-            if isinstance(exc, KeyboardInterrupt):
-                _monitor.end_all("interrupted")
-            else:
-                _monitor.end_all("failed", exc)
+            _monitor.end_thread(threading.current_thread(), _ending.status, _ending.exc)
         previous(kind, exc, tb)
 
     sys.excepthook = excepthook
+    previous_thread_hook = threading.excepthook
+
+    def thread_excepthook(args: Any) -> None:  # threading.ExceptHookArgs
+        if _monitor is not None and args.thread is not None and args.exc_value is not None:
+            _monitor.end_thread(args.thread, "failed", args.exc_value)
+        previous_thread_hook(args)
+
+    threading.excepthook = thread_excepthook
+    if sys.modules.get("ipykernel") is None:
+        # In a script, the status sys.exit() asks for is how it ends. (A kernel goes on after a
+        # cell calls it; its %%watch cells see the SystemExit themselves.)
+        _original_exit, sys.exit = sys.exit, _exit
+    sys.addaudithook(_audit)
     os.register_at_fork(after_in_child=_forget_in_child)
 
 
-def _at_exit() -> None:
-    # A process that exits normally never raises an alarm: close what is open, and let
-    # observers (a kernel claiming its runs' ends) see them once more.
-    if _monitor is not None:
-        _monitor.stop()
+ExitStatus = str | int | None  # what typeshed lets sys.exit() take (any object works)
+_original_exit = sys.exit
+
+
+def _exit(status: ExitStatus = None, /) -> NoReturn:
+    """sys.exit(), noting the status when the main thread asks for it (elsewhere it ends a thread)."""
+    global _ending
+    if threading.current_thread() is threading.main_thread():
+        error = ErrorInfo.for_exit(status)
+        _ending = _Ending("finished" if error is None else "failed", error=error)
+    _original_exit(status)
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    # os.exec*() replaces this program: its runs are over, and no exit hook will run.
+    if event == "os.exec" and _monitor is not None:
         _monitor.end_all("finished")
+
+
+def _at_exit() -> None:
+    # A process that exits normally never raises an alarm: close what is open as the process
+    # ends (finished, or as sys.exit() or an uncaught exception said), and let observers (a
+    # kernel claiming its runs' ends) see them once more.
+    if _monitor is not None:
+        ending = _ending or _Ending("finished")
+        _monitor.stop()
+        _monitor.end_all(ending.status, ending.exc, ending.error)
         if _monitor.observers:
             _monitor.tick()
 
 
+def _hook_worker_exit() -> None:
+    """A multiprocessing worker (fork, forkserver) ends by os._exit() after its target returns,
+    skipping atexit; multiprocessing's own exit function runs first, and closes our runs."""
+    mp = sys.modules.get("multiprocessing")
+    if mp is None or mp.parent_process() is None:
+        return
+    from multiprocessing import util
+
+    util.Finalize(None, _at_worker_exit, exitpriority=100)
+
+
+def _at_worker_exit() -> None:
+    # Called in the finally of the worker's bootstrap: an exception on its way out is how it ends.
+    global _ending
+    exc = sys.exc_info()[1]
+    if isinstance(exc, SystemExit):
+        error = ErrorInfo.for_exit(exc.code)
+        _ending = _Ending("finished" if error is None else "failed", error=error)
+    elif isinstance(exc, KeyboardInterrupt):
+        _ending = _Ending("interrupted")
+    elif exc is not None:
+        _ending = _Ending("failed", exc)
+    _at_exit()
+
+
 def _forget_in_child() -> None:
     # Only the owner writes a run's file: a forked child (a DataLoader worker, say) starts empty.
-    global _monitor
-    _monitor = None
+    global _monitor, _ending
+    _monitor, _ending = None, None

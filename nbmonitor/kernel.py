@@ -10,7 +10,6 @@ It never prints: warnings are kept for ``%watch status`` and the display.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections import deque
@@ -28,7 +27,7 @@ from .usage import History, Sampler
 from .watcher import Watcher, watcher_info
 from .widget import RunDisplay, View
 
-__all__ = ["CellRun", "KernelAgent", "TqdmProbe"]
+__all__ = ["CellRun", "KernelAgent"]
 
 USAGE_EVERY = 1.0  # seconds between usage samples
 WATCHER_EVERY = 5.0  # seconds between looks for a standalone watcher
@@ -38,45 +37,6 @@ RATE_WINDOW = 10.0  # seconds of progress the rate is measured over
 SHUTDOWN_SETTLE = 0.5
 #: Seconds a kernel being shut down waits for its "crashed" notifications to go out.
 SHUTDOWN_DELIVERY = 2.0
-
-
-class TqdmProbe:
-    """Counts progress of every tqdm bar, read from the monitor thread: no cost per iteration.
-
-    tqdm keeps its open bars in ``tqdm._instances`` and their counts in ``n``;
-    the probe adds up how far each one moved since it was first seen.
-    """
-
-    def __init__(self) -> None:
-        # Strong references until a bar is seen closed, so its last steps are read before it is freed.
-        self._last: dict[Any, int] = {bar: _count(bar) for bar in self._bars()}
-        self.count = 0
-
-    def __call__(self) -> int:
-        open_bars = self._bars()
-        for bar in {*open_bars, *self._last}:
-            n = _count(bar)
-            moved = n - self._last.get(bar, 0)
-            if moved > 0:
-                self.count += moved
-            self._last[bar] = n
-        for bar in [b for b in self._last if b not in open_bars]:
-            del self._last[bar]  # closed: its final count is in
-        return self.count
-
-    @staticmethod
-    def _bars() -> list[Any]:
-        module = sys.modules.get("tqdm.std")
-        if module is None:
-            return []
-        try:
-            return list(module.tqdm._instances)
-        except (AttributeError, RuntimeError):  # no such attribute; or a bar was added meanwhile
-            return []
-
-
-def _count(bar: Any) -> int:
-    return int(getattr(bar, "n", 0) or 0)
 
 
 @dataclass

@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import ast
 import math
+import shlex
+import threading
+import time
 import weakref
 from typing import Any, NoReturn
 
@@ -17,8 +20,9 @@ from IPython.core.interactiveshell import ExecutionInfo, ExecutionResult, Intera
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from . import _format
-from .kernel import Auto, KernelAgent, TqdmProbe
-from .run import Run
+from ._tqdm import TqdmProbe, attribute_bars, restore_bars
+from .kernel import Auto, KernelAgent
+from .run import Run, cell_number, current_run
 
 __all__ = ["WatchMagics", "load", "unload"]
 
@@ -119,13 +123,14 @@ class WatchMagics(Magics):
 
     def _cell(self, line: str, cell: str) -> Any:
         __tracebackhide__ = True
-        args = CELL.parse_args(line.split())
+        args = CELL.parse_args(_words(CELL, line))
         if self.agent.auto is not None:
             self.agent.auto.cell_started(None)  # this cell has its own run
         run = Run(
             name=args.name or self._cell_name(), expect_next_in=args.eta, grace=args.grace, total=args.total
         )
-        run._probe = TqdmProbe()
+        attribute_bars(current_run)  # tqdm bars opened from now on count for the run they were opened in
+        run._probe = TqdmProbe(run, time.time(), current_run)
         watched = self.agent.start_cell(run, show=not args.quiet, usage=not args.no_usage)
         try:
             with run:
@@ -135,7 +140,7 @@ class WatchMagics(Magics):
 
     def _cell_name(self) -> str:
         session = self.shell.user_ns.get("__session__") if self.shell else None
-        count = getattr(self.shell, "execution_count", None)
+        count = cell_number(self.shell)
         where = str(session).replace("\\", "/").rsplit("/", 1)[-1] if session else None
         cell = f"cell {count}" if count is not None else "cell"
         return f"{where} {cell}" if where else cell
@@ -159,7 +164,7 @@ class WatchMagics(Magics):
         return None
 
     def _line(self, line: str) -> None:
-        args = LINE.parse_args(line.split())
+        args = LINE.parse_args(_words(LINE, line))
         if args.command == "auto":
             self.agent.auto = Auto(self.agent, args.after)
             self.agent.monitor.keep_alive = True
@@ -211,11 +216,14 @@ def load(shell: InteractiveShell) -> KernelAgent:
     def pre_run_cell(info: ExecutionInfo) -> None:
         agent.executing = True
         if agent.auto is not None and not (info.raw_cell or "").lstrip().startswith("%watch"):
-            agent.auto.cell_started(getattr(shell, "execution_count", None))
+            agent.auto.cell_started(cell_number(shell))
 
     def post_run_cell(result: ExecutionResult) -> None:
         if agent.auto is not None:
             agent.auto.cell_ended(result.error_in_exec)
+        if result.error_in_exec is not None:
+            # IPython keeps the traceback, so a track() loop the error left is never freed.
+            agent.monitor.fail_loops(threading.main_thread(), result.error_in_exec)
         agent.executing = False
 
     shell.events.register("pre_run_cell", pre_run_cell)
@@ -233,10 +241,19 @@ def unload(shell: InteractiveShell) -> None:
     for event, hook in agent.hooks.items():
         shell.events.unregister(event, hook)
     agent.detach()
+    restore_bars()
     assert shell.magics_manager is not None
     magics = shell.magics_manager.magics
     magics["line"].pop("watch", None)
     magics["cell"].pop("watch", None)
+
+
+def _words(parser: _Parser, line: str) -> list[str]:
+    """The magic's arguments, quoted as in a shell: ``--name "train resnet50"``."""
+    try:
+        return shlex.split(line)
+    except ValueError as e:  # an unclosed quote
+        raise UsageError(f"{parser.prog}: {e}: {line.strip()[:80]}") from None
 
 
 def _has_ipywidgets() -> bool:

@@ -63,6 +63,16 @@ class ErrorInfo:
         """``ValueError: bad shape`` in one line."""
         return f"{self.type}: {self.message}" if self.message else self.type
 
+    @classmethod
+    def for_exit(cls, code: object) -> ErrorInfo | None:
+        """What ``sys.exit(code)`` says of a run: None for success (``None`` or ``0``), else
+        the exit status, and the message when the code is one (Python prints it, exits 1)."""
+        if code is None or code == 0:
+            return None
+        if isinstance(code, int):
+            return cls("SystemExit", f"exit status {int(code)}")
+        return cls("SystemExit", clip(f"{code} (exit status 1)"))
+
 
 @dataclass(frozen=True, slots=True)
 class RunUsage:

@@ -8,6 +8,7 @@ the rest (see nbmonitor._monitor).
 
 from __future__ import annotations
 
+import contextvars
 import math
 import operator
 import os
@@ -15,6 +16,7 @@ import sys
 import threading
 import traceback
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 from types import TracebackType
@@ -25,13 +27,22 @@ from .errors import RepoError
 from .record import ErrorInfo, Origin, RunRecord, RunUsage, clip
 from .repo import Repo
 
-__all__ = ["Run", "current_run", "report_progress", "track", "watch"]
+__all__ = ["Run", "cell_number", "current_run", "report_progress", "track", "watch"]
 
 T = TypeVar("T")
 
 _index = operator.index
 _second = operator.itemgetter(1)
-_active: list[Run] = []
+
+#: The runs of this thread's (or asyncio task's) open ``with`` blocks (watch(), %%watch cells),
+#: innermost last: progress made here counts for the last one.
+_blocks: contextvars.ContextVar[tuple[Run, ...]] = contextvars.ContextVar("nbmonitor_blocks", default=())
+#: Every open block of the process, oldest first: a thread with no block of its own counts for
+#: the newest one it did not predate (it was started inside that block).
+_open_blocks: list[Run] = []
+_open_lock = threading.Lock()
+_generation = 0  # bumped whenever a block opens or closes, so threads recompute what they adopt
+_adoption = threading.local()
 
 _NAME_MAX: Final = 200
 
@@ -64,7 +75,10 @@ class Run:
         "_monitor",
         "_name",
         "_origin",
+        "_owner",
+        "_owns_loop",
         "_pid",
+        "_predates",
         "_probe",
         "_process_start",
         "_repo",
@@ -105,6 +119,9 @@ class Run:
         self._monitor = _monitor.get()
         self._id = uuid.uuid4().hex
         self._pid = os.getpid()
+        self._owner = threading.current_thread()  # an exception that ends this thread fails the run
+        self._owns_loop = False  # a run of its own made by track(): it ends with its loop
+        self._predates: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
         self._process_start = _own_start()
         self._lock = threading.Lock()
         self._beats = 0
@@ -162,18 +179,33 @@ class Run:
         self._end("finished")
 
     def __enter__(self) -> Run:
-        _active.append(self)
+        global _generation
+        self._predates = weakref.WeakSet(threading.enumerate())
+        _blocks.set((*_blocks.get(), self))
+        with _open_lock:
+            _open_blocks.append(self)
+            _generation += 1
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self in _active:
-            _active.remove(self)
+        global _generation
+        blocks = _blocks.get()
+        if self in blocks:
+            _blocks.set(tuple(run for run in blocks if run is not self))
+        with _open_lock:
+            if self in _open_blocks:
+                _open_blocks.remove(self)
+            _generation += 1
         if exc is None:
             self._end("finished")
         elif isinstance(exc, KeyboardInterrupt):
             self._end("interrupted")
+        elif isinstance(exc, SystemExit):
+            # sys.exit() and sys.exit(0) are a normal end; any other status is a failure.
+            error = ErrorInfo.for_exit(exc.code)
+            self._end("finished" if error is None else "failed", error=error)
         else:
             self._end("failed", exc)
 
@@ -339,6 +371,7 @@ class Run:
             except TypeError:
                 total = None
         track = _Track(enumerate(iterable))
+        self._owns_loop = self._owns_loop or owns
         with self._lock:
             if self._track is not None:
                 self._folded += self._track.completed()
@@ -442,16 +475,36 @@ def track(
 
 
 def current_run() -> Run | None:
-    """The innermost run of an open ``watch()`` block or ``%%watch`` cell, if any."""
-    return _active[-1] if _active else None
+    """The run that progress made here counts for: the innermost open ``watch()`` block or
+    ``%%watch`` cell of this thread (or asyncio task); in a thread with none of its own, the
+    block it was started in. None outside any: a thread left running by an earlier cell counts
+    for no later one."""
+    blocks = _blocks.get()
+    return blocks[-1] if blocks else _adopted()
 
 
 def report_progress(expect_next_in: float | None = None, step: int | None = None) -> None:
     """Report progress of the current run (see ``current_run()``); does nothing outside one, so
     the same code runs monitored or not."""
-    run = _active[-1] if _active else None
+    blocks = _blocks.get()
+    run = blocks[-1] if blocks else _adopted()
     if run is not None:
         run.report_progress(expect_next_in, step)
+
+
+def _adopted() -> Run | None:
+    """The newest open block this thread did not predate, remembered until a block opens or closes."""
+    cached = _adoption.__dict__
+    generation = _generation
+    if cached.get("generation") == generation:
+        run: Run | None = cached["run"]
+        return run
+    me = threading.current_thread()
+    with _open_lock:
+        candidates = list(_open_blocks)
+    run = next((r for r in reversed(candidates) if me not in r._predates), None)
+    cached["generation"], cached["run"] = generation, run
+    return run
 
 
 def origin() -> Origin:
@@ -459,8 +512,7 @@ def origin() -> Origin:
     shell = _ipython()
     if shell is not None and getattr(shell, "kernel", None) is not None:
         path = shell.user_ns.get("__session__") or os.environ.get("JPY_SESSION_NAME") or None
-        cell = getattr(shell, "execution_count", None)
-        return Origin("notebook", path=path, cell=cell, kernel_id=kernel_id())
+        return Origin("notebook", path=path, cell=cell_number(shell), kernel_id=kernel_id())
     if shell is not None:
         return Origin("interactive")
     argv = sys.argv
@@ -468,6 +520,15 @@ def origin() -> Origin:
         path = argv[0] if argv[0] in ("-c", "-m") else os.path.abspath(argv[0])
         return Origin("script", path=path, argv=tuple(argv[1:]))
     return Origin("interactive")
+
+
+def cell_number(shell: Any) -> int | None:
+    """The running cell's number as its prompt shows it (``In [9]``): IPython's own Out[] count,
+    which stays right where ``execution_count`` already moved on to the next cell (IPython 9)."""
+    count = getattr(getattr(shell, "displayhook", None), "prompt_count", None)
+    if not isinstance(count, int):
+        count = getattr(shell, "execution_count", None)
+    return count if isinstance(count, int) else None
 
 
 def _ipython() -> Any:

@@ -149,6 +149,18 @@ def test_an_exception_fails_the_run_in_the_display_and_the_repo(kernel: Kernel, 
     assert (claim["event"], claim["seen_by"].split()[0]) == ("failed", "kernel")
 
 
+def test_runs_name_the_cell_by_the_number_its_prompt_shows(kernel: Kernel, kernel_repo: Path) -> None:
+    # Seen: "cell 10" for the cell shown as [9] (IPython 9 counts the next cell while one runs).
+    kernel.run("x = 1")
+    _, watched = kernel.run("%%watch\nx += 1")
+    _, blocked = kernel.run("import nbmonitor\nwith nbmonitor.watch(name='block'):\n    x += 1")
+    prompts = [m["content"]["execution_count"] for m in watched + blocked if m["msg_type"] == "execute_input"]
+    by_name = {r.name: r for r in Repo(kernel_repo).runs()}
+    assert by_name[f"cell {prompts[0]}"].origin.cell == prompts[0]
+    assert by_name["block"].origin.cell == prompts[1]
+    assert by_name["block"].origin.describe().endswith(f"cell {prompts[1]}")
+
+
 def test_widget_traffic_stays_under_ten_messages_a_second_in_a_million_iteration_loop(kernel: Kernel) -> None:
     code = (
         "%%watch --eta 5 --name million\n"

@@ -79,6 +79,47 @@ def test_progress_track_and_tqdm_inside_the_cell_count_for_its_run(ip: Interacti
     assert set(found) == {"reports", "tracked", "bars"}  # track() made no run of its own
 
 
+LEFT_RUNNING = """%%watch --name first
+import io, threading, time, tqdm, nbmonitor
+stop = threading.Event()
+def left_running():
+    while not stop.is_set():  # a new bar now and then, each moving, and bare progress reports
+        bar = tqdm.tqdm(file=io.StringIO(), mininterval=0)
+        for _ in range(20):
+            nbmonitor.report_progress()
+            bar.update()
+            time.sleep(0.005)
+        bar.close()
+threading.Thread(target=left_running, daemon=True).start()
+time.sleep(0.2)
+"""
+
+STUCK = """%%watch --name second
+def helper():
+    for _ in range(7):
+        nbmonitor.report_progress()
+thread = threading.Thread(target=helper)
+thread.start()
+thread.join()
+bar = tqdm.tqdm(range(4), file=io.StringIO(), mininterval=0)
+for _ in bar:
+    pass
+time.sleep(0.5)  # stuck, while the thread of the first cell keeps reporting
+"""
+
+
+def test_a_thread_left_by_an_earlier_cell_counts_for_no_later_cell(ip: InteractiveShell) -> None:
+    # Its progress and its tqdm bars kept a later, stuck %%watch cell from ever stalling.
+    try:
+        cell(ip, LEFT_RUNNING)
+        cell(ip, STUCK)
+    finally:
+        ip.user_ns["stop"].set()
+    second = runs(ip)["second"]
+    assert second.progress == 7 + 4  # its own thread's reports and its own bar, nothing else
+    assert runs(ip)["first"].progress > 0
+
+
 def test_an_exception_fails_the_run_and_still_fails_the_cell(ip: InteractiveShell, capsys: Any) -> None:
     result = cell(ip, "%%watch --name broken\nraise KeyError('weights')")
     assert isinstance(result.error_in_exec, KeyError)
@@ -87,6 +128,19 @@ def test_an_exception_fails_the_run_and_still_fails_the_cell(ip: InteractiveShel
     assert record.error is not None
     assert record.error.summary() == "KeyError: 'weights'"
     assert "KeyError: 'weights'" in capsys.readouterr().out  # the usual traceback
+
+
+def test_a_bare_track_loop_left_by_an_error_in_a_cell_is_failed(ip: InteractiveShell) -> None:
+    result = cell(
+        ip,
+        "import nbmonitor\nfor i in nbmonitor.track(range(10), name='bare'):\n"
+        "    if i == 3:\n        raise ValueError('bad batch')",
+    )
+    assert isinstance(result.error_in_exec, ValueError)
+    record = runs(ip)["bare"]
+    assert (record.status, record.step) == ("failed", 3)
+    assert record.error is not None
+    assert record.error.summary() == "ValueError: bad batch"
 
 
 def test_keyboard_interrupt_marks_it_interrupted(ip: InteractiveShell) -> None:

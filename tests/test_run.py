@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from nbmonitor import _monitor
 from nbmonitor.record import RunRecord
 from nbmonitor.repo import Repo
 
-from .helpers import FakeClock, child_env
+from .helpers import FakeClock, Proc, child_env
 
 
 class CountingRepo(Repo):
@@ -268,6 +269,76 @@ def test_an_unusable_repo_never_stops_the_work_and_is_written_once_usable(
     assert on_disk(run).progress == 3
 
 
+def test_two_watch_blocks_in_two_threads_each_count_their_own_progress(
+    monitor: _monitor.Monitor, repo: Repo
+) -> None:
+    # The current run was one stack for the process: the healthy thread's progress counted for
+    # the block opened last, so the hung one looked healthy and the healthy one stalled.
+    healthy_open, hung_open, release = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, nbmonitor.Run | None] = {}
+
+    def healthy() -> None:
+        with nbmonitor.watch(eta=1, name="healthy", repo=repo):
+            healthy_open.set()
+            hung_open.wait(10)
+            for _ in range(50):
+                nbmonitor.report_progress()
+            for _ in nbmonitor.track(range(20)):
+                pass
+            seen["healthy"] = nbmonitor.current_run()
+
+    def hung() -> None:
+        healthy_open.wait(10)
+        with nbmonitor.watch(eta=1, name="hung", repo=repo):
+            hung_open.set()
+            seen["hung"] = nbmonitor.current_run()
+            release.wait(10)
+
+    threads = [threading.Thread(target=healthy), threading.Thread(target=hung)]
+    for thread in threads:
+        thread.start()
+    threads[0].join(10)
+    release.set()
+    threads[1].join(10)
+    monitor.tick()
+    by_name = {r.name: r for r in repo.runs()}
+    assert (by_name["healthy"].progress, by_name["hung"].progress) == (70, 0)
+    assert seen["healthy"] is not None
+    assert seen["healthy"].name == "healthy"
+    assert seen["hung"] is not None
+    assert seen["hung"].name == "hung"
+
+
+def test_threads_started_in_a_block_count_for_it_and_older_threads_do_not(
+    monitor: _monitor.Monitor, repo: Repo
+) -> None:
+    older_go, older_done = threading.Event(), threading.Event()
+
+    def report(times: int) -> None:
+        for _ in range(times):
+            nbmonitor.report_progress()
+
+    def older() -> None:  # started before the block, like a thread left by an earlier cell
+        older_go.wait(10)
+        report(1000)
+        older_done.set()
+
+    threading.Thread(target=older).start()
+    with nbmonitor.watch(name="block", repo=repo) as run:
+        inner = threading.Thread(target=report, args=(7,))
+        inner.start()
+        inner.join(10)
+        older_go.set()
+        older_done.wait(10)
+        assert nbmonitor.current_run() is run
+    after = threading.Thread(target=report, args=(5,))  # the block is closed: counts for nothing
+    after.start()
+    after.join(10)
+    monitor.tick()
+    (record,) = repo.runs()
+    assert record.progress == 7
+
+
 def test_a_forked_child_never_writes_its_parents_run(monitor: _monitor.Monitor, repo: Repo) -> None:
     run = nbmonitor.Run(name="parent", repo=repo)
     monitor.tick()
@@ -286,26 +357,36 @@ import nbmonitor, sys
 run = nbmonitor.Run(name="script", expect_next_in=60)
 for _ in nbmonitor.track(range(3)):
     run.report_progress()
-if sys.argv[1] == "raise":
+how = sys.argv[1]
+if how == "raise":
     raise RuntimeError("out of memory")
-if sys.argv[1] == "interrupt":
+if how == "interrupt":
     raise KeyboardInterrupt
-if sys.argv[1] == "exit":
+if how == "exit":
     sys.exit(0)
+if how == "exit-none":
+    sys.exit()
+if how == "exit-1":
+    sys.exit(1)
+if how == "exit-message":
+    sys.exit("bad data")
 """
 
 
 @pytest.mark.parametrize(
-    ("how", "status", "error"),
+    ("how", "status", "error", "code"),
     [
-        ("return", "finished", None),
-        ("exit", "finished", None),
-        ("raise", "failed", "RuntimeError: out of memory"),
-        ("interrupt", "interrupted", None),
+        ("return", "finished", None, 0),
+        ("exit", "finished", None, 0),
+        ("exit-none", "finished", None, 0),
+        ("exit-1", "failed", "SystemExit: exit status 1", 1),
+        ("exit-message", "failed", "SystemExit: bad data (exit status 1)", 1),
+        ("raise", "failed", "RuntimeError: out of memory", 1),
+        ("interrupt", "interrupted", None, None),
     ],
 )
 def test_a_script_ends_its_runs_the_way_it_ends(
-    tmp_path: Path, how: str, status: str, error: str | None
+    tmp_path: Path, how: str, status: str, error: str | None, code: int | None
 ) -> None:
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
@@ -317,7 +398,8 @@ def test_a_script_ends_its_runs_the_way_it_ends(
         text=True,
         timeout=60,
     )
-    assert (done.returncode == 0) == (status == "finished"), done.stderr
+    if code is not None:
+        assert done.returncode == code, done.stderr
     by_name = {r.name: r for r in repo.runs()}
     assert by_name["script"].status == status
     assert (by_name["script"].error.summary() if by_name["script"].error else None) == error
@@ -325,3 +407,158 @@ def test_a_script_ends_its_runs_the_way_it_ends(
     assert by_name["train.py"].status == "finished"  # the track() loop ended before the script did
     if how == "raise":
         assert "RuntimeError: out of memory" in done.stderr  # the normal traceback still shows
+    if how == "exit-message":
+        assert done.stderr.strip() == "bad data"  # and Python still prints the message
+
+
+BLOCK = """
+import nbmonitor, sys
+code = {"none": None, "0": 0, "2": 2}.get(sys.argv[1], sys.argv[1])
+with nbmonitor.watch(name="block", eta=60):
+    sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "error"),
+    [
+        ("none", "finished", None),
+        ("0", "finished", None),
+        ("2", "failed", "SystemExit: exit status 2"),
+        ("no data", "failed", "SystemExit: no data (exit status 1)"),
+    ],
+)
+def test_sys_exit_inside_watch_is_a_finish_or_a_failure_by_its_status(
+    tmp_path: Path, code: str, status: str, error: str | None
+) -> None:
+    script = tmp_path / "block.py"
+    script.write_text(BLOCK)
+    repo = Repo(tmp_path / "blocks")
+    subprocess.run([sys.executable, str(script), code], env=child_env(repo.path), timeout=60, check=False)
+    (run,) = repo.runs()
+    assert run.status == status
+    assert (run.error.summary() if run.error else None) == error
+
+
+THREADS = """
+import threading, time, nbmonitor
+def train():
+    for step in nbmonitor.track(range(100), name="in-a-thread"):
+        if step == 3:
+            raise ValueError("bad batch")
+def quiet():
+    for _ in nbmonitor.track(range(3), name="ends-well"):
+        pass
+    nbmonitor.Run(name="left-open").report_progress()
+for target in (train, quiet):
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+"""
+
+
+def test_a_track_loop_ended_by_an_exception_in_a_thread_is_failed(tmp_path: Path) -> None:
+    script = tmp_path / "threads.py"
+    script.write_text(THREADS)
+    repo = Repo(tmp_path / "threads")
+    done = subprocess.run(
+        [sys.executable, str(script)], env=child_env(repo.path), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0
+    assert "ValueError: bad batch" in done.stderr  # the thread's traceback shows as usual
+    by_name = {r.name: r for r in repo.runs()}
+    failed = by_name["in-a-thread"]
+    assert (failed.status, failed.step) == ("failed", 3)
+    assert failed.error is not None
+    assert failed.error.summary() == "ValueError: bad batch"
+    assert by_name["ends-well"].status == "finished"
+    assert by_name["left-open"].status == "finished"  # its thread ended normally, then the script
+
+
+WORKERS = """
+import multiprocessing as mp, sys, time, nbmonitor
+
+def left_open(name):
+    run = nbmonitor.Run(name=name)
+    for _ in range(3):
+        run.report_progress()
+        time.sleep(0.05)
+
+def raises(name):
+    run = nbmonitor.Run(name=name)
+    run.report_progress()
+    time.sleep(0.2)
+    raise RuntimeError("worker broke")
+
+def exits(name):
+    run = nbmonitor.Run(name=name)
+    time.sleep(0.2)
+    sys.exit(3)
+
+def task(n):
+    for _ in nbmonitor.track(range(5), name=f"pool-task-{n}"):
+        time.sleep(0.01)
+    return n
+
+if __name__ == "__main__":
+    ctx = mp.get_context(sys.argv[1])
+    for target in (left_open, raises, exits):
+        worker = ctx.Process(target=target, args=(target.__name__,))
+        worker.start()
+        worker.join()
+    with ctx.Pool(2) as pool:
+        assert pool.map(task, range(4)) == [0, 1, 2, 3]
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_multiprocessing_workers_end_their_runs_as_their_targets_did(tmp_path: Path, method: str) -> None:
+    # fork and forkserver workers leave by os._exit(), skipping atexit: their runs were left
+    # "running", and so reported crashed.
+    script = tmp_path / "workers.py"
+    script.write_text(WORKERS)
+    repo = Repo(tmp_path / f"workers-{method}")
+    done = subprocess.run(
+        [sys.executable, str(script), method],
+        env=child_env(repo.path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    by_name = {r.name: r for r in repo.runs()}
+    assert by_name["left_open"].status == "finished"
+    assert by_name["raises"].status == "failed"
+    assert by_name["raises"].error is not None
+    assert by_name["raises"].error.summary() == "RuntimeError: worker broke"
+    assert by_name["exits"].status == "failed"
+    assert by_name["exits"].error is not None
+    assert by_name["exits"].error.summary() == "SystemExit: exit status 3"
+    assert [by_name[f"pool-task-{n}"].status for n in range(4)] == ["finished"] * 4
+
+
+EXECS = """
+import os, sys, time, nbmonitor
+run = nbmonitor.Run(name="before-exec", expect_next_in=1)
+for _ in range(3):
+    run.report_progress()
+    time.sleep(0.05)
+print("exec", run.id, flush=True)
+os.execv(sys.executable, [sys.executable, "-c", "import time; print('replaced', flush=True); time.sleep(3)"])
+"""
+
+
+def test_a_script_that_execs_another_program_ends_its_runs_as_finished(tmp_path: Path) -> None:
+    # The pid and its start time stay the same across exec: the run looked alive until the
+    # deadline, then stalled, and crashed when the new program exited.
+    script = tmp_path / "execs.py"
+    script.write_text(EXECS)
+    repo = Repo(tmp_path / "execs")
+    proc = Proc.python(script, repo=repo.path)
+    try:
+        proc.wait_for("replaced")
+        (run,) = repo.runs()
+        assert run.status == "finished"
+        assert run.pid == proc.popen.pid
+    finally:
+        proc.stop()
