@@ -1,5 +1,11 @@
 """Who this process is (host, pid, start time, boot) and whether another one is still alive.
 
+A process is identified by its pid and when it started. On Linux the start
+is read as the kernel keeps it, in clock ticks since boot (``/proc/<pid>/stat``,
+field 22): a clock no NTP step or suspend moves. psutil's ``create_time()``
+adds the boot time, which the kernel derives from the wall clock, so it moves
+when the wall clock is stepped; it is the fallback where /proc is not.
+
 psutil is imported on first use, not with nbmonitor.
 """
 
@@ -9,7 +15,7 @@ import functools
 import os
 import socket
 
-__all__ = ["boot_id", "host", "is_alive", "process_start"]
+__all__ = ["boot_id", "host", "is_alive", "process_start", "start_ticks"]
 
 # psutil's create_time() is derived from boot time and clock ticks; two reads of the
 # same process agree far closer than this, a reused pid differs by far more.
@@ -24,7 +30,7 @@ def host() -> str:
 
 @functools.cache
 def boot_id() -> str | None:
-    """An id of the current boot (Linux), so monotonic times are compared only within one boot."""
+    """An id of the current boot (Linux), so monotonic times and start ticks are compared only within one."""
     try:
         with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
             return f.read().strip() or None
@@ -33,7 +39,7 @@ def boot_id() -> str | None:
 
 
 def process_start(pid: int | None = None) -> float | None:
-    """Start time of process ``pid`` (default: this one), or None if it cannot be read."""
+    """Start time of process ``pid`` (default: this one) in epoch seconds, or None if it cannot be read."""
     import psutil
 
     try:
@@ -42,12 +48,43 @@ def process_start(pid: int | None = None) -> float | None:
         return None
 
 
-def is_alive(pid: int, start: float | None) -> bool:
-    """True if ``pid`` runs and is the process that started at ``start``.
+def start_ticks(pid: int | None = None) -> int | None:
+    """Start of process ``pid`` (default: this one) in clock ticks since boot; None without /proc."""
+    stat = _stat(os.getpid() if pid is None else pid)
+    return None if stat is None else stat[1]
+
+
+def _stat(pid: int) -> tuple[bytes, int] | None:
+    """(state letter, start ticks) from ``/proc/<pid>/stat``; None if there is no such process
+    or no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        # The command name (field 2) is in parentheses and may hold anything, ")" included.
+        fields = data[data.rindex(b")") + 2 :].split()
+        return fields[0], int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def is_alive(pid: int, start: float | None, ticks: int | None = None) -> bool:
+    """True if ``pid`` runs and is the process that started at ``start`` (epoch seconds), or at
+    ``ticks`` (clock ticks since this boot; preferred, since the wall clock can be stepped).
 
     A zombie (killed, not yet reaped) counts as dead; so does a pid that was
     reused by a process with another start time.
     """
+    if ticks is not None:
+        stat = _stat(pid)
+        if stat is not None:
+            return stat[1] == ticks and stat[0] not in (b"Z", b"X")
+        if not os.path.isdir("/proc/self"):
+            return _alive_by_psutil(pid, start)  # no /proc here: the ticks came from elsewhere
+        return os.path.exists(f"/proc/{pid}") and _alive_by_psutil(pid, start)
+    return _alive_by_psutil(pid, start)
+
+
+def _alive_by_psutil(pid: int, start: float | None) -> bool:
     import psutil
 
     try:

@@ -152,10 +152,12 @@ def _stop(repo: Repo, args: argparse.Namespace) -> int:
         print(f"no watcher is running for {repo.path}")
         return 0
     pid = int(info["pid"])
-    start = info.get("process_start")
+    start, ticks = info.get("process_start"), info.get("process_start_ticks")
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + _STOP_TIMEOUT
-    while _process.is_alive(pid, start if isinstance(start, float) else None):
+    while _process.is_alive(
+        pid, start if isinstance(start, float) else None, ticks if type(ticks) is int else None
+    ):
         if time.monotonic() > deadline:
             print(f"{PROG}: error: pid {pid} did not stop within {_STOP_TIMEOUT:g} s", file=sys.stderr)
             return 1

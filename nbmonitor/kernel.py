@@ -292,7 +292,7 @@ class KernelAgent:
         )
 
 
-def _gone(pid: int, start: float | None) -> bool:
+def _gone(pid: int, start: float | None, ticks: int | None) -> bool:
     return False
 
 

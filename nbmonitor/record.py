@@ -112,6 +112,10 @@ class RunRecord:
     #: writer's resolution); readers add it to every deadline. None: an older writer, which wrote at
     #: most once a second and said nothing (see rules.write_lag).
     write_lag: float | None = None
+    #: The process's start in clock ticks since boot (Linux): its identity on a clock that no
+    #: wall-clock step moves, compared only within the same ``boot_id``. None elsewhere, or from
+    #: older writers (then ``process_start`` is compared).
+    process_start_ticks: int | None = None
     format: int = field(default=FORMAT)
 
     def to_dict(self) -> dict[str, Any]:
@@ -172,6 +176,7 @@ class RunRecord:
             updated_at=get.number("updated_at"),
             usage=_usage(data.get("usage")),
             write_lag=get.duration("write_lag", allow_zero=True),
+            process_start_ticks=get.opt_integer("process_start_ticks"),
             format=fmt,
         )
 

@@ -81,6 +81,7 @@ class Run:
         "_predates",
         "_probe",
         "_process_start",
+        "_process_ticks",
         "_repo",
         "_seen",
         "_started_at",
@@ -122,7 +123,7 @@ class Run:
         self._owner = threading.current_thread()  # an exception that ends this thread fails the run
         self._owns_loop = False  # a run of its own made by track(): it ends with its loop
         self._predates: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
-        self._process_start = _own_start()
+        self._process_start, self._process_ticks = _own_start()
         self._lock = threading.Lock()
         self._beats = 0
         self._folded = 0
@@ -328,6 +329,7 @@ class Run:
             host=_process.host(),
             pid=self._pid,
             process_start=self._process_start,
+            process_start_ticks=self._process_ticks,
             boot_id=_process.boot_id(),
             started_at=self._started_at,
             status=self._status,
@@ -558,13 +560,14 @@ def default_name(where: Origin) -> str:
     return "run"
 
 
-_start_cache: dict[int, float | None] = {}
+_start_cache: dict[int, tuple[float | None, int | None]] = {}
 
 
-def _own_start() -> float | None:
+def _own_start() -> tuple[float | None, int | None]:
+    """This process's start, in epoch seconds and in clock ticks since boot (read once per pid)."""
     pid = os.getpid()
     if pid not in _start_cache:
-        _start_cache[pid] = _process.process_start(pid)
+        _start_cache[pid] = (_process.process_start(pid), _process.start_ticks(pid))
     return _start_cache[pid]
 
 

@@ -38,7 +38,9 @@ log = logging.getLogger("nbmonitor.watcher")
 event_log = logging.getLogger("nbmonitor.events")
 
 Clock = Callable[[], float]
-AliveCheck = Callable[[int, float | None], bool]
+#: Whether (pid, start in epoch seconds, start in boot ticks) is a live process of this host.
+AliveCheck = Callable[[int, float | None, int | None], bool]
+_Alive = dict[tuple[int, float | None, int | None], bool]  # the answers of one poll
 
 
 def log_event(event: Event) -> None:
@@ -105,7 +107,7 @@ class Watcher:
         ``everything``: these are all the runs, so forget any other."""
         now_wall, now_mono = self.wall(), self.mono()
         won: list[Event] = []
-        alive: dict[tuple[int, float | None], bool] = {}
+        alive: _Alive = {}
         present: dict[str, _Seen] = {} if everything else self._seen
         for run in runs:
             seen = self._seen.get(run.id)
@@ -127,7 +129,7 @@ class Watcher:
         """The state of ``runs`` (default: every run of the repo) now, newest first, without
         claiming anything (for ``status`` and the server's API)."""
         now_wall, now_mono = self.wall(), self.mono()
-        alive: dict[tuple[int, float | None], bool] = {}
+        alive: _Alive = {}
         found = []
         for run in self._scanner.scan() if runs is None else runs:
             # A one-off look has no history for runs of other hosts: use their wall clock.
@@ -141,7 +143,7 @@ class Watcher:
         seen: _Seen,
         now_wall: float,
         now_mono: float,
-        alive: dict[tuple[int, float | None], bool],
+        alive: _Alive,
     ) -> Observation:
         lag = rules.write_lag(run.write_lag)
         if run.host != self.host:
@@ -157,15 +159,23 @@ class Watcher:
                 since = now_wall - run.last_progress_at
             is_alive = True
             if not run.ended:
-                key = (run.pid, run.process_start)
-                if key not in alive:
-                    alive[key] = self.alive(run.pid, run.process_start)
-                is_alive = alive[key]
+                is_alive = self._alive(run, alive)
         grace = rules.grace_for(run.eta, run.grace, self.grace) if run.eta is not None else 0.0
         current = rules.state(
             run.status, alive=is_alive, since_progress=since, eta=run.eta, grace=grace, lag=lag
         )
         return Observation(run, current, max(since, 0.0))
+
+    def _alive(self, run: RunRecord, seen: _Alive) -> bool:
+        """Whether a run's process (same host) still runs, asked once per poll per process."""
+        if run.boot_id is not None and self.boot_id is not None and run.boot_id != self.boot_id:
+            return False  # the host rebooted since: every process of that boot is gone
+        # Start ticks are comparable within one boot only.
+        ticks = run.process_start_ticks if run.boot_id == self.boot_id else None
+        key = (run.pid, run.process_start, ticks)
+        if key not in seen:
+            seen[key] = self.alive(*key)
+        return seen[key]
 
     def _recheck(
         self,
@@ -173,7 +183,7 @@ class Watcher:
         seen: _Seen,
         now_wall: float,
         now_mono: float,
-        alive: dict[tuple[int, float | None], bool],
+        alive: _Alive,
     ) -> Observation:
         # The process may have written its end just before exiting, after our scan:
         # read the file once more before calling it a crash.
@@ -236,7 +246,10 @@ def watcher_info(repo: Repo) -> dict[str, Any] | None:
         return None
     if not isinstance(started, int | float) or isinstance(started, bool) or not math.isfinite(started):
         return None  # not a file this watcher wrote whole
-    if not _process.is_alive(pid, start if isinstance(start, float) else None):
+    ticks = info.get("process_start_ticks") if info.get("boot_id") == _process.boot_id() else None
+    if not _process.is_alive(
+        pid, start if isinstance(start, float) else None, ticks if type(ticks) is int else None
+    ):
         return None
     return info
 
@@ -266,6 +279,8 @@ def serve(
         "pid": os.getpid(),
         "host": _process.host(),
         "process_start": _process.process_start(),
+        "process_start_ticks": _process.start_ticks(),
+        "boot_id": _process.boot_id(),
         "started_at": time.time(),
         "interval": interval,
         "grace": grace,

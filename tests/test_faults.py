@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -513,6 +515,62 @@ def test_the_wall_clock_jumping_an_hour_raises_no_false_alarm_in_real_processes(
         watcher.stop()
     assert watcher.matching("STALLED") == watcher.matching("CRASHED") == []
     assert "Traceback" not in proc.text + watcher.text
+
+
+def _stepped_proc_stat(folder: Path, seconds: int) -> Path:
+    """/proc/stat as the kernel writes it once the wall clock is stepped ``seconds`` ahead: its
+    boot time (``btime``, derived from the wall clock) moves by as much."""
+    text = Path("/proc/stat").read_text()
+    found = re.search(r"^btime (\d+)$", text, flags=re.M)
+    assert found is not None
+    btime = int(found.group(1))
+    fake = folder / "stat"
+    fake.write_text(re.sub(r"^btime \d+$", f"btime {btime + seconds}", text, flags=re.M))
+    return fake
+
+
+def test_a_wall_clock_step_never_makes_a_live_process_look_gone(repo: Repo, tmp_path: Path) -> None:
+    # A watcher sees /proc/stat as after a two-second NTP step (a bind mount in its own mount
+    # namespace); the training script, and `status`, do not. psutil's start times moved by the
+    # step, so the healthy run was "crashed", its finish never reported, and `status` said no
+    # watcher ran. Start times in clock ticks since boot do not move.
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux)")
+    fake = _stepped_proc_stat(tmp_path, 2)
+    proc, run_id, stop = train(tmp_path, repo, "1")  # ETA 1 s, grace 2 s
+    watch = f"{sys.executable} -m nbmonitor --repo {repo.path} start --interval 0.1"
+    watcher = Proc(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f"mount --bind {fake} /proc/stat && exec {watch}",
+        ],
+        repo.path,
+    )
+    try:
+        at = watcher.wait_for("watching", timeout=15)
+        if watcher.popen.poll() is not None:
+            pytest.skip(f"needs permission to mount: {watcher.text}")
+        wait_until(lambda: len(steps_after(proc, at)) >= 10, 15, "the loop to run on under the watcher")
+        status = subprocess.run(
+            [sys.executable, "-m", "nbmonitor", "--repo", str(repo.path), "status"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert "watcher: running, pid" in status.stdout
+        (row,) = [line for line in status.stdout.splitlines() if run_id[:8] in line]
+        assert " running " in row
+        stop.touch()
+        assert proc.wait_exit(30) == 0
+        watcher.wait_for("FINISHED", run_id[:8], timeout=10)
+    finally:
+        watcher.stop()
+    assert watcher.matching("CRASHED") == watcher.matching("STALLED") == []
 
 
 def test_a_read_only_repo_under_a_watched_cell_prints_nothing_into_it_and_the_cell_finishes(

@@ -242,7 +242,7 @@ def test_any_bytes_in_a_claim_file_never_break_a_watcher_or_lose_the_delivery(
     _a_claimed_delivery(repo)
     (repo.events_dir / ("c" * 32) / "end.json").write_bytes(data)
     repo.write_run(sample(id="c" * 32))
-    Watcher(repo, alive=lambda pid, start: False).poll()  # a claim exists: nothing to report
+    Watcher(repo, alive=lambda pid, start, ticks: False).poll()  # a claim exists: nothing to report
     (result,) = Postman(repo, timeout=0.2).deliver(now=2001.0)
     assert "cannot reach" in result.answer  # tried, not dropped: nothing lost
     assert list((repo.path / "outbox").rglob("*.json"))

@@ -37,7 +37,7 @@ class World:
             emit=self.events.append,
             wall=self.clock.wall,
             mono=self.clock.mono,
-            alive=lambda pid, start: pid not in self.dead,
+            alive=lambda pid, start, ticks: pid not in self.dead,
             **kwargs,
         )
 
@@ -122,7 +122,7 @@ def test_a_process_that_wrote_its_end_just_before_dying_is_not_crashed(world: Wo
     watcher = world.watcher()
     watcher.poll()
 
-    def exits_after_writing_its_end(pid: int, start: float | None) -> bool:
+    def exits_after_writing_its_end(pid: int, start: float | None, ticks: int | None) -> bool:
         world.repo.write_run(run.with_changes(status="finished", ended_at=world.clock.wall()))
         return False
 
