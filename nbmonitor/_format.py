@@ -1,10 +1,14 @@
-"""Short human texts for durations and steps, shared by event messages and the status table."""
+"""Short human texts for durations, steps and run text, shared by event messages, logs and tables."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
-__all__ = ["duration", "steps", "table"]
+__all__ = ["duration", "one_line", "steps", "table"]
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def duration(seconds: float) -> str:
@@ -24,6 +28,19 @@ def duration(seconds: float) -> str:
         return f"{hours} h {minutes} min" if minutes else f"{hours} h"
     days, hours = divmod(hours, 24)
     return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def one_line(text: str) -> str:
+    """Text from a run (a name, an error, a log line) as one line of data: newlines and other
+    control characters shown escaped (``\\n``, ``\\x1b``), so no run can start a line of
+    its own in a log or steer a terminal."""
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
 
 
 def steps(step: int, total: int | None) -> str:

@@ -169,7 +169,7 @@ def _list(repo: Repo, args: argparse.Namespace) -> int:
                 n.id[:8],
                 n.type,
                 "enabled" if n.enabled else "disabled",
-                n.target(),
+                n.target(repo),
                 ",".join(n.events),
                 _last(repo, n.id),
             )
@@ -186,19 +186,20 @@ def _last(repo: Repo, notifier_id: str) -> str:
     status = "ok" if result.get("ok") else "error"
     pending = result.get("pending")
     tail = f", {pending} pending" if pending else ""
-    return f"{status} {ago} ago: {str(result.get('answer', ''))[:80]}{tail}"
+    return f"{status} {ago} ago: {_format.one_line(str(result.get('answer', '')))[:80]}{tail}"
 
 
 def _toggle(repo: Repo, args: argparse.Namespace) -> int:
     config = NotifierStore(repo).update(args.id, enabled=args.enabled)
-    print(f"{'enabled' if config.enabled else 'disabled'} {config.id[:8]} ({config.type}: {config.target()})")
+    state = "enabled" if config.enabled else "disabled"
+    print(f"{state} {config.id[:8]} ({config.type}: {config.target(repo)})")
     return 0
 
 
 def _remove(repo: Repo, args: argparse.Namespace) -> int:
     store = NotifierStore(repo)
     config = store.get(args.id)
-    if not _confirm(args, f"Remove {config.id[:8]} ({config.type}: {config.target()})?"):
+    if not _confirm(args, f"Remove {config.id[:8]} ({config.type}: {config.target(repo)})?"):
         print("kept")
         return 1
     store.remove(config.id)

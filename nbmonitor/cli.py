@@ -221,7 +221,7 @@ def _log_to(stream: TextIO) -> None:
 
 
 def _cut(text: str, width: int) -> str:
-    text = " ".join(text.split())
+    text = _format.one_line(text)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

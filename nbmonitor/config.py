@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import CorruptRecordError, NbmonitorError
-from .notifiers import TYPES, ConfigError, Notifier
+from .notifiers import DEFAULT_TIMEOUT, TYPES, ConfigError, Notifier
 from .repo import Repo, write_atomic
 from .rules import EVENTS
 
@@ -49,12 +49,13 @@ class NotifierConfig:
     def wants(self, event: str) -> bool:
         return self.enabled and event in self.events
 
-    def notifier(self, timeout: float | None = None) -> Notifier:
+    def notifier(self, timeout: float | None = None, repo: Repo | None = None) -> Notifier:
+        """The notifier, sending from ``repo`` (where the logger notifier writes its lines)."""
         cls = TYPES[self.type]
-        return cls(self.args) if timeout is None else cls(self.args, timeout)
+        return cls(self.args, DEFAULT_TIMEOUT if timeout is None else timeout, repo)
 
-    def target(self) -> str:
-        return self.notifier().target()
+    def target(self, repo: Repo | None = None) -> str:
+        return self.notifier(repo=repo).target()
 
     def shown_args(self) -> dict[str, str]:
         """Each argument as it may be shown: secrets masked."""

@@ -52,7 +52,8 @@ class Row:
     def __init__(self, form: NotifierForm, config: NotifierConfig) -> None:
         self.form, self.config = form, config
         self.summary = w.HTML(
-            f"<b>{_esc(config.type)}</b> <code>{_esc(config.id[:8])}</code> → {_esc(config.target())}"
+            f"<b>{_esc(config.type)}</b> <code>{_esc(config.id[:8])}</code> "
+            f"→ {_esc(config.target(form.repo))}"
             f"<br><small>{_esc(', '.join(config.events))}</small>"
         )
         self.enabled = w.Checkbox(value=config.enabled, description="enabled", indent=False)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _monitor, rules
+from . import _format, _monitor, rules
 from .events import Event
 from .outbox import Postman
 from .record import RunRecord, RunUsage
@@ -59,7 +59,7 @@ class _Notes(logging.Handler):
         self.lines: deque[str] = deque(maxlen=20)
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(f"{time.strftime('%H:%M:%S')} {record.getMessage()}")
+        self.lines.append(f"{time.strftime('%H:%M:%S')} {_format.one_line(record.getMessage())}")
 
 
 class KernelAgent:

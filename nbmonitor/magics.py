@@ -186,7 +186,8 @@ class WatchMagics(Magics):
             state = cell.state if cell else record.status
             since = cell.since_progress if cell else 0.0
             lines.append(
-                f"  {record.name}  {state}  step {_format.steps(record.step, record.total)}  "
+                f"  {_format.one_line(record.name)}  {state}  "
+                f"step {_format.steps(record.step, record.total)}  "
                 f"last progress {_format.duration(since)} ago  [run {record.id[:8]}]"
             )
         auto = self.agent.auto
@@ -197,7 +198,9 @@ class WatchMagics(Magics):
         lines.append(f"standalone watcher: {'running, ' + watcher if watcher else 'not running'}")
         if self.agent.events:
             lines.append("recent events:")
-            lines += [f"  {e.kind} {e.run.name} [run {e.run.id[:8]}]" for e in self.agent.events]
+            lines += [
+                f"  {e.kind} {_format.one_line(e.run.name)} [run {e.run.id[:8]}]" for e in self.agent.events
+            ]
         if self.agent.notes.lines:
             lines.append("recent warnings:")
             lines += [f"  {note}" for note in self.agent.notes.lines]

@@ -9,6 +9,7 @@ retried; any other is a NotifierError, recorded and not retried.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -23,8 +24,10 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 
+from ._format import one_line
 from .errors import NbmonitorError
 from .events import Event
+from .repo import Repo
 from .templates import fields as template_fields
 
 __all__ = [
@@ -36,6 +39,9 @@ __all__ = [
     "NotifierError",
     "TransientError",
     "mask",
+    "mask_url",
+    "show_url",
+    "split_credentials",
 ]
 
 log = logging.getLogger("nbmonitor.notify")
@@ -66,11 +72,16 @@ class ConfigError(NbmonitorError, ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """What one send carries: a title, the text, and the event(s) behind it."""
+    """What one send carries: a title, the text, and the event(s) behind it.
+
+    ``kind`` is "digest" for several events and "test" for a test message.
+    """
 
     title: str
     text: str
     events: tuple[Event, ...]
+    #: The key of this message when it is not derived from its events (a test message).
+    idempotency_key: str | None = None
 
     @property
     def kind(self) -> str:
@@ -80,6 +91,8 @@ class Message:
     def key(self) -> str:
         """The same for every attempt to send this message: ``<run id>/<event key>``, or for a
         digest a hash of those, so a receiver can drop a retry it has already seen."""
+        if self.idempotency_key is not None:
+            return self.idempotency_key
         keys = sorted(f"{e.run.id}/{e.key}" for e in self.events)
         if len(keys) == 1:
             return keys[0]
@@ -137,6 +150,8 @@ class Field:
             return mask(str(value))
         if self.kind == "secret_url":
             return mask_url(str(value))
+        if self.kind == "url":
+            return show_url(str(value))
         if self.kind == "headers":
             return ", ".join(f"{k}: {mask(str(v))}" for k, v in dict(value).items())
         if self.kind == "urls":
@@ -162,6 +177,29 @@ def mask_url(url: str) -> str:
     host = parts.hostname + (f":{parts.port}" if _port(parts) else "")
     rest = url.split(parts.netloc, 1)[-1]
     return f"{parts.scheme}://{host}/{mask(rest) if rest.strip('/') else ''}"
+
+
+def show_url(url: str) -> str:
+    """A URL that is no secret, with any ``user:password@`` in it masked: ``https://****@host/x``."""
+    clean, credentials = split_credentials(url)
+    if credentials is None:
+        return url
+    scheme, rest = clean.split("://", 1) if "://" in clean else ("", clean)
+    return f"{scheme}://****@{rest}" if scheme else f"****@{rest}"
+
+
+def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """The URL without ``user:password@``, and the (user, password) it held, decoded."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return url, None
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    clean = urllib.parse.urlunsplit(parts._replace(netloc=hostport))
+    return clean, (urllib.parse.unquote(user), urllib.parse.unquote(password))
 
 
 def _port(parts: urllib.parse.SplitResult) -> int | None:
@@ -301,9 +339,12 @@ class Notifier:
     label: ClassVar[str]
     fields: ClassVar[tuple[Field, ...]] = ()
 
-    def __init__(self, args: Mapping[str, Any], timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, args: Mapping[str, Any], timeout: float = DEFAULT_TIMEOUT, repo: Repo | None = None
+    ) -> None:
         self.args = dict(args)
         self.timeout = timeout
+        self.repo = repo  # the repo it sends from
 
     def send(self, message: Message) -> str:
         """Deliver; return what the endpoint answered. Raises NotifierError or TransientError."""
@@ -315,11 +356,18 @@ class Notifier:
         return " ".join(s for s in shown if s)
 
     def secrets(self) -> list[str]:
-        """Every secret value, to scrub from any text that could be shown."""
+        """Every secret value, to scrub from any text that could be shown: secret fields, and
+        the password of any URL that holds one."""
         found: list[str] = []
         for f in self.fields:
             value = self.args.get(f.name)
-            if not f.secret or not value:
+            if not value:
+                continue
+            if f.kind in ("url", "secret_url"):
+                credentials = split_credentials(str(value))[1]
+                if credentials is not None:
+                    found.append(credentials[1])
+            if not f.secret:
                 continue
             if isinstance(value, Mapping):
                 found += [str(v) for v in value.values()]
@@ -339,7 +387,15 @@ class Notifier:
 
 
 class _Http(Notifier):
-    """POSTs with a timeout, and sorts failures into transient and permanent."""
+    """POSTs with a timeout, and sorts failures into transient and permanent.
+
+    A redirect is an answer too: a POST is re-sent, body and all, only for a 307 or 308 to the
+    same scheme, host and port; any other redirect is a permanent error naming where the
+    endpoint moved, so nothing (a bearer header, a token in the body) goes to another host.
+    Credentials in a URL (``https://user:password@host/``) become a basic-auth header.
+    """
+
+    MAX_REDIRECTS = 3
 
     def post(
         self,
@@ -355,16 +411,38 @@ class _Http(Notifier):
         else:
             data = json.dumps(json_body).encode()
             content_type = "application/json"
-        request = urllib.request.Request(url, data=data, method="POST")
-        request.add_header("Content-Type", content_type)
-        request.add_header("User-Agent", "nbmonitor")
-        for name, value in (headers or {}).items():
-            request.add_header(name, value)
+        sent = {"Content-Type": content_type, "User-Agent": "nbmonitor", **(headers or {})}
+        url, credentials = split_credentials(url)
+        if credentials is not None and not any(k.lower() == "authorization" for k in sent):
+            token = base64.b64encode(":".join(credentials).encode()).decode()
+            sent["Authorization"] = f"Basic {token}"
+        for _ in range(self.MAX_REDIRECTS + 1):
+            moved = self._post_once(url, data, sent)
+            if isinstance(moved, str):
+                return moved
+            code, location = moved
+            if code in (307, 308) and _same_origin(url, location):
+                url = location
+                continue
+            raise NotifierError(
+                self.scrub(
+                    f"HTTP {code}: the endpoint answered with a redirect to {mask_url(location)}; "
+                    "nothing was sent there. Update the notifier's URL"
+                )
+            )
+        raise NotifierError(self.scrub(f"more than {self.MAX_REDIRECTS} redirects from {mask_url(url)}"))
+
+    def _post_once(self, url: str, data: bytes, headers: Mapping[str, str]) -> str | tuple[int, str]:
+        """The answer's text, or (status, absolute location) of a redirect."""
+        request = urllib.request.Request(url, data=data, method="POST", headers=dict(headers))
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with _OPENER.open(request, timeout=self.timeout) as response:
                 body = response.read(_ANSWER_MAX * 4)
                 return self.scrub(f"{response.status} {_short(body)}".strip())
         except urllib.error.HTTPError as e:
+            location = e.headers.get("Location") if e.headers else None
+            if 300 <= e.code < 400 and location:
+                return e.code, urllib.parse.urljoin(url, location)
             answer = self.scrub(f"HTTP {e.code} {e.reason}: {_short(e.read(_ANSWER_MAX * 4))}".rstrip(": "))
             if e.code == 429 or e.code == 408 or e.code >= 500:
                 raise TransientError(answer, _retry_after(e.headers.get("Retry-After"))) from None
@@ -373,6 +451,34 @@ class _Http(Notifier):
             raise TransientError(self.scrub(f"cannot reach {mask_url(url)}: {e.reason}")) from None
         except (TimeoutError, OSError) as e:
             raise TransientError(self.scrub(f"no answer from {mask_url(url)}: {e}")) from None
+        except ValueError as e:  # http.client's InvalidURL and the like
+            raise NotifierError(
+                self.scrub(f"{mask_url(url)} is not a URL this notifier can post to: {e}")
+            ) from None
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Hand every redirect back to _Http.post as the HTTPError it is, instead of following it."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects())
+
+
+def _same_origin(a: str, b: str) -> bool:
+    try:
+        one, two = urllib.parse.urlsplit(a), urllib.parse.urlsplit(b)
+        return (one.scheme, one.hostname, _port(one)) == (two.scheme, two.hostname, _port(two))
+    except ValueError:
+        return False
+
+
+def _slack_text(text: str) -> str:
+    """Text as Slack shows it literally: ``&``, ``<`` and ``>`` escaped, so nothing in a run's
+    name or error becomes a link, a mention or ``<!channel>``."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _short(body: bytes) -> str:
@@ -398,26 +504,33 @@ _WEBHOOK_URL = Field("webhook_url", "Webhook URL", "secret_url")
 
 class LoggerNotifier(Notifier):
     type = "logger"
-    label = "Log line (on the watcher's output, and in a file if given)"
-    fields = (Field("file", "Also append to this file", "text", required=False),)
+    label = "Log line (in the repo's notify.log, or a file of your choice, and the sender's output)"
+    fields = (Field("file", "Write to this file instead of the repo's notify.log", "text", required=False),)
 
     def send(self, message: Message) -> str:
-        line = " ".join(message.text.split())
+        line = one_line(message.text)
         log.info("NOTIFY %s", line)
-        path = self.args.get("file")
-        if not path:
-            return "logged"
+        path = self._path()
+        if path is None:
+            return f"logged: {line}"
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         try:
-            with open(os.path.expanduser(path), "a", encoding="utf-8") as f:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with open(fd, "a", encoding="utf-8") as f:
                 f.write(f"{stamp} {message.kind.upper()} {line}\n")
         except OSError as e:
             raise TransientError(f"cannot append to {path}: {e.strerror}") from None
-        return f"logged to {path}"
+        return f"logged to {path}: {line}"
+
+    def _path(self) -> str | None:
+        chosen = self.args.get("file")
+        if chosen:
+            return os.path.expanduser(str(chosen))
+        return None if self.repo is None else str(self.repo.notify_log)
 
     def target(self) -> str:
-        path = self.args.get("file")
-        return f"the deliverer's output and {path}" if path else "the deliverer's output"
+        path = self._path()
+        return f"{path} and the sender's output" if path else "the sender's output"
 
 
 class SlackNotifier(_Http):
@@ -426,7 +539,7 @@ class SlackNotifier(_Http):
     fields = (_WEBHOOK_URL,)
 
     def send(self, message: Message) -> str:
-        return self.post(self.args["webhook_url"], json_body={"text": message.text})
+        return self.post(self.args["webhook_url"], json_body={"text": _slack_text(message.text)})
 
 
 class WorkplaceNotifier(_Http):
@@ -439,8 +552,10 @@ class WorkplaceNotifier(_Http):
     )
 
     def send(self, message: Message) -> str:
-        url = f"{self.args['base_url']}/{self.args['group_id']}/feed"
-        return self.post(url, form={"message": message.text, "access_token": self.args["access_token"]})
+        # Plain text, shown as written; its one markup there, "@[id]" mentions, is defused.
+        text = message.text.replace("@[", "@\u200b[")
+        form = {"message": text, "formatting": "PLAINTEXT", "access_token": self.args["access_token"]}
+        return self.post(f"{self.args['base_url']}/{self.args['group_id']}/feed", form=form)
 
     def target(self) -> str:
         return f"group {self.args.get('group_id')} via {mask_url(str(self.args.get('base_url')))}"
@@ -470,7 +585,9 @@ class DiscordNotifier(_Http):
     fields = (_WEBHOOK_URL,)
 
     def send(self, message: Message) -> str:
-        return self.post(self.args["webhook_url"], json_body={"content": message.text[:2000]})
+        # No @everyone, @here, role or user pings, whatever a run's name or error says.
+        body = {"content": message.text[:2000], "allowed_mentions": {"parse": []}}
+        return self.post(self.args["webhook_url"], json_body=body)
 
 
 class TeamsNotifier(_Http):
@@ -522,7 +639,7 @@ class NtfyNotifier(_Http):
         return self.post(self.args["server"], json_body=body, headers=headers)
 
     def target(self) -> str:
-        return f"{self.args.get('server')}/{self.args.get('topic')}"
+        return f"{show_url(str(self.args.get('server')))}/{self.args.get('topic')}"
 
 
 class EmailNotifier(Notifier):
@@ -544,7 +661,7 @@ class EmailNotifier(Notifier):
         from email.message import EmailMessage
 
         mail = EmailMessage()
-        mail["Subject"] = message.title
+        mail["Subject"] = one_line(message.title)  # a header: a newline in a run's name would end it
         mail["From"] = self.args["sender"]
         mail["To"] = ", ".join(self.args["to"])
         mail.set_content(message.text)

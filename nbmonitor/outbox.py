@@ -113,9 +113,12 @@ def send_test(repo: Repo, config: NotifierConfig, timeout: float = DEFAULT_TIMEO
     from . import _process
 
     event = test_event(_process.host())
-    message = Message("nbmonitor test", text_for(event, config.templates), (event,))
+    # Each test is a message of its own: a receiver that drops repeated keys shows every one.
+    message = Message(
+        "nbmonitor test", text_for(event, config.templates), (event,), f"test-{uuid.uuid4().hex}"
+    )
     try:
-        answer, ok = config.notifier(timeout).send(message), True
+        answer, ok = config.notifier(timeout, repo).send(message), True
     except NotifierError as e:
         answer, ok = str(e), False
     result = Result(config.id, ok, answer, ())
@@ -251,15 +254,17 @@ class Postman:
         if not batch:
             return []
         try:
-            units = [batch] if len(batch) >= self.digest_at else [[p] for p in batch]
+            units = self._units(config.id, batch)
             results = []
-            for i, unit in enumerate(units):
-                result = self._send(config, unit, now)
+            for i, (unit, digest) in enumerate(units):
+                result = self._send(config, unit, now, digest)
                 results.append(result)
                 if result.retry_in is not None:
-                    left = sum(len(u) for u in units[i:])
+                    left = sum(len(u) for u, _ in units[i:])
                     _record(self.repo, result, self.wall(), pending=left)
                     return results
+            if not results:
+                return []
             self._backoff.pop(config.id, None)
             _record(self.repo, results[-1], self.wall(), pending=0)
             return results
@@ -267,10 +272,41 @@ class Postman:
             for pending in batch:
                 pending.release()
 
-    def _send(self, config: NotifierConfig, unit: list[_Pending], now: float) -> Result:
+    def _units(self, notifier_id: str, batch: list[_Pending]) -> list[tuple[list[_Pending], _Digest | None]]:
+        """What to send, in order: first each digest whose first attempt may have reached the
+        endpoint, again with the same events and key; then the rest, as one digest when there
+        are enough, else one by one."""
+        units: list[tuple[list[_Pending], _Digest | None]] = []
+        taken = {p.path.name: p for p in batch}
+        for digest in _Digest.all(_outbox(self.repo, notifier_id)):
+            mine = [taken[name] for name in digest.files if name in taken]
+            if len(mine) == len(digest.files):
+                units.append((mine, digest))
+            elif any((digest.path.parent / name).exists() for name in digest.files if name not in taken):
+                pass  # another sender has the rest of it now: leave all of it to that sender
+            else:
+                digest.forget()  # some of it was sent or given up: what is left goes anew
+                continue
+            for name in digest.files:
+                taken.pop(name, None)
+        rest = list(taken.values())
+        if len(rest) >= self.digest_at:
+            units.append((rest, None))
+        else:
+            units += [([pending], None) for pending in rest]
+        return units
+
+    def _send(
+        self, config: NotifierConfig, unit: list[_Pending], now: float, digest: _Digest | None
+    ) -> Result:
         keys = tuple(f"{p.event.run.id}/{p.event.key}" for p in unit)
+        message = self._message(config, [p.event for p in unit], digest.key if digest else None)
+        if len(unit) > 1 and digest is None:
+            # Before the first attempt: a resend after a crash mid-request carries the same key,
+            # even when more events have queued since.
+            digest = _Digest.write(_outbox(self.repo, config.id), message.key, [p.path.name for p in unit])
         try:
-            answer = config.notifier(self.timeout).send(self._message(config, [p.event for p in unit]))
+            answer = config.notifier(self.timeout, self.repo).send(message)
         except TransientError as e:
             old = self._backoff.get(config.id)
             delay = min(old.delay * 2, self.max_backoff) if old else 1.0
@@ -289,33 +325,37 @@ class Postman:
             log.warning("notifier %s (%s): %s; retrying in %g s", config.id[:8], config.type, e, delay)
             return Result(config.id, False, f"{e} (retrying in {delay:g} s)", keys, retry_in=delay)
         except NotifierError as e:
-            for pending in unit:
-                self._done(pending)
+            self._settled(unit, digest)
             log.warning("notifier %s (%s) failed: %s", config.id[:8], config.type, e)
             return Result(config.id, False, str(e), keys)
         except Exception as e:  # a bug in one notifier must not stop the others
-            for pending in unit:
-                self._done(pending)
+            self._settled(unit, digest)
             log.exception("notifier %s (%s) broke", config.id[:8], config.type)
             return Result(config.id, False, f"internal error: {type(e).__name__}", keys)
+        self._settled(unit, digest)
+        return Result(config.id, True, answer, keys)
+
+    def _settled(self, unit: list[_Pending], digest: _Digest | None) -> None:
+        """Delivered, or refused for good: nobody sends any of it again."""
         for pending in unit:
             self._done(pending)
-        return Result(config.id, True, answer, keys)
+        if digest is not None:
+            digest.forget()
 
     def _done(self, pending: _Pending) -> None:
         pending.done()
         self._failing_since.pop(pending.path, None)
 
-    def _message(self, config: NotifierConfig, events: list[Event]) -> Message:
+    def _message(self, config: NotifierConfig, events: list[Event], key: str | None = None) -> Message:
         lines = [text_for(e, config.templates, config.message) for e in events]
         if len(events) == 1:
-            return Message(f"{events[0].run.name} {events[0].kind}", lines[0], tuple(events))
+            return Message(f"{events[0].run.name} {events[0].kind}", lines[0], tuple(events), key)
         shown = "\n".join(f"- {line}" for line in lines[:_DIGEST_LINES])
         more = len(lines) - _DIGEST_LINES
         if more > 0:
             shown += f"\n- ... and {more} more (nbmonitor-watcher status lists them)"
         text = f"{len(events)} runs need attention:\n{shown}"
-        return Message(f"nbmonitor: {len(events)} events", text, tuple(events))
+        return Message(f"nbmonitor: {len(events)} events", text, tuple(events), key)
 
     def _take(self, notifier_id: str, now: float) -> list[_Pending]:
         folder = _outbox(self.repo, notifier_id)
@@ -437,6 +477,52 @@ class Postman:
 
 def _outbox(repo: Repo, notifier_id: str) -> Path:
     return repo.path / "outbox" / notifier_id
+
+
+@dataclass(frozen=True, slots=True)
+class _Digest:
+    """A digest whose sending began: its key and the pending files it holds, recorded beside
+    them (``.digest-<key>.json``) before the first attempt, so that every resend of it is the
+    same message with the same key."""
+
+    path: Path
+    key: str
+    files: tuple[str, ...]
+
+    @classmethod
+    def write(cls, folder: Path, key: str, files: list[str]) -> _Digest | None:
+        path = folder / f".digest-{key}.json"
+        try:
+            write_atomic(path, {"format": 1, "key": key, "files": files})
+        except OSError as e:  # the repo cannot be written: it is sent all the same
+            log.warning("cannot record digest %s in %s: %s", key, folder, e)
+            return None
+        return cls(path, key, tuple(files))
+
+    @classmethod
+    def all(cls, folder: Path) -> list[_Digest]:
+        found = []
+        for path in sorted(folder.glob(".digest-*.json")):
+            try:
+                data = json.loads(path.read_bytes())
+                key, files = data["key"], data["files"]
+                if not isinstance(key, str) or not key.startswith("digest-"):
+                    raise ValueError(f"not a digest key: {str(key)[:40]!r}")
+                if not isinstance(files, list) or not all(isinstance(f, str) and "/" not in f for f in files):
+                    raise ValueError("'files' is not a list of file names")
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.warning("ignoring a damaged digest record %s: %s", path, e)
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
+            found.append(cls(path, key, tuple(files)))
+        return found
+
+    def forget(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.unlink()
 
 
 def _record(repo: Repo, result: Result, now: float, pending: int | None) -> None:

@@ -8,6 +8,7 @@ Layout (docs/repo-format.md is the full contract)::
     outbox/, deliveries/        pending deliveries and results (nbmonitor.outbox)
     watcher.json                the running watcher: pid, host, start time
     watcher.lock / watcher.log  single-watcher lock, detached watcher's log
+    notify.log                  lines of the logger notifier
 
 Every file is written whole (temp file, fsync, rename), so a reader never
 sees half of one, on a local disk or a network filesystem.
@@ -53,6 +54,7 @@ class Repo:
         self.watcher_file = self.path / "watcher.json"
         self.lock_file = self.path / "watcher.lock"
         self.log_file = self.path / "watcher.log"
+        self.notify_log = self.path / "notify.log"
 
     def __repr__(self) -> str:
         return f"Repo({str(self.path)!r})"

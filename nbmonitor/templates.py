@@ -101,8 +101,9 @@ def text_for(event: Event, templates: Mapping[str, str] | None = None, message: 
 
 
 def describe(event: Event) -> str:
-    """The watcher's own line for an event: ``STALLED <default text> [run 1a2b3c4d]``."""
-    return f"{event.kind.upper()} {text_for(event)} [run {event.run.id[:8]}]"
+    """The watcher's own line for an event: ``STALLED <default text> [run 1a2b3c4d]``, always
+    one line (whatever a run's name or error holds, shown escaped)."""
+    return f"{event.kind.upper()} {_format.one_line(text_for(event))} [run {event.run.id[:8]}]"
 
 
 def test_event(host: str) -> Event:

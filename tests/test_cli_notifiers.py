@@ -113,6 +113,26 @@ def test_test_sends_now_and_prints_the_answer(repo: Repo, http: HttpRecorder) ->
     assert "error: HTTP 404 Not Found: no_service" in failed.stdout
 
 
+def test_each_test_message_has_a_fresh_idempotency_key(repo: Repo, http: HttpRecorder) -> None:
+    nbw(repo, "notifiers", "add", "webhook", "--url", f"{http.url}/hook", "--yes")
+    for _ in range(2):
+        assert nbw(repo, "notifiers", "test").returncode == 0
+    keys = [r.headers["Idempotency-Key"] for r in http.requests]
+    assert len(set(keys)) == 2
+    assert all(key.startswith("test-") for key in keys)
+
+
+def test_a_logger_test_shows_its_line_and_where_it_went(repo: Repo) -> None:
+    # Seen: "ok: logged", and the line nowhere a user could find when a kernel delivered it.
+    nbw(repo, "notifiers", "add", "logger", "--yes")
+    listed = nbw(repo, "notifiers", "list").stdout
+    assert f"{repo.notify_log} and the sender's output" in listed
+    done = nbw(repo, "notifiers", "test")
+    assert done.returncode == 0
+    assert f"ok: logged to {repo.notify_log}: Test message from nbmonitor on " in done.stdout
+    assert "TEST Test message from nbmonitor on " in repo.notify_log.read_text()
+
+
 def test_enable_disable_and_remove_by_prefix(repo: Repo) -> None:
     notifier = add_slack(repo, "https://x.org/hook")
     assert nbw(repo, "notifiers", "disable", notifier[:5]).stdout.startswith(f"disabled {notifier[:8]}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -82,6 +83,15 @@ with nbmonitor.watch(eta=eta, grace=grace, name="keeps-promise") as run:
         time.sleep(0.02)
 """
 
+# A run whose name and error try to forge event lines and steer the terminal.
+FORGES = """
+import nbmonitor
+name = "train\\n2099-01-01 00:00:00 FINISHED forged [run 00000000]\\x1b[2J"
+with nbmonitor.watch(name=name) as run:
+    print("started", run.id, flush=True)
+    raise ValueError("bad\\r\\n2099-01-01 00:00:00 RECOVERED forged")
+"""
+
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Repo:
@@ -93,6 +103,7 @@ def scripts(tmp_path: Path) -> Path:
     folder = tmp_path / "scripts"
     folder.mkdir()
     texts = {"hangs": HANGS, "busy": BUSY, "raises": RAISES, "quiet": QUIET_EXIT, "keeps": KEEPS_PROMISE}
+    texts["forges"] = FORGES
     for name, text in texts.items():
         (folder / f"{name}.py").write_text(text)
     return folder
@@ -201,6 +212,26 @@ def test_a_healthy_loop_with_a_short_eta_is_never_called_stalled(
     assert script.wait_exit() == 0
     watcher.wait_for("FINISHED", run_id[:8])
     assert watcher.matching(run_id[:8]) == watcher.matching("FINISHED", run_id[:8])
+
+
+def test_run_text_never_forges_a_line_of_the_watcher_or_of_status(
+    repo: Repo, scripts: Path, procs: list[Proc]
+) -> None:
+    watcher = start_watcher(repo, procs)
+    script = run_script(scripts, "forges", repo, procs)
+    run_id = run_id_from(script, "started")
+    assert script.wait_exit() == 1
+    watcher.wait_for("FAILED", run_id[:8])
+    assert [line for _, line in watcher.lines if line.startswith("2099")] == []
+    assert "\x1b" not in watcher.text
+    (line,) = watcher.matching(run_id[:8])
+    assert "train\\n2099-01-01 00:00:00 FINISHED forged [run 00000000]\\x1b[2J failed:" in line
+    assert "ValueError: bad\\r\\n2099-01-01 00:00:00 RECOVERED forged" in line
+    status = Proc([sys.executable, "-m", "nbmonitor", "--repo", str(repo.path), "status"], repo.path)
+    assert status.wait_exit() == 0
+    assert [line for _, line in status.lines if line.startswith("2099")] == []
+    assert "\x1b" not in status.text
+    assert len(status.matching(run_id[:8])) == 1
 
 
 def watcher_polls_past_deadline(repo: Repo, run_id: str, seconds: float) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from nbmonitor import templates
 from nbmonitor.config import NotifierConfig
 from nbmonitor.notifiers import TYPES, ConfigError, Message, NotifierError, TransientError
+from nbmonitor.repo import Repo
 
 from .servers import Answer, HttpRecorder, SmtpRecorder, free_port, serve
 
@@ -42,7 +45,7 @@ def test_workplace_posts_message_and_token_to_the_group_feed(http: HttpRecorder)
     (request,) = http.requests
     assert (request.method, request.path) == ("POST", "/123456/feed")
     assert request.headers["Content-Type"] == "application/x-www-form-urlencoded"
-    assert request.form() == {"message": MESSAGE.text, "access_token": TOKEN}
+    assert request.form() == {"message": MESSAGE.text, "formatting": "PLAINTEXT", "access_token": TOKEN}
 
 
 def test_webhook_posts_event_text_and_run_fields_with_extra_headers(http: HttpRecorder) -> None:
@@ -76,7 +79,7 @@ def test_a_digest_has_one_idempotency_key_whatever_the_order_of_its_events(http:
 
 def test_discord_posts_content(http: HttpRecorder) -> None:
     send("discord", {"webhook_url": f"{http.url}/api/webhooks/1/{TOKEN}"})
-    assert http.requests[0].json() == {"content": MESSAGE.text}
+    assert http.requests[0].json() == {"content": MESSAGE.text, "allowed_mentions": {"parse": []}}
 
 
 def test_teams_posts_title_and_text(http: HttpRecorder) -> None:
@@ -154,10 +157,145 @@ def test_a_refused_smtp_login_is_permanent_and_hides_the_password() -> None:
     assert "wrong-password" not in str(info.value)
 
 
-def test_the_logger_notifier_writes_one_line(caplog: pytest.LogCaptureFixture) -> None:
+def test_the_logger_notifier_writes_one_line(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    repo = Repo(tmp_path / "repo")
+    repo.ensure()
+    notifier = NotifierConfig.create("logger").notifier(5.0, repo)
+    assert notifier.target() == f"{repo.notify_log} and the sender's output"
     with caplog.at_level(logging.INFO, "nbmonitor"):
-        assert send("logger", {}) == "logged"
+        assert notifier.send(MESSAGE) == f"logged to {repo.notify_log}: {MESSAGE.text}"
     assert [r.getMessage() for r in caplog.records] == [f"NOTIFY {MESSAGE.text}"]
+    (line,) = repo.notify_log.read_text().splitlines()
+    assert line.endswith(f" STALLED {MESSAGE.text}")
+    assert repo.notify_log.stat().st_mode & 0o777 == 0o600
+
+
+# -- what comes back from an endpoint, and what goes where ---------------------------------
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize("kind", ["webhook", "slack", "ntfy"])
+def test_a_redirect_to_another_host_is_an_error_naming_it_and_nothing_goes_there(
+    http: HttpRecorder, code: int, kind: str
+) -> None:
+    # Seen: urllib followed it as a GET without the body, reported "delivered", and sent the
+    # bearer headers of webhook and ntfy to the other host.
+    elsewhere = HttpRecorder()
+    try:
+        http.default = Answer(code, "moved", {"Location": f"{elsewhere.url}/new/{TOKEN}"})
+        args = {
+            "webhook": {"url": f"{http.url}/hook", "headers": {"Authorization": f"Bearer {TOKEN}"}},
+            "slack": {"webhook_url": f"{http.url}/services/T/B/X"},
+            "ntfy": {"server": http.url, "topic": "runs", "token": TOKEN},
+        }[kind]
+        with pytest.raises(NotifierError) as error:
+            send(kind, args)
+        assert not isinstance(error.value, TransientError)
+        assert f"HTTP {code}" in str(error.value)
+        assert f"redirect to http://127.0.0.1:{elsewhere.server.server_address[1]}/" in str(error.value)
+        assert TOKEN not in str(error.value)
+        assert elsewhere.requests == []
+        assert len(http.requests) == 1
+    finally:
+        elsewhere.close()
+
+
+@pytest.mark.parametrize("code", [307, 308])
+def test_a_307_or_308_to_the_same_host_is_followed_with_the_body(http: HttpRecorder, code: int) -> None:
+    http.script = [Answer(code, "moved", {"Location": "/v2/hook"})]
+    answer = send("webhook", {"url": f"{http.url}/hook", "headers": {"Authorization": f"Bearer {TOKEN}"}})
+    assert answer == "200 ok"
+    first, second = http.requests
+    assert (first.path, second.path) == ("/hook", "/v2/hook")
+    assert second.method == "POST"
+    assert second.body == first.body
+    assert second.headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+def test_redirects_in_a_loop_end_with_an_error(http: HttpRecorder) -> None:
+    http.default = Answer(307, "again", {"Location": "/hook"})
+    with pytest.raises(NotifierError, match="more than 3 redirects"):
+        send("webhook", {"url": f"{http.url}/hook"})
+    assert len(http.requests) == 4
+
+
+HOSTILE = "<!channel> <http://evil.example|click me> & co\n2026-01-01 FINISHED forged [run 00000000]"
+
+
+def test_run_text_is_data_in_slack_and_discord_never_markup(http: HttpRecorder) -> None:
+    message = Message(HOSTILE, HOSTILE, (EVENT,))
+    send("slack", {"webhook_url": f"{http.url}/services/T/B/X"}, message=message)
+    send("discord", {"webhook_url": f"{http.url}/api/webhooks/1/x"}, message=message)
+    send("workplace", {"group_id": "1", "access_token": TOKEN, "base_url": http.url}, message=message)
+    slack, discord, workplace = http.requests
+    assert slack.json()["text"] == (
+        "&lt;!channel&gt; &lt;http://evil.example|click me&gt; &amp; co"
+        "\n2026-01-01 FINISHED forged [run 00000000]"
+    )
+    assert discord.json()["allowed_mentions"] == {"parse": []}  # no @everyone, roles or users
+    assert workplace.form()["formatting"] == "PLAINTEXT"  # shown as written, < and & included
+    assert workplace.form()["message"] == HOSTILE
+
+
+def test_a_workplace_mention_in_run_text_is_defused(http: HttpRecorder) -> None:
+    message = Message("x", "stalled: @[100012345] look", (EVENT,))
+    send("workplace", {"group_id": "1", "access_token": TOKEN, "base_url": http.url}, message=message)
+    assert http.requests[0].form()["message"] == "stalled: @\u200b[100012345] look"
+
+
+def test_an_email_subject_survives_a_newline_in_a_runs_name() -> None:
+    server = SmtpRecorder()
+    try:
+        args = {"smtp_host": "127.0.0.1", "smtp_port": server.port, "security": "none"}
+        args |= {"sender": "nb@example.org", "to": "me@example.org"}
+        title = "train\nBcc: victim@example.org\r\nX-Evil: 1 stalled"
+        send("email", args, message=Message(title, "text", (EVENT,)))
+        (mail,) = server.messages
+        assert mail["Subject"] == "train\\nBcc: victim@example.org\\r\\nX-Evil: 1 stalled"
+        assert mail["Bcc"] is None
+        assert mail["X-Evil"] is None
+        assert server.envelopes == [("nb@example.org", ["me@example.org"])]
+    finally:
+        server.close()
+
+
+PASSWORD = "s3cret-pa55-word"
+
+
+@pytest.mark.parametrize(
+    ("kind", "field"),
+    [("webhook", "url"), ("slack", "webhook_url"), ("ntfy", "server"), ("telegram", "base_url")],
+)
+def test_credentials_in_a_url_become_basic_auth_and_are_never_shown(
+    http: HttpRecorder, kind: str, field: str
+) -> None:
+    url = http.url.replace("http://", f"http://bob:{PASSWORD}@")
+    args: dict[str, Any] = {
+        "webhook": {"url": f"{url}/hook"},
+        "slack": {"webhook_url": f"{url}/services/T/B/X"},
+        "ntfy": {"server": url, "topic": "runs"},
+        "telegram": {"base_url": url, "bot_token": TOKEN, "chat_id": "42"},
+    }[kind]
+    config = NotifierConfig.create(kind, args)
+    config.notifier(5.0).send(MESSAGE)
+    (request,) = http.requests
+    assert (
+        request.headers["Authorization"] == "Basic " + base64.b64encode(f"bob:{PASSWORD}".encode()).decode()
+    )
+    assert "bob" not in request.path
+    shown = [repr(config), config.target(), *config.shown_args().values()]
+    assert not [text for text in shown if PASSWORD in text]
+    http.default = Answer(500, f"echo {PASSWORD}")
+    with pytest.raises(TransientError) as error:
+        config.notifier(5.0).send(MESSAGE)
+    assert PASSWORD not in str(error.value)
+
+
+def test_a_refused_connection_to_a_url_with_credentials_never_shows_them() -> None:
+    url = f"http://bob:{PASSWORD}@127.0.0.1:{free_port()}/hook"
+    with pytest.raises(TransientError) as error:
+        send("webhook", {"url": url})
+    assert PASSWORD not in str(error.value)
 
 
 @pytest.mark.parametrize(

@@ -230,6 +230,29 @@ def test_many_events_at_once_become_one_digest(repo: Repo, http: HttpRecorder, p
     assert sorted(e["run"]["name"] for e in body["events"]) == sorted(f"run-{n}" for n in range(30))
 
 
+def test_a_digest_resent_after_a_lost_answer_keeps_its_key_and_its_events(
+    repo: Repo, http: HttpRecorder, clock: FakeClock
+) -> None:
+    # The endpoint takes the digest, but its answer never comes back; more events queue, and a
+    # new sender (a restarted watcher) sends again. The key was a hash of whatever was pending,
+    # so the resend had more events and a new key: a receiver that drops repeated keys got both.
+    webhook(repo, f"{http.url}/h")
+    for n in range(4):
+        claim(repo, event(n))
+    http.script = [Answer(200, "late", delay=2.0)]
+    Postman(repo, clock=clock.mono, wall=clock.wall, timeout=0.3).deliver()
+    for n in range(4, 6):
+        claim(repo, event(n))
+    Postman(repo, clock=clock.mono, wall=clock.wall, timeout=5).deliver()
+    first, again, *rest = http.requests
+    assert again.headers["Idempotency-Key"] == first.headers["Idempotency-Key"]
+    assert again.headers["Idempotency-Key"].startswith("digest-")
+    assert again.body == first.body
+    assert sorted(e["run"]["name"] for e in again.json()["events"]) == [f"run-{n}" for n in range(4)]
+    assert sorted(r.json()["run"]["name"] for r in rest) == ["run-4", "run-5"]  # then the rest, on its own
+    assert not list((repo.path / "outbox").rglob("*.json"))  # the digest's record is gone too
+
+
 def test_a_few_events_are_sent_one_by_one(repo: Repo, http: HttpRecorder, postman: Postman) -> None:
     webhook(repo, f"{http.url}/h")
     for n in range(3):
