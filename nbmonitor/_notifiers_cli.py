@@ -73,6 +73,7 @@ def _interactive() -> bool:
 
 
 def _add(repo: Repo, args: argparse.Namespace) -> int:
+    repo.ensure()  # before asking anything: where it will be saved must work
     kind = args.type or (_ask_type() if _interactive() else None)
     if kind is None:
         raise ConfigError("type", f"give the notifier type: one of {', '.join(TYPES)}")

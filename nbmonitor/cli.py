@@ -16,7 +16,7 @@ from typing import TextIO
 
 from . import __version__, _format, _notifiers_cli, _process
 from .errors import NbmonitorError
-from .repo import Repo
+from .repo import Repo, make_private
 from .rules import TERMINAL
 from .watcher import Watcher, serve, watcher_info
 
@@ -26,19 +26,27 @@ PROG = "nbmonitor-watcher"
 _STARTUP_TIMEOUT = 15.0
 _STOP_TIMEOUT = 10.0
 _RECENT_ENDED = 10
+#: How the watcher's output stamps each line.
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
-    repo = Repo(args.repo)
     try:
+        repo = Repo(args.repo)
+        repo.check()
         return int(args.func(repo, args))
     except NbmonitorError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader took what it wanted and left (status | head -1): not an error of ours.
+        # Point stdout at /dev/null, so the flush at exit has nowhere to fail either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -121,7 +129,9 @@ def _start_detached(repo: Repo, args: argparse.Namespace) -> int:
     command += ["--interval", repr(args.interval)]
     if args.grace is not None:
         command += ["--grace", repr(args.grace)]
-    with open(repo.log_file, "ab") as log_file:
+    log_fd = os.open(repo.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    make_private(repo.log_file, os.fstat(log_fd), 0o600)
+    with open(log_fd, "ab") as log_file:
         child = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
@@ -211,7 +221,7 @@ class _EventFormatter(logging.Formatter):
 
 def _log_to(stream: TextIO) -> None:
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(_EventFormatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    handler.setFormatter(_EventFormatter("%(asctime)s %(message)s", TIME_FORMAT))
     root = logging.getLogger("nbmonitor")
     root.addHandler(handler)
     root.setLevel(logging.INFO)

@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import CorruptRecordError, NbmonitorError
 from .notifiers import DEFAULT_TIMEOUT, TYPES, ConfigError, Notifier
-from .repo import Repo, write_atomic
+from .repo import Repo, make_private, owned, write_atomic
 from .rules import EVENTS
 
 __all__ = ["DEFAULT_EVENTS", "NotifierConfig", "NotifierStore", "UnknownNotifierError"]
@@ -178,13 +178,21 @@ class NotifierStore:
         self._cache: tuple[tuple[int, int, int], list[NotifierConfig]] | None = None
 
     def load(self) -> list[NotifierConfig]:
-        """Every notifier; CorruptRecordError names the file and the problem if it is bad."""
+        """Every notifier; CorruptRecordError names the file and the problem if it is bad, or if
+        it belongs to another user (whose file could send your runs anywhere)."""
         try:
-            raw = self.path.read_bytes()
+            with open(self.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                raw = f.read()
         except (FileNotFoundError, NotADirectoryError):
             return []
         except OSError as e:
             raise CorruptRecordError(str(self.path), f"unreadable ({e.strerror})") from e
+        if not owned(st):
+            raise CorruptRecordError(
+                str(self.path), f"belongs to another user (uid {st.st_uid}), so it is not used; remove it"
+            )
+        make_private(self.path, st, 0o600)
         try:
             data = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -249,7 +257,7 @@ class NotifierStore:
         from filelock import FileLock
 
         self.repo.ensure()
-        with FileLock(str(self.lock_path), timeout=30):
+        with FileLock(str(self.lock_path), timeout=30, mode=0o600):
             notifiers = self.load()
             yield notifiers
             write_atomic(self.path, {"format": FORMAT, "notifiers": [n.to_dict() for n in notifiers]})

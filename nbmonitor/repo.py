@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,17 +31,51 @@ from .errors import CorruptRecordError, RepoError
 from .record import RunRecord, is_run_id
 from .rules import is_event_key
 
-__all__ = ["Repo", "Scanner", "default_path"]
+__all__ = ["Repo", "Scanner", "default_path", "make_private", "owned"]
 
 log = logging.getLogger("nbmonitor.repo")
 
 ENV_VAR = "NBMONITOR_REPO"
+_ELSEWHERE = f"choose a directory of your own with ${ENV_VAR}, --repo or repo="
 
 
 def default_path() -> Path:
-    """``$NBMONITOR_REPO``, else ``~/.nbmonitor``."""
+    """``$NBMONITOR_REPO``, else ``~/.nbmonitor``. RepoError for a relative ``$NBMONITOR_REPO``:
+    every process would find it in its own working directory, so they would not share it."""
     env = os.environ.get(ENV_VAR)
-    return Path(env).expanduser() if env else Path.home() / ".nbmonitor"
+    if not env:
+        return Path.home() / ".nbmonitor"
+    path = Path(env).expanduser()
+    if not path.is_absolute():
+        raise RepoError(
+            f"{ENV_VAR} must be an absolute path, got {env[:200]!r}: each process would look for it "
+            f"in its own working directory (try {ENV_VAR}={Path(env).absolute()})"
+        )
+    return path
+
+
+def owned(st: os.stat_result) -> bool:
+    """True for a file or folder of the user running nbmonitor (the only ones it trusts)."""
+    getuid = getattr(os, "geteuid", None)
+    return getuid is None or st.st_uid == getuid()
+
+
+_made_private: set[Path] = set()
+
+
+def make_private(path: Path, st: os.stat_result, mode: int) -> None:
+    """Take away what group and others may do with ``path`` (it holds secrets), saying so once."""
+    if not st.st_mode & 0o077:
+        return
+    os.chmod(path, mode)
+    if path not in _made_private:
+        _made_private.add(path)
+        log.warning(
+            "nbmonitor: %s was open to other users (mode %o); made it private (%o)",
+            path,
+            st.st_mode & 0o777,
+            mode,
+        )
 
 
 class Repo:
@@ -59,12 +94,36 @@ class Repo:
     def __repr__(self) -> str:
         return f"Repo({str(self.path)!r})"
 
+    def check(self) -> None:
+        """RepoError, one line, if the repo cannot be one: a file in its place, a folder of
+        another user, one that cannot be read. A repo that does not exist yet is fine (empty)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return
+        except NotADirectoryError:
+            raise RepoError(
+                f"{self.path} cannot be a repo, part of its path is a file; {_ELSEWHERE}"
+            ) from None
+        except OSError as e:
+            raise RepoError(f"cannot read the repo {self.path}: {e.strerror}; {_ELSEWHERE}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise RepoError(f"{self.path} is a file, not a repo directory; {_ELSEWHERE}")
+        if not owned(st):
+            raise RepoError(
+                f"{self.path} belongs to another user (uid {st.st_uid}); nbmonitor trusts only a "
+                f"repo of your own; {_ELSEWHERE}"
+            )
+
     def ensure(self) -> None:
-        """Create the repo's directories if they are missing."""
-        if self.path.exists() and not self.path.is_dir():
-            raise RepoError(f"{self.path} is not a directory; pass another repo= or --repo")
-        for d in (self.path, self.runs_dir, self.events_dir):
-            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """Create the repo's directories if they are missing, and make it private if it was not."""
+        self.check()
+        try:
+            for d in (self.path, self.runs_dir, self.events_dir):
+                d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private(self.path, os.stat(self.path), 0o700)
+        except OSError as e:
+            raise RepoError(f"cannot create the repo {self.path}: {e.strerror}; {_ELSEWHERE}") from None
 
     def run_path(self, run_id: str) -> Path:
         """The file of run ``run_id``; the id is checked so no name can point outside the repo."""
@@ -156,7 +215,13 @@ class Scanner:
             stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
             old = self._cache.get(entry.name)
             if old is None or old.stamp != stamp:
-                old = _Cached(stamp, self._read(entry.path, entry.name[:-5]))
+                if owned(st):
+                    old = _Cached(stamp, self._read(entry.path, entry.name[:-5]))
+                else:
+                    log.warning(
+                        "skipping run file %s: it belongs to another user, uid %d", entry.path, st.st_uid
+                    )
+                    old = _Cached(stamp, None)
             cache[entry.name] = old
             if old.record is not None:
                 found.append(old.record)
@@ -169,7 +234,7 @@ class Scanner:
                 for entry in it:
                     if entry.name.endswith(".json") and not entry.name.startswith("."):
                         yield entry
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return
 
     @staticmethod

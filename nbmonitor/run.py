@@ -289,7 +289,7 @@ class Run:
             self._last_write = now_mono
             try:
                 self._repo.write_run(self._record(now_wall, progress, step))
-            except OSError as e:
+            except (OSError, RepoError) as e:
                 self._write_failed(e)
                 return False
             if self._write_error is not None:
@@ -308,9 +308,9 @@ class Run:
             return False
         return now_mono - self._written_mono >= eta - self._monitor.TICK
 
-    def _write_failed(self, error: OSError) -> None:
+    def _write_failed(self, error: OSError | RepoError) -> None:
         # Said once per cause: the work goes on and the file is retried every second.
-        cause = error.strerror or str(error)
+        cause = (error.strerror if isinstance(error, OSError) else None) or str(error)
         if cause != self._write_error:
             self._write_error = cause
             _monitor.log.warning(

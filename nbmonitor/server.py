@@ -25,7 +25,7 @@ from traitlets import Unicode
 from traitlets.config import Configurable
 
 from . import __version__, rules
-from .errors import CorruptRecordError
+from .errors import CorruptRecordError, RepoError
 from .record import RunRecord, is_run_id
 from .repo import Repo
 from .watcher import Observation, Watcher, watcher_info
@@ -42,40 +42,69 @@ class Nbmonitor(Configurable):
 
 
 class _Reader:
-    """One watcher view of the repo, used from worker threads one at a time (it caches file reads)."""
+    """One watcher view of the repo, used from worker threads one at a time (it caches file reads).
 
-    def __init__(self, repo: Repo, root_dir: str | None = None) -> None:
-        self.repo = repo
+    A repo that cannot be one (``$NBMONITOR_REPO`` relative, a file, another user's) is not a
+    server error: every answer carries ``error``, one line saying what is wrong, for the panel.
+    """
+
+    def __init__(self, repo: Repo | RepoError, root_dir: str | None = None) -> None:
+        self.repo: Repo | None = repo if isinstance(repo, Repo) else None
+        self.error: str | None = None if isinstance(repo, Repo) else str(repo)
         self.root_dir = root_dir
-        self._watcher = Watcher(repo, emit=lambda _: None)
+        self._watcher = None if self.repo is None else Watcher(self.repo, emit=lambda _: None)
         self._lock = threading.Lock()
 
-    def runs(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [_run_json(o, self.root_dir) for o in self._watcher.observe()]
+    def _usable(self) -> Repo:
+        if self.repo is None:
+            raise RepoError(self.error or "no repo")
+        self.repo.check()
+        return self.repo
+
+    def runs(self) -> dict[str, Any]:
+        try:
+            self._usable()
+            assert self._watcher is not None
+            with self._lock:
+                runs = [_run_json(o, self.root_dir) for o in self._watcher.observe()]
+        except (RepoError, OSError) as e:
+            return {"runs": [], "repo": self._path(), "error": _problem(e)}
+        return {"runs": runs, "repo": self._path(), "error": None}
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         try:
-            record = self.repo.read_run(run_id)
-        except (FileNotFoundError, CorruptRecordError):
+            record = self._usable().read_run(run_id)
+        except (FileNotFoundError, CorruptRecordError, RepoError, OSError):
             return None
+        assert self._watcher is not None
         with self._lock:
             (seen,) = self._watcher.observe([record])
         return _run_json(seen, self.root_dir)
 
     def watcher(self) -> dict[str, Any]:
-        info = watcher_info(self.repo)
+        try:
+            repo = self._usable()
+        except (RepoError, OSError) as e:
+            return {"running": False, "repo": self._path(), "error": _problem(e)}
+        info = watcher_info(repo)
         if info is None:
-            return {"running": False, "repo": str(self.repo.path)}
+            return {"running": False, "repo": str(repo.path)}
         started = float(info.get("started_at", time.time()))
         return {
             "running": True,
-            "repo": str(self.repo.path),
+            "repo": str(repo.path),
             "pid": info.get("pid"),
             "host": info.get("host"),
             "started_at": started,
             "uptime": time.time() - started,
         }
+
+    def _path(self) -> str | None:
+        return None if self.repo is None else str(self.repo.path)
+
+
+def _problem(error: Exception) -> str:
+    return str(error) if isinstance(error, RepoError) else f"cannot read the repo: {error}"
 
 
 def _lab_path(path: str | None, root_dir: str | None) -> str | None:
@@ -133,7 +162,7 @@ class _Handler(APIHandler):
 class RunsHandler(_Handler):
     @tornado.web.authenticated
     async def get(self) -> None:
-        self.finish({"runs": await self.in_thread(self.reader.runs), "version": __version__})
+        self.finish(await self.in_thread(self.reader.runs) | {"version": __version__})
 
 
 class RunHandler(_Handler):
@@ -156,7 +185,11 @@ class WatcherHandler(_Handler):
 def load(server_app: ServerApp) -> None:
     """Add the handlers to a running Jupyter server."""
     settings = Nbmonitor(parent=server_app)
-    repo = Repo(settings.repo or None)
+    try:
+        repo: Repo | RepoError = Repo(settings.repo or None)
+    except RepoError as e:  # said in every answer, and shown in the panel
+        server_app.log.warning("nbmonitor: %s", e)
+        repo = e
     web_app = server_app.web_app
     web_app.settings["nbmonitor_reader"] = _Reader(repo, server_app.root_dir)
     base = url_path_join(web_app.settings["base_url"], "nbmonitor", "api")
@@ -168,4 +201,4 @@ def load(server_app: ServerApp) -> None:
             (url_path_join(base, "watcher"), WatcherHandler),
         ],
     )
-    server_app.log.info("nbmonitor: serving %s at %s", repo.path, base)
+    server_app.log.info("nbmonitor: serving %s at %s", getattr(repo, "path", repo), base)

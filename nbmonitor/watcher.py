@@ -265,7 +265,7 @@ def serve(
     from filelock import FileLock, Timeout
 
     repo.ensure()
-    lock = FileLock(str(repo.lock_file))
+    lock = FileLock(str(repo.lock_file), mode=0o600)
     try:
         lock.acquire(timeout=0)
     except Timeout:

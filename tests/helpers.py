@@ -58,13 +58,15 @@ def child_env(repo: Path) -> dict[str, str]:
 class Proc:
     """A real subprocess whose combined output is collected line by line as it comes."""
 
-    def __init__(self, args: Sequence[str], repo: Path, cwd: Path | None = None) -> None:
+    def __init__(
+        self, args: Sequence[str], repo: Path, cwd: Path | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.popen = subprocess.Popen(
             list(args),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=child_env(repo),
+            env=child_env(repo) | (env or {}),
             cwd=cwd,
             text=True,
         )

@@ -56,6 +56,25 @@ def test_detach_starts_a_background_watcher_that_status_and_stop_see(detached: R
     assert "stopped" in log
 
 
+def test_log_and_lock_files_are_private_under_any_umask(detached: Repo) -> None:
+    repo = detached
+    for args in (["notifiers", "add", "logger", "--yes"], ["start", "--detach", "--interval", "0.2"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "nbmonitor", "--repo", str(repo.path), *args],
+            env=child_env(repo.path),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            preexec_fn=lambda: os.umask(0),  # the modes must not depend on it
+        )
+        assert done.returncode == 0, done.stderr
+    for name in ("watcher.log", "watcher.lock", "notifiers.json"):
+        path = repo.path / name
+        if path.exists():  # a lock file may be removed when released
+            assert path.stat().st_mode & 0o777 == 0o600, name
+    assert (repo.path / "watcher.log").exists()
+
+
 def test_sigterm_stops_a_foreground_watcher_cleanly(repo: Repo) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "nbmonitor", "--repo", str(repo.path), "start"],
@@ -143,9 +162,72 @@ def test_a_repo_that_is_a_file_is_a_one_line_error(
     (tmp_path / "f").write_text("")
     assert cli.main(["--repo", str(tmp_path / "f"), "start"]) == 1
     err = capsys.readouterr().err.strip()
-    assert (
-        err == f"nbmonitor-watcher: error: {tmp_path / 'f'} is not a directory; pass another repo= or --repo"
+    assert err == (
+        f"nbmonitor-watcher: error: {tmp_path / 'f'} is a file, not a repo directory; "
+        "choose a directory of your own with $NBMONITOR_REPO, --repo or repo="
     )
+
+
+BAD_REPOS = {
+    "relative": ("runs", "NBMONITOR_REPO must be an absolute path, got 'runs'"),
+    "a-file": ("{tmp}/file", "is a file, not a repo directory"),
+    "under-a-file": ("{tmp}/file/repo", "cannot be a repo, part of its path is a file"),
+    "not-writable": ("/proc/nbmonitor-repo", "cannot create the repo /proc/nbmonitor-repo"),
+}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["status"], ["start"], ["notifiers", "list"], ["notifiers", "add", "logger", "--yes"], ["stop"]],
+)
+@pytest.mark.parametrize("where", BAD_REPOS.values(), ids=BAD_REPOS.keys())
+def test_a_bad_nbmonitor_repo_is_one_line_for_every_command(
+    tmp_path: Path, where: tuple[str, str], command: list[str]
+) -> None:
+    (tmp_path / "file").write_text("")
+    location, says = where
+    env = child_env(tmp_path / "unused") | {"NBMONITOR_REPO": location.format(tmp=tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "nbmonitor", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    if location.startswith("/proc") and command[0] != "start" and command[1:2] != ["add"]:
+        # Reading a repo that does not exist is fine: there is nothing in it yet.
+        assert done.returncode == 0, done.stderr
+        return
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("nbmonitor-watcher: error: ")
+    assert says in line
+    assert done.stdout == ""
+
+
+def test_output_cut_short_by_its_reader_ends_quietly(repo: Repo) -> None:
+    # `status | head -1`: the reader leaves after one line; there was a BrokenPipeError traceback.
+    from nbmonitor.config import NotifierConfig, NotifierStore
+
+    for n in range(3000):
+        repo.write_run(sample(id=f"{n:032x}", name=f"run-{n}", status="finished", ended_at=2000.0))
+    store = NotifierStore(repo)
+    for _ in range(600):
+        store.add(NotifierConfig.create("logger", {"file": "/tmp/some/notify-log-file-with-a-long-name.log"}))
+    for command in ("status --all", "notifiers list"):
+        done = subprocess.run(
+            f"set -o pipefail; {sys.executable} -m nbmonitor --repo {repo.path} {command} | head -1",
+            shell=True,
+            executable="/bin/bash",
+            env=child_env(repo.path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == ""
+        assert len(done.stdout.splitlines()) == 1
 
 
 def test_the_console_script_and_python_m_are_the_same_program(repo: Repo) -> None:

@@ -171,6 +171,15 @@ def test_bad_arguments_give_one_line_and_the_cell_does_not_run(
     assert runs(ip) == {}
 
 
+def test_arguments_are_quoted_as_in_a_shell(ip: InteractiveShell) -> None:
+    assert cell(ip, '%%watch --name "train resnet50" --eta 3\nx = 1').success
+    assert cell(ip, "%%watch --name 'it''s fine'\nx = 1").success
+    assert set(runs(ip)) == {"train resnet50", "its fine"}
+    result = cell(ip, '%%watch --name "unclosed\nx = 2')
+    assert result.error_before_exec is not None or result.error_in_exec is not None
+    assert "No closing quotation" in str(result.error_in_exec or result.error_before_exec)
+
+
 def test_the_help_lists_every_option(ip: InteractiveShell) -> None:
     doc = ip.find_cell_magic("watch").__doc__
     for option in ("--eta SECONDS", "--name NAME", "--total N", "--grace SECONDS", "--no-usage", "--quiet"):

@@ -183,11 +183,12 @@ def test_a_redirect_to_another_host_is_an_error_naming_it_and_nothing_goes_there
     elsewhere = HttpRecorder()
     try:
         http.default = Answer(code, "moved", {"Location": f"{elsewhere.url}/new/{TOKEN}"})
-        args = {
+        every: dict[str, dict[str, Any]] = {
             "webhook": {"url": f"{http.url}/hook", "headers": {"Authorization": f"Bearer {TOKEN}"}},
             "slack": {"webhook_url": f"{http.url}/services/T/B/X"},
             "ntfy": {"server": http.url, "topic": "runs", "token": TOKEN},
-        }[kind]
+        }
+        args = every[kind]
         with pytest.raises(NotifierError) as error:
             send(kind, args)
         assert not isinstance(error.value, TransientError)

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbmonitor
+from nbmonitor.cli import TIME_FORMAT
+from nbmonitor.events import Event
+from nbmonitor.record import Origin
 from nbmonitor.repo import Repo
+from nbmonitor.templates import SAMPLE, describe
 
-from .helpers import ROOT, child_env
+from .helpers import ROOT, Proc, child_env
+from .servers import free_port
 
 HEAVY = ("IPython", "ipywidgets", "jupyter_server", "requests", "pynvml", "psutil", "filelock")
 
@@ -37,6 +44,37 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one() -> Non
     assert len(commands) == 2
     assert all("\n" not in c for c in commands)
     assert commands[1] in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_main_command_opens_the_quickstart_with_the_repository_as_the_servers_root(
+    tmp_path: Path,
+) -> None:
+    # Seen: the notebook's folder was the server's root, so the quickstart's links and the Runs
+    # panel's paths did not resolve.
+    main = readme_commands()[0]
+    assert main.startswith("pip install '.[jupyter]' && jupyter lab ")
+    jupyter = shlex.split(main.split(" && ", 1)[1])
+    config = {"JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config")}
+    server = Proc(
+        [*jupyter, "--no-browser", "--port", str(free_port())], tmp_path / "repo", cwd=ROOT, env=config
+    )
+    try:
+        server.wait_for("Serving notebooks from local directory:", str(ROOT), timeout=60)
+        server.wait_for("http://127.0.0.1:", "/lab/tree/notebooks/quickstart.ipynb?token=", timeout=10)
+    finally:
+        server.stop()
+
+
+def test_the_readmes_sample_event_line_is_what_the_watcher_prints() -> None:
+    text = (ROOT / "README.md").read_text()
+    (sample,) = re.findall(r"of its output, for example:\n\n```text\n(.+?)\n```", text)
+    stamp, line = sample[:19], sample[20:]
+    time.strptime(stamp, TIME_FORMAT)  # the watcher's stamp, as it writes it
+    run = SAMPLE.run.with_changes(
+        id="2d5bbffa" + "0" * 24, name="hang", origin=Origin("script", path="/home/me/s1.py"), host="vm",
+        pid=3426, step=3, total=10, eta=1.0,
+    )  # fmt: skip
+    assert line == describe(Event("stalled", "stalled-3", run, 0.0, 3.2, 2.0, "watcher"))
 
 
 def readme_examples() -> list[str]:

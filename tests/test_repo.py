@@ -51,8 +51,70 @@ def test_a_deleted_repo_is_recreated_on_the_next_write(repo: Repo) -> None:
 
 def test_a_repo_path_that_is_a_file_gets_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
-    with pytest.raises(RepoError, match="is not a directory"):
+    with pytest.raises(RepoError, match="is a file, not a repo directory"):
         Repo(tmp_path / "file").ensure()
+    with pytest.raises(RepoError, match="cannot be a repo, part of its path is a file"):
+        Repo(tmp_path / "file" / "repo").check()
+
+
+def test_a_relative_nbmonitor_repo_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Every process would find it in its own working directory: no two would share a repo.
+    monkeypatch.setenv("NBMONITOR_REPO", "runs")
+    with pytest.raises(RepoError, match="NBMONITOR_REPO must be an absolute path, got 'runs'"):
+        Repo()
+    monkeypatch.chdir(tmp_path)
+    assert Repo("runs").path == tmp_path / "runs"  # an argument is a path like any other
+
+
+def test_an_open_repo_and_notifier_file_are_made_private_with_one_warning(
+    repo: Repo, caplog: pytest.LogCaptureFixture
+) -> None:
+    from nbmonitor.config import NotifierConfig, NotifierStore
+
+    store = NotifierStore(repo)
+    store.add(NotifierConfig.create("logger"))
+    os.chmod(repo.path, 0o777)
+    os.chmod(store.path, 0o644)
+    for _ in range(2):
+        repo.ensure()
+        assert len(store.load()) == 1
+    assert stat.S_IMODE(repo.path.stat().st_mode) == 0o700
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        f"nbmonitor: {repo.path} was open to other users (mode 777); made it private (700)",
+        f"nbmonitor: {store.path} was open to other users (mode 644); made it private (600)",
+    ]
+
+
+def _chown_away(path: Path) -> None:
+    try:
+        os.chown(path, 54321, -1)
+    except PermissionError:
+        pytest.skip("needs root to give a file to another user")
+
+
+def test_a_repo_or_files_of_another_user_are_not_trusted(
+    repo: Repo, caplog: pytest.LogCaptureFixture
+) -> None:
+    from nbmonitor.config import NotifierConfig, NotifierStore
+
+    repo.write_run(sample(id="a" * 32, name="mine"))
+    repo.write_run(sample(id="b" * 32, name="planted"))
+    _chown_away(repo.run_path("b" * 32))
+    assert [r.name for r in repo.runs()] == ["mine"]
+    assert (
+        f"skipping run file {repo.run_path('b' * 32)}: it belongs to another user, uid 54321" in caplog.text
+    )
+    store = NotifierStore(repo)
+    store.add(NotifierConfig.create("logger"))
+    _chown_away(store.path)
+    with pytest.raises(CorruptRecordError, match=r"belongs to another user \(uid 54321\), so it is not used"):
+        store.load()
+    _chown_away(repo.path)
+    for use in (repo.check, repo.ensure):
+        with pytest.raises(RepoError, match=r"belongs to another user \(uid 54321\); nbmonitor trusts only"):
+            use()
 
 
 @pytest.mark.parametrize("bad", ["../../x", "/etc/passwd", "a\0b", "0" * 31, "G" * 32, ""])

@@ -17,8 +17,18 @@ from .test_record import sample
 
 
 @pytest.fixture
-def jp_server_config(repo: Repo) -> dict[str, Any]:
-    return {"ServerApp": {"jpserver_extensions": {"nbmonitor": True}}, "Nbmonitor": {"repo": str(repo.path)}}
+def jp_server_config(repo: Repo, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The server with nbmonitor on ``repo``, or, parametrized indirectly, on a bad repo."""
+    config: dict[str, Any] = {"ServerApp": {"jpserver_extensions": {"nbmonitor": True}}}
+    where = getattr(request, "param", "repo")
+    if where == "a-file":
+        repo.path.parent.mkdir(parents=True, exist_ok=True)
+        repo.path.write_text("not a repo")
+    if where == "relative-env":
+        request.getfixturevalue("monkeypatch").setenv("NBMONITOR_REPO", "relative/runs")
+    else:
+        config["Nbmonitor"] = {"repo": str(repo.path)}
+    return config
 
 
 async def get(jp_fetch: Any, *path: str) -> Any:
@@ -128,3 +138,26 @@ async def test_nothing_can_change_state_with_a_token_or_from_another_site(
             await AsyncHTTPClient().fetch(url, method=method, body=body, headers=forged | origin)
         assert refused.value.code == refusal
     assert sorted((p.name, p.read_bytes()) for p in repo.path.rglob("*") if p.is_file()) == before
+
+
+@pytest.mark.parametrize(
+    ("jp_server_config", "says"),
+    [
+        ("a-file", "is a file, not a repo directory"),
+        ("relative-env", "NBMONITOR_REPO must be an absolute path, got 'relative/runs'"),
+    ],
+    indirect=["jp_server_config"],
+)
+async def test_a_repo_that_cannot_be_one_is_said_in_every_answer_not_a_server_error(
+    jp_fetch: Any, says: str
+) -> None:
+    # Seen: 500, and the panel showing "offline" while the server was up.
+    runs = await get(jp_fetch, "runs")
+    assert runs["runs"] == []
+    assert says in runs["error"]
+    assert "\n" not in runs["error"]
+    watcher = await get(jp_fetch, "watcher")
+    assert (watcher["running"], says in watcher["error"]) == (False, True)
+    with pytest.raises(HTTPClientError) as missing:
+        await jp_fetch("nbmonitor", "api", "runs", "a" * 32)
+    assert missing.value.code == 404

@@ -88,6 +88,8 @@ function el(tag: string, className: string, text?: string): HTMLElement {
 class RunsModel {
   runs: IRun[] = [];
   offline = false;
+  /** What is wrong with the repo the server reads (a file in its place, ...), if anything. */
+  problem: string | null = null;
   private _listeners: Array<() => void> = [];
   private _delay = POLL_MS;
   private _settings = ServerConnection.makeSettings();
@@ -107,8 +109,9 @@ class RunsModel {
       if (!response.ok) {
         throw new Error(`HTTP ${response.status}`);
       }
-      const body = (await response.json()) as { runs: IRun[] };
+      const body = (await response.json()) as { runs: IRun[]; error?: string | null };
       this.runs = body.runs;
+      this.problem = body.error ?? null;
       this.offline = false;
       this._delay = POLL_MS;
     } catch (reason) {
@@ -124,6 +127,7 @@ class RunsModel {
 class RunsPanel extends Widget {
   private _list = el('ul', 'nbm-list');
   private _offline = el('div', 'nbm-offline', 'offline: the server does not answer; retrying');
+  private _problem = el('div', 'nbm-offline nbm-problem');
   private _showAll = false;
 
   constructor(
@@ -151,12 +155,16 @@ class RunsPanel extends Widget {
     }
     this.node.appendChild(header);
     this.node.appendChild(this._offline);
+    this.node.appendChild(this._problem);
     this.node.appendChild(this._list);
     this._model.onChange(() => this.render());
   }
 
   render(): void {
     this._offline.style.display = this._model.offline ? 'block' : 'none';
+    const problem = this._model.offline ? null : this._model.problem;
+    this._problem.style.display = problem ? 'block' : 'none';
+    this._problem.textContent = problem ? `repo problem: ${problem}` : '';
     const shown = this._model.runs.filter(r => this._showAll || current(r));
     this._list.replaceChildren(...shown.map(run => this._row(run)));
     if (shown.length === 0) {
@@ -219,8 +227,12 @@ class RunsStatus extends Widget {
         parts.push(`${n} ${status}`);
       }
     }
-    const problems = [...PROBLEMS].some(s => (counts.get(s) ?? 0) > 0);
-    this.node.textContent = this._model.offline ? 'nbmonitor offline' : parts.join(' · ') || 'no active runs';
+    const problems = [...PROBLEMS].some(s => (counts.get(s) ?? 0) > 0) || this._model.problem !== null;
+    this.node.textContent = this._model.offline
+      ? 'nbmonitor offline'
+      : this._model.problem !== null
+        ? 'nbmonitor: repo problem'
+        : parts.join(' · ') || 'no active runs';
     this.node.classList.toggle('nbm-bad', problems);
     this.node.title = 'nbmonitor: click to open the runs panel';
   }
