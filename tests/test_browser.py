@@ -121,15 +121,17 @@ def page(lab: Lab) -> Iterator[Any]:
             browser.close()
 
 
-def toolbar(page: Any, command: str) -> Any:
-    """A button of the notebook's toolbar: clicking runs the command whatever has the keyboard focus."""
-    return page.locator(f'.jp-NotebookPanel-toolbar [data-command="{command}"]').first
+def toolbar(page: Any, *commands: str) -> Any:
+    """The button of the notebook's toolbar for the first of ``commands`` it has (JupyterLab 4.0
+    and later ones name some differently): clicking runs it whatever has the keyboard focus."""
+    either = ", ".join(f'.jp-NotebookPanel-toolbar [data-command="{command}"]' for command in commands)
+    return page.locator(either).first
 
 
 def run_active_cell(page: Any) -> None:
     """Run the selected cell with the toolbar's ▶ (which then selects the next one)."""
     prompt = page.locator(".jp-Notebook .jp-Cell.jp-mod-active .jp-InputArea-prompt").element_handle()
-    toolbar(page, "notebook:run-cell-and-select-next").click()
+    toolbar(page, "notebook:run-cell-and-select-next", "runmenu:run").click()
     wait_until(lambda: "[ ]" not in prompt.inner_text(), 30, "the cell to start running")
 
 

@@ -35,8 +35,10 @@ class Kernel:
     def run(self, code: str, timeout: float = 60) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         msg_id = self.client.execute(code)
         messages = self.read(msg_id, idle, timeout, "idle")
-        reply = self.client.get_shell_msg(timeout=10)
-        return reply["content"], messages
+        while True:  # a late reply to an earlier request (a cell cut off by a restart) is not ours
+            reply = self.client.get_shell_msg(timeout=10)
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return reply["content"], messages
 
     def read(
         self, msg_id: str, until: Callable[[dict[str, Any]], bool], timeout: float, what: str

@@ -131,12 +131,13 @@ async def test_nothing_can_change_state_with_a_token_or_from_another_site(
     assert authorised.value.code == 405
     url = f"http://localhost:{jp_http_port}{jp_base_url}nbmonitor/api/{path}"
     forged = {"Cookie": "_xsrf=2|the-users-cookie"}  # what a form posted from another site sends
-    for origin, refusal in [({"Origin": "http://evil.example"}, 404), ({}, 403)]:
-        # Jupyter hides the API from other origins; with no origin, no token and no XSRF header
-        # the request is refused before any handler runs.
+    for origin, refusals in [({"Origin": "http://evil.example"}, {403, 404}), ({}, {403})]:
+        # Jupyter hides the API from other origins (404; jupyter_server 2.4, the lowest tested,
+        # refuses them with 403); with no origin, no token and no XSRF header the request is
+        # refused before any handler runs.
         with pytest.raises(HTTPClientError) as refused:
             await AsyncHTTPClient().fetch(url, method=method, body=body, headers=forged | origin)
-        assert refused.value.code == refusal
+        assert refused.value.code in refusals
     assert sorted((p.name, p.read_bytes()) for p in repo.path.rglob("*") if p.is_file()) == before
 
 

@@ -127,7 +127,7 @@ class RunsModel {
 class RunsPanel extends Widget {
   private _list = el('ul', 'nbm-list');
   private _offline = el('div', 'nbm-offline', 'offline: the server does not answer; retrying');
-  private _problem = el('div', 'nbm-offline nbm-problem');
+  private _problem = el('div', 'nbm-problem');
   private _showAll = false;
 
   constructor(
