@@ -352,6 +352,15 @@ def test_a_forked_child_never_writes_its_parents_run(monitor: _monitor.Monitor, 
     assert on_disk(run).status == "running"
 
 
+def run_script(path: Path, text: str, *args: str) -> tuple[subprocess.CompletedProcess[str], Repo]:
+    """Write ``text`` to ``path``, run it as a script with a repo of its own, and return both."""
+    path.write_text(text)
+    repo = Repo(path.with_suffix(".repo"))
+    command = [sys.executable, str(path), *args]
+    done = subprocess.run(command, env=child_env(repo.path), capture_output=True, text=True, timeout=120)
+    return done, repo
+
+
 SCRIPT = """
 import nbmonitor, sys
 run = nbmonitor.Run(name="script", expect_next_in=60)
@@ -388,16 +397,7 @@ if how == "exit-message":
 def test_a_script_ends_its_runs_the_way_it_ends(
     tmp_path: Path, how: str, status: str, error: str | None, code: int | None
 ) -> None:
-    script = tmp_path / "train.py"
-    script.write_text(SCRIPT)
-    repo = Repo(tmp_path / "scripts")
-    done = subprocess.run(
-        [sys.executable, str(script), how],
-        env=child_env(repo.path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done, repo = run_script(tmp_path / "train.py", SCRIPT, how)
     if code is not None:
         assert done.returncode == code, done.stderr
     by_name = {r.name: r for r in repo.runs()}
@@ -431,10 +431,7 @@ with nbmonitor.watch(name="block", eta=60):
 def test_sys_exit_inside_watch_is_a_finish_or_a_failure_by_its_status(
     tmp_path: Path, code: str, status: str, error: str | None
 ) -> None:
-    script = tmp_path / "block.py"
-    script.write_text(BLOCK)
-    repo = Repo(tmp_path / "blocks")
-    subprocess.run([sys.executable, str(script), code], env=child_env(repo.path), timeout=60, check=False)
+    _, repo = run_script(tmp_path / "block.py", BLOCK, code)
     (run,) = repo.runs()
     assert run.status == status
     assert (run.error.summary() if run.error else None) == error
@@ -458,12 +455,7 @@ for target in (train, quiet):
 
 
 def test_a_track_loop_ended_by_an_exception_in_a_thread_is_failed(tmp_path: Path) -> None:
-    script = tmp_path / "threads.py"
-    script.write_text(THREADS)
-    repo = Repo(tmp_path / "threads")
-    done = subprocess.run(
-        [sys.executable, str(script)], env=child_env(repo.path), capture_output=True, text=True, timeout=60
-    )
+    done, repo = run_script(tmp_path / "threads.py", THREADS)
     assert done.returncode == 0
     assert "ValueError: bad batch" in done.stderr  # the thread's traceback shows as usual
     by_name = {r.name: r for r in repo.runs()}
@@ -515,16 +507,7 @@ if __name__ == "__main__":
 def test_multiprocessing_workers_end_their_runs_as_their_targets_did(tmp_path: Path, method: str) -> None:
     # fork and forkserver workers leave by os._exit(), skipping atexit: their runs were left
     # "running", and so reported crashed.
-    script = tmp_path / "workers.py"
-    script.write_text(WORKERS)
-    repo = Repo(tmp_path / f"workers-{method}")
-    done = subprocess.run(
-        [sys.executable, str(script), method],
-        env=child_env(repo.path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done, repo = run_script(tmp_path / "workers.py", WORKERS, method)
     assert done.returncode == 0, done.stderr
     by_name = {r.name: r for r in repo.runs()}
     assert by_name["left_open"].status == "finished"
