@@ -28,7 +28,15 @@ __all__ = [
     "watch",
 ]
 
-__version__ = "0.1.0"
+
+def __getattr__(name: str) -> Any:
+    # nbmonitor.__version__ is read from the installed metadata when first asked for: reading it
+    # costs more than the rest of ``import nbmonitor``.
+    if name == "__version__":
+        from ._version import version
+
+        return version()
+    raise AttributeError(f"module 'nbmonitor' has no attribute {name!r}")
 
 
 def configure(repo: Repo | str | None = None) -> Any:

@@ -12,9 +12,10 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
-from . import __version__, _format, _notifiers_cli, _process
+from . import _format, _notifiers_cli, _process
+from ._version import version
 from .errors import NbmonitorError
 from .repo import Repo, make_private
 from .rules import TERMINAL
@@ -54,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Watch every nbmonitor run of a repo and report stalls, crashes and failures.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action=_Version)
     parser.add_argument(
         "--repo",
         metavar="PATH",
@@ -87,6 +88,19 @@ def _parser() -> argparse.ArgumentParser:
     status.set_defaults(func=_status)
     _notifiers_cli.add_parser(commands)
     return parser
+
+
+class _Version(argparse.Action):
+    """``--version``, read only when asked for (the installed metadata is slow to read)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(
+            option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="show the version and exit"
+        )
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(f"{parser.prog} {version()}")
+        parser.exit()
 
 
 def _seconds(low: float, high: float) -> type[float]:

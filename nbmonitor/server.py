@@ -24,7 +24,8 @@ from jupyter_server.utils import url_path_join
 from traitlets import Unicode
 from traitlets.config import Configurable
 
-from . import __version__, rules
+from . import rules
+from ._version import version
 from .errors import CorruptRecordError, RepoError
 from .record import RunRecord, is_run_id
 from .repo import Repo
@@ -162,7 +163,7 @@ class _Handler(APIHandler):
 class RunsHandler(_Handler):
     @tornado.web.authenticated
     async def get(self) -> None:
-        self.finish(await self.in_thread(self.reader.runs) | {"version": __version__})
+        self.finish(await self.in_thread(self.reader.runs) | {"version": version()})
 
 
 class RunHandler(_Handler):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import nbmonitor
 from nbmonitor import cli
 from nbmonitor.repo import Repo
 from nbmonitor.watcher import watcher_info
@@ -236,4 +237,4 @@ def test_the_console_script_and_python_m_are_the_same_program(repo: Repo) -> Non
         pytest.skip("nbmonitor is not installed with its console script in this environment")
     by_script = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True)
     by_module = nbw(repo, "--version")
-    assert by_script.stdout == by_module.stdout == "nbmonitor-watcher 0.1.0\n"
+    assert by_script.stdout == by_module.stdout == f"nbmonitor-watcher {nbmonitor.__version__}\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -27,6 +28,12 @@ def test_import_nbmonitor_pulls_in_nothing_heavy() -> None:
     code = f"import sys, nbmonitor; print([m for m in {HEAVY!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_version_lives_in_package_json_alone() -> None:
+    package = json.loads((ROOT / "labextension" / "package.json").read_text())
+    assert nbmonitor.__version__ == package["version"]
+    assert "version =" not in (ROOT / "pyproject.toml").read_text().split("[project]")[1].split("[")[0]
 
 
 def test_every_public_name_is_exported_and_real() -> None:
