@@ -173,8 +173,8 @@ class NotifierStore:
 
     def __init__(self, repo: Repo) -> None:
         self.repo = repo
-        self.path = repo.path / "notifiers.json"
-        self.lock_path = repo.path / "notifiers.lock"
+        self.path = repo.notifiers_file
+        self.lock_path = repo.notifiers_lock
         self._cache: tuple[tuple[int, int, int], list[NotifierConfig]] | None = None
 
     def load(self) -> list[NotifierConfig]:
@@ -250,7 +250,7 @@ class NotifierStore:
 
     def drop_pending(self, notifier_id: str) -> None:
         """Forget deliveries still waiting for a notifier that was removed or disabled."""
-        shutil.rmtree(self.repo.path / "outbox" / _uuid(notifier_id), ignore_errors=True)
+        shutil.rmtree(self.repo.outbox(_uuid(notifier_id)), ignore_errors=True)
 
     @contextmanager
     def _editing(self) -> Iterator[list[NotifierConfig]]:

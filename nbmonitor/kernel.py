@@ -298,7 +298,7 @@ def _gone(pid: int, start: float | None, ticks: int | None) -> bool:
 
 def _queued(repo: Repo, event: Event) -> bool:
     """Some notifier's delivery of ``event`` is still waiting in the outbox."""
-    return any((repo.path / "outbox").glob(f"*/{event.run.id}.{event.key}.*.json"))
+    return bool(repo.pending_of(event.run.id, event.key))
 
 
 class Auto:

@@ -60,9 +60,8 @@ def claim_event(repo: Repo, event: Event, targets: Sequence[NotifierConfig]) -> 
     written: list[Path] = []
     try:
         for target in targets:
-            folder = _outbox(repo, target.id)
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            path = folder / f"{event.run.id}.{event.key}.{nonce}.json"
+            path = repo.pending_path(target.id, event.run.id, event.key, nonce)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             write_atomic(path, payload)
             written.append(path)
         won = repo.claim(event.run.id, event.key, payload)
@@ -89,7 +88,7 @@ def last_result(repo: Repo, notifier_id: str) -> dict[str, Any] | None:
     """The last delivery result of a notifier (``at``, ``ok``, ``answer``, ``pending``), if any;
     None also for a damaged file, which the next delivery replaces."""
     try:
-        data = json.loads((repo.path / "deliveries" / f"{notifier_id}.json").read_text(encoding="utf-8"))
+        data = json.loads(repo.delivery_path(notifier_id).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict):
@@ -278,7 +277,7 @@ class Postman:
         are enough, else one by one."""
         units: list[tuple[list[_Pending], _Digest | None]] = []
         taken = {p.path.name: p for p in batch}
-        for digest in _Digest.all(_outbox(self.repo, notifier_id)):
+        for digest in _Digest.all(self.repo, notifier_id):
             mine = [taken[name] for name in digest.files if name in taken]
             if len(mine) == len(digest.files):
                 units.append((mine, digest))
@@ -304,7 +303,7 @@ class Postman:
         if len(unit) > 1 and digest is None:
             # Before the first attempt: a resend after a crash mid-request carries the same key,
             # even when more events have queued since.
-            digest = _Digest.write(_outbox(self.repo, config.id), message.key, [p.path.name for p in unit])
+            digest = _Digest.write(self.repo, config.id, message.key, [p.path.name for p in unit])
         try:
             answer = config.notifier(self.timeout, self.repo).send(message)
         except TransientError as e:
@@ -358,14 +357,8 @@ class Postman:
         return Message(f"nbmonitor: {len(events)} events", text, tuple(events), key)
 
     def _take(self, notifier_id: str, now: float) -> list[_Pending]:
-        folder = _outbox(self.repo, notifier_id)
-        try:
-            names = sorted(n for n in os.listdir(folder) if n.endswith(".json") and not n.startswith("."))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
         batch: list[_Pending] = []
-        for name in names:
-            path = folder / name
+        for path in self.repo.pending(notifier_id):
             try:
                 pending = _Pending.take(path)
             except NewerFormatError as e:
@@ -376,7 +369,7 @@ class Postman:
             except ValueError as e:
                 log.warning("setting aside a bad pending delivery %s: %s", path, e)
                 with contextlib.suppress(OSError):
-                    os.replace(path, folder / f".bad-{name}")
+                    os.replace(path, self.repo.set_aside_path(path))
                 continue
             if pending is None:
                 continue
@@ -475,10 +468,6 @@ class Postman:
                     self._wake.wait(wait)
 
 
-def _outbox(repo: Repo, notifier_id: str) -> Path:
-    return repo.path / "outbox" / notifier_id
-
-
 @dataclass(frozen=True, slots=True)
 class _Digest:
     """A digest whose sending began: its key and the pending files it holds, recorded beside
@@ -490,19 +479,19 @@ class _Digest:
     files: tuple[str, ...]
 
     @classmethod
-    def write(cls, folder: Path, key: str, files: list[str]) -> _Digest | None:
-        path = folder / f".digest-{key}.json"
+    def write(cls, repo: Repo, notifier_id: str, key: str, files: list[str]) -> _Digest | None:
+        path = repo.digest_path(notifier_id, key)
         try:
             write_atomic(path, {"format": 1, "key": key, "files": files})
         except OSError as e:  # the repo cannot be written: it is sent all the same
-            log.warning("cannot record digest %s in %s: %s", key, folder, e)
+            log.warning("cannot record digest %s in %s: %s", key, path.parent, e)
             return None
         return cls(path, key, tuple(files))
 
     @classmethod
-    def all(cls, folder: Path) -> list[_Digest]:
+    def all(cls, repo: Repo, notifier_id: str) -> list[_Digest]:
         found = []
-        for path in sorted(folder.glob(".digest-*.json")):
+        for path in repo.digest_paths(notifier_id):
             try:
                 data = json.loads(path.read_bytes())
                 key, files = data["key"], data["files"]
@@ -530,9 +519,9 @@ def _record(repo: Repo, result: Result, now: float, pending: int | None) -> None
     if pending is not None:
         data["pending"] = pending
     try:
-        folder = repo.path / "deliveries"
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_atomic(folder / f"{result.notifier_id}.json", data)
+        path = repo.delivery_path(result.notifier_id)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomic(path, data)
     except OSError as e:
         log.warning("cannot record the delivery result of notifier %s: %s", result.notifier_id[:8], e)
 

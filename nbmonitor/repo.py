@@ -4,8 +4,9 @@ Layout (docs/repo-format.md is the full contract)::
 
     runs/<run id>.json          one file per run, written only by its owner
     events/<run id>/<key>.json  one claim per event, created exclusively
-    notifiers.json              the notifiers (nbmonitor.config)
-    outbox/, deliveries/        pending deliveries and results (nbmonitor.outbox)
+    notifiers.json, .lock       the notifiers (nbmonitor.config)
+    outbox/<notifier id>/       pending deliveries, digest records (nbmonitor.outbox)
+    deliveries/<notifier>.json  each notifier's last result
     watcher.json                the running watcher: pid, host, start time
     watcher.lock / watcher.log  single-watcher lock, detached watcher's log
     notify.log                  lines of the logger notifier
@@ -20,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -84,8 +86,13 @@ class Repo:
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path).expanduser() if path is not None else default_path()
         self.path = self.path.absolute()
+        # Every path of the layout (docs/repo-format.md) is built here and nowhere else.
         self.runs_dir = self.path / "runs"
         self.events_dir = self.path / "events"
+        self.outbox_dir = self.path / "outbox"
+        self.deliveries_dir = self.path / "deliveries"
+        self.notifiers_file = self.path / "notifiers.json"
+        self.notifiers_lock = self.path / "notifiers.lock"
         self.watcher_file = self.path / "watcher.json"
         self.lock_file = self.path / "watcher.lock"
         self.log_file = self.path / "watcher.log"
@@ -151,6 +158,52 @@ class Repo:
         """Every valid run in the repo, newest first; bad files are skipped with a warning."""
         return sorted(Scanner(self).scan(), key=lambda r: r.started_at, reverse=True)
 
+    def claim_path(self, run_id: str, key: str) -> Path:
+        """The claim file of one event of a run; ids and keys are checked, so none points elsewhere."""
+        _event(run_id, key)
+        return self.events_dir / run_id / f"{key}.json"
+
+    def outbox(self, notifier_id: str) -> Path:
+        """The folder of the deliveries waiting for one notifier."""
+        return self.outbox_dir / _notifier_id(notifier_id)
+
+    def pending_path(self, notifier_id: str, run_id: str, key: str, nonce: str) -> Path:
+        """A delivery of one event to one notifier: ``outbox/<notifier>/<run>.<key>.<nonce>.json``."""
+        if not _NONCE.fullmatch(nonce):
+            raise ValueError(f"not a nonce: {nonce[:40]!r}")
+        return self.outbox(notifier_id) / f"{_event(run_id, key)}.{nonce}.json"
+
+    def pending_of(self, run_id: str, key: str) -> list[Path]:
+        """The deliveries of one event still waiting, for any notifier."""
+        return sorted(self.outbox_dir.glob(f"*/{_event(run_id, key)}.*.json"))
+
+    def pending(self, notifier_id: str) -> list[Path]:
+        """The deliveries waiting for one notifier, by name."""
+        folder = self.outbox(notifier_id)
+        try:
+            names = sorted(n for n in os.listdir(folder) if n.endswith(".json") and not n.startswith("."))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return [folder / name for name in names]
+
+    @staticmethod
+    def set_aside_path(pending: Path) -> Path:
+        """Where a damaged pending delivery is put aside: ``.bad-<name>``, beside it, never sent."""
+        return pending.with_name(f".bad-{pending.name}")
+
+    def digest_path(self, notifier_id: str, key: str) -> Path:
+        """The record of a digest whose sending began (its key and pending files)."""
+        if not _DIGEST.fullmatch(key):
+            raise ValueError(f"not a digest key: {key[:40]!r}")
+        return self.outbox(notifier_id) / f".digest-{key}.json"
+
+    def digest_paths(self, notifier_id: str) -> list[Path]:
+        return sorted(self.outbox(notifier_id).glob(".digest-*.json"))
+
+    def delivery_path(self, notifier_id: str) -> Path:
+        """A notifier's last delivery result."""
+        return self.deliveries_dir / f"{_notifier_id(notifier_id)}.json"
+
     def claims(self, run_id: str) -> set[str]:
         """Keys of the events already claimed for a run."""
         try:
@@ -166,13 +219,11 @@ class Repo:
         fails if the name exists, so exactly one claimer wins and every claim
         file is complete (an O_EXCL create that also works on NFS).
         """
-        if not is_run_id(run_id) or not is_event_key(key):
-            raise ValueError(f"bad claim: run {run_id[:40]!r}, key {key[:40]!r}")
-        folder = self.events_dir / run_id
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = _write_temp(folder, payload)
+        path = self.claim_path(run_id, key)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = _write_temp(path.parent, payload)
         try:
-            os.link(tmp, folder / f"{key}.json")
+            os.link(tmp, path)
         except FileExistsError:
             return False
         finally:
@@ -181,10 +232,29 @@ class Repo:
 
     def read_claim(self, run_id: str, key: str) -> dict[str, Any]:
         """The payload of a claimed event."""
-        data = json.loads((self.events_dir / run_id / f"{key}.json").read_text(encoding="utf-8"))
+        path = self.claim_path(run_id, key)
+        data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
-            raise CorruptRecordError(str(self.events_dir / run_id / key), "not a JSON object")
+            raise CorruptRecordError(str(path), "not a JSON object")
         return data
+
+
+_NOTIFIER_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_NONCE = re.compile(r"[0-9a-f]{32}")
+_DIGEST = re.compile(r"digest-[0-9a-f]{32}")
+
+
+def _event(run_id: str, key: str) -> str:
+    """``<run id>.<key>``, checked: nothing from a file names a path elsewhere."""
+    if not is_run_id(run_id) or not is_event_key(key):
+        raise ValueError(f"bad claim: run {run_id[:40]!r}, key {str(key)[:40]!r}")
+    return f"{run_id}.{key}"
+
+
+def _notifier_id(notifier_id: str) -> str:
+    if not _NOTIFIER_ID.fullmatch(notifier_id):
+        raise ValueError(f"not a notifier id: {notifier_id[:40]!r}")
+    return notifier_id
 
 
 @dataclass(slots=True)

@@ -155,7 +155,7 @@ def test_an_unknown_id_exits_non_zero_with_a_message(repo: Repo, command: str) -
 
 def test_a_corrupt_notifier_file_is_named(repo: Repo) -> None:
     repo.ensure()
-    (repo.path / "notifiers.json").write_text("{")
+    repo.notifiers_file.write_text("{")
     done = nbw(repo, "notifiers", "list")
     assert done.returncode == 1
     assert f"{repo.path / 'notifiers.json'}: not valid JSON" in done.stderr

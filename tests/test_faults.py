@@ -176,7 +176,7 @@ def test_a_restarted_kernel_sends_the_crash_itself_when_no_watcher_runs(repo: Re
         ("crashed", "cut-off"),
     ]
     assert {r.status for r in repo.runs()} == {"running"}  # cut off: never ended, by anyone
-    assert not list((repo.path / "outbox").rglob("*.json"))
+    assert not list(repo.outbox_dir.rglob("*.json"))
 
 
 def test_a_kernel_shut_down_between_cells_ends_its_open_runs_as_finished(repo: Repo) -> None:
@@ -245,7 +245,7 @@ def test_200_runs_in_20_processes_with_a_watcher_and_a_kernel_each_event_arrives
 
         wait_until(lambda: count() >= 201, 60, "201 finished notifications")
         # Nothing left to send anywhere: any duplicate would have arrived by now.
-        wait_until(lambda: not list((repo.path / "outbox").rglob("*.json")), 30, "an empty outbox")
+        wait_until(lambda: not list(repo.outbox_dir.rglob("*.json")), 30, "an empty outbox")
         count()
     finally:
         kernel.stop()
@@ -325,7 +325,7 @@ def test_an_endpoint_down_for_two_minutes_gets_every_notification_once_when_it_i
     assert [at for at, _, _ in arrived[steady]] == happened  # the other notifier was not held up
     failed = len(flaky.requests) - len(flaky.answered(200))
     assert 1 <= failed <= 2  # a minute of 503s at most 60 s apart: it backed off, not hammered
-    assert not list((repo.path / "outbox").rglob("*.json"))
+    assert not list(repo.outbox_dir.rglob("*.json"))
 
 
 # -- the repo made unusable under running work -------------------------------------------------

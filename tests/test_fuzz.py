@@ -225,7 +225,7 @@ def _a_claimed_delivery(repo: Repo) -> Path:
     config = NotifierStore(repo).add(NotifierConfig.create("webhook", {"url": "http://127.0.0.1:9/h"}))
     event = Event("crashed", "end", sample(id="c" * 32), 2000.0, 1.0, None, "fuzz")
     assert claim_event(repo, event, [config])
-    (pending,) = (repo.path / "outbox").rglob("*.json")
+    (pending,) = repo.outbox_dir.rglob("*.json")
     return pending
 
 
@@ -245,7 +245,7 @@ def test_any_bytes_in_a_claim_file_never_break_a_watcher_or_lose_the_delivery(
     Watcher(repo, alive=lambda pid, start, ticks: False).poll()  # a claim exists: nothing to report
     (result,) = Postman(repo, timeout=0.2).deliver(now=2001.0)
     assert "cannot reach" in result.answer  # tried, not dropped: nothing lost
-    assert list((repo.path / "outbox").rglob("*.json"))
+    assert list(repo.outbox_dir.rglob("*.json"))
 
 
 def _payload_with(field: str, value: Any) -> bytes:

@@ -54,7 +54,7 @@ def test_each_event_reaches_each_notifier_once(repo: Repo, http: HttpRecorder, p
     postman.deliver()
     postman.deliver()
     assert sorted(r.path for r in http.requests) == ["/a", "/b"]
-    assert not list((repo.path / "outbox").rglob("*.json"))
+    assert not list(repo.outbox_dir.rglob("*.json"))
 
 
 def test_a_notifier_only_gets_the_events_it_wants(repo: Repo, http: HttpRecorder, postman: Postman) -> None:
@@ -195,7 +195,7 @@ def test_transient_failures_give_up_after_a_bounded_time(
     attempts = len(http.requests)
     assert 2 <= attempts <= 5
     assert "gave up after 120 s" in last_result(repo, config.id)["answer"]  # type: ignore[index]
-    assert not list((repo.path / "outbox").rglob("*.json"))
+    assert not list(repo.outbox_dir.rglob("*.json"))
 
 
 def test_a_wall_clock_jump_neither_freezes_nor_expires_deliveries(
@@ -250,7 +250,7 @@ def test_a_digest_resent_after_a_lost_answer_keeps_its_key_and_its_events(
     assert again.body == first.body
     assert sorted(e["run"]["name"] for e in again.json()["events"]) == [f"run-{n}" for n in range(4)]
     assert sorted(r.json()["run"]["name"] for r in rest) == ["run-4", "run-5"]  # then the rest, on its own
-    assert not list((repo.path / "outbox").rglob("*.json"))  # the digest's record is gone too
+    assert not list(repo.outbox_dir.rglob("*.json"))  # the digest's record is gone too
 
 
 def test_a_few_events_are_sent_one_by_one(repo: Repo, http: HttpRecorder, postman: Postman) -> None:
