@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-__all__ = ["duration", "one_line", "steps", "table"]
+__all__ = ["clip", "duration", "one_line", "steps", "table"]
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -41,6 +41,11 @@ def _escape(match: re.Match[str]) -> str:
     char = match.group()
     code = ord(char)
     return _ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def clip(text: str, width: int) -> str:
+    """``text`` cut to at most ``width`` characters, the last one "…" when it was cut."""
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def steps(step: int, total: int | None) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import signal
 import subprocess
@@ -15,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from . import _format, _notifiers_cli, _process
+from ._values import seconds_arg
 from ._version import version
 from .errors import NbmonitorError
 from .repo import Repo, make_private
@@ -67,14 +67,14 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--detach", action="store_true", help="run in the background, log to watcher.log")
     start.add_argument(
         "--interval",
-        type=_seconds(0.05, 3600),
+        type=seconds_arg("interval", within=(0.05, 3600)),
         default=1.0,
         metavar="SECONDS",
         help="seconds between polls (default: 1)",
     )
     start.add_argument(
         "--grace",
-        type=_seconds(0, 86400),
+        type=seconds_arg("grace", within=(0, 86400)),
         metavar="SECONDS",
         help="grace after a missed ETA for runs that set none (default: 10%% of the ETA, 2 s to 60 s)",
     )
@@ -101,21 +101,6 @@ class _Version(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
         print(f"{parser.prog} {version()}")
         parser.exit()
-
-
-def _seconds(low: float, high: float) -> type[float]:
-    """An argparse type: a finite number of seconds within [low, high]."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-        if not math.isfinite(value) or not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g} seconds, got {text}")
-        return value
-
-    return parse  # type: ignore[return-value]  # argparse only calls it
 
 
 def _start(repo: Repo, args: argparse.Namespace) -> int:
@@ -210,8 +195,8 @@ def _status(repo: Repo, args: argparse.Namespace) -> int:
         since = "-" if o.state in TERMINAL else _format.duration(o.since_progress)
         rows.append(
             (
-                _cut(o.run.name, 32),
-                _cut(o.run.origin.describe(), 40),
+                _format.clip(_format.one_line(o.run.name), 32),
+                _format.clip(_format.one_line(o.run.origin.describe()), 40),
                 o.state.value,
                 _format.steps(o.run.step, o.run.total),
                 since,
@@ -242,11 +227,6 @@ def _log_to(stream: TextIO) -> None:
     reconfigure = getattr(stream, "reconfigure", None)
     if reconfigure is not None:
         reconfigure(line_buffering=True)
-
-
-def _cut(text: str, width: int) -> str:
-    text = _format.one_line(text)
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _tail(path: os.PathLike[str], lines: int = 10) -> str:

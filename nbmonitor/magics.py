@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import math
 import shlex
 import threading
 import time
@@ -18,9 +17,11 @@ from typing import Any, NoReturn
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import ExecutionInfo, ExecutionResult, InteractiveShell
 from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, kwds, magic_arguments
 
 from . import _format
 from ._tqdm import TqdmProbe, attribute_bars, restore_bars
+from ._values import count_arg, seconds_arg
 from .kernel import Auto, KernelAgent
 from .run import Run, cell_number, current_run
 
@@ -28,93 +29,80 @@ __all__ = ["WatchMagics", "load", "unload"]
 
 _agents: weakref.WeakKeyDictionary[InteractiveShell, KernelAgent] = weakref.WeakKeyDictionary()
 
+_ETA = "most seconds between two progress reports (none: it cannot stall)"
+_GRACE = "grace after a missed ETA (default: 10%% of it, 2 s to 60 s)"
+
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument as a one-line UsageError instead of exiting."""
+    """argparse that reports a bad argument as a one-line UsageError naming the magic."""
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _seconds(name: str, zero_ok: bool) -> Any:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
-            bound = ">= 0" if zero_ok else "> 0"
-            raise argparse.ArgumentTypeError(f"must be a finite number of seconds {bound}, got {text}")
-        return value
-
-    parse.__name__ = name
-    return parse
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-CELL = _Parser(prog="%%watch", add_help=False)
-CELL.add_argument("--eta", type=_seconds("eta", False), help="most seconds between progress reports")
-CELL.add_argument("--name", help="the run's name (default: notebook and cell number)")
-CELL.add_argument("--total", type=_count, help="steps at completion, for the progress bar")
-CELL.add_argument("--grace", type=_seconds("grace", True), help="grace after a missed ETA")
-CELL.add_argument("--no-usage", action="store_true", help="do not sample CPU, memory and GPU")
-CELL.add_argument("--quiet", action="store_true", help="monitor without showing anything")
-
+# %watch auto|off|status: subcommands, which IPython's magic_arguments decorators cannot make.
 LINE = _Parser(prog="%watch", add_help=False)
 _commands = LINE.add_subparsers(dest="command", required=True, metavar="auto|off|status")
-_auto = _commands.add_parser("auto", add_help=False, prog="%watch auto")
-_auto.add_argument("--after", type=_seconds("after", True), default=60.0, help="seconds (default 60)")
-_commands.add_parser("off", add_help=False, prog="%watch off")
-_commands.add_parser("status", add_help=False, prog="%watch status")
+_auto = _commands.add_parser(
+    "auto",
+    prog="%watch auto",
+    add_help=False,
+    description="every cell running longer than this becomes a run",
+)
+_auto.add_argument(
+    "--after",
+    type=seconds_arg("after", zero_ok=True),
+    default=60.0,
+    metavar="SECONDS",
+    help="seconds (default 60)",
+)
+_commands.add_parser("off", prog="%watch off", add_help=False, description="stop that")
+_commands.add_parser(
+    "status",
+    prog="%watch status",
+    add_help=False,
+    description="this kernel's runs, the watcher, recent events",
+)
+
+
+def _line_help() -> str:
+    """The line magic's commands, from their parsers: for ``%watch?`` and the end of ``%%watch?``."""
+    lines = ["Line magic:", ""]
+    for sub in (_auto, *(p for name, p in _commands.choices.items() if name != "auto")):
+        usage = " ".join(sub.format_usage().split()).removeprefix("usage: ")
+        lines.append(f"  {usage:32}  {sub.description}")
+    return "\n".join(lines)
 
 
 @magics_class
 class WatchMagics(Magics):
-    """The ``watch`` magics; their docstring is what ``%%watch?`` shows."""
+    """``%%watch`` and ``%watch``; ``%%watch?`` is generated from their arguments."""
 
     def __init__(self, shell: InteractiveShell, agent: KernelAgent) -> None:
         super().__init__(shell)
         self.agent = agent
 
+    @magic_arguments("%watch")  # IPython puts one more % before it: %%watch
+    @kwds(epilog=_line_help())
+    @argument("--eta", type=seconds_arg("eta"), metavar="SECONDS", help=_ETA)
+    @argument("--name", metavar="NAME", help="the run's name (default: notebook and cell number)")
+    @argument("--total", type=count_arg, metavar="N", help="steps at completion, for the progress bar")
+    @argument("--grace", type=seconds_arg("grace", zero_ok=True), metavar="SECONDS", help=_GRACE)
+    @argument("--no-usage", action="store_true", help="do not sample CPU, memory and GPU")
+    @argument("--quiet", action="store_true", help="monitor, but show nothing")
     @line_cell_magic
     def watch(self, line: str, cell: str | None = None) -> Any:
         """Monitor a cell, or every long cell, with nbmonitor.
-
-        Cell magic::
-
-            %%watch [--eta SECONDS] [--name NAME] [--total N] [--grace SECONDS] [--no-usage] [--quiet]
 
         The cell becomes a monitored run with a live display: progress, rate,
         elapsed time, time since the last progress against the promised ETA,
         CPU, memory and GPU use. If no progress comes within ETA + grace the
         run is "stalled" and the configured notifiers hear of it. Inside the
-        cell, ``nbmonitor.report_progress()``, ``nbmonitor.track(...)`` and
-        tqdm bars count as progress. An exception fails the run (the
-        traceback shows as usual), Ctrl-C / interrupt marks it interrupted, and a kernel
-        restarted or shut down while the cell runs marks it crashed.
-
-          --eta SECONDS    most seconds between two progress reports (none: it cannot stall)
-          --name NAME      the run's name (default: notebook and cell number)
-          --total N        steps at completion, for the progress bar
-          --grace SECONDS  grace after a missed ETA (default: 10% of it, 2 s to 60 s)
-          --no-usage       do not sample CPU, memory and GPU
-          --quiet          monitor, but show nothing
-
-        Line magic::
-
-            %watch auto [--after SECONDS]   every cell running longer than this becomes a run
-                                            (notifies on failure, and on finish if asked)
-            %watch off                      stop that
-            %watch status                   this kernel's runs, the watcher, recent events
+        cell, nbmonitor.report_progress(), nbmonitor.track(...) and tqdm bars
+        count as progress. An exception fails the run (the traceback shows as
+        usual), an interrupt marks it interrupted, and a kernel restarted or
+        shut down while the cell runs marks it crashed. Arguments are quoted
+        as in a shell: --name "train resnet50".
         """
         __tracebackhide__ = True
         if cell is None:
@@ -123,7 +111,7 @@ class WatchMagics(Magics):
 
     def _cell(self, line: str, cell: str) -> Any:
         __tracebackhide__ = True
-        args = CELL.parse_args(_words(CELL, line))
+        args = parse_cell(line)
         if self.agent.auto is not None:
             self.agent.auto.cell_started(None)  # this cell has its own run
         run = Run(
@@ -251,12 +239,22 @@ def unload(shell: InteractiveShell) -> None:
     magics["cell"].pop("watch", None)
 
 
-def _words(parser: _Parser, line: str) -> list[str]:
+def _words(parser: argparse.ArgumentParser, line: str) -> list[str]:
     """The magic's arguments, quoted as in a shell: ``--name "train resnet50"``."""
     try:
         return shlex.split(line)
     except ValueError as e:  # an unclosed quote
         raise UsageError(f"{parser.prog}: {e}: {line.strip()[:80]}") from None
+
+
+def parse_cell(line: str) -> argparse.Namespace:
+    """The arguments of a ``%%watch`` line, quoted as in a shell; a bad one is a one-line
+    UsageError naming ``%%watch``."""
+    parser: argparse.ArgumentParser = WatchMagics.watch.parser  # built by @magic_arguments
+    try:
+        return parser.parse_args(_words(parser, line))
+    except UsageError as e:
+        raise UsageError(f"%%watch: {str(e).removeprefix('%watch: ')}") from None
 
 
 def _has_ipywidgets() -> bool:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 
-from ._format import one_line
+from ._format import clip, one_line
 from .errors import NbmonitorError
 from .events import Event
 from .repo import Repo
@@ -482,8 +482,8 @@ def _slack_text(text: str) -> str:
 
 
 def _short(body: bytes) -> str:
-    text = " ".join(body.decode("utf-8", "replace").split())
-    return text if len(text) <= _ANSWER_MAX else text[: _ANSWER_MAX - 1] + "…"
+    """An endpoint's answer, as one short line."""
+    return clip(" ".join(body.decode("utf-8", "replace").split()), _ANSWER_MAX)
 
 
 def _retry_after(value: str | None) -> float | None:

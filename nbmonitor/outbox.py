@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._once import Once, Trouble
 from .config import NotifierConfig, NotifierStore
 from .errors import CorruptRecordError, NewerFormatError
 from .events import Event
@@ -199,10 +200,9 @@ class Postman:
         self.max_backoff = max_backoff
         self.orphan_after = orphan_after
         self._configs: list[NotifierConfig] = []
-        self._config_error: str | None = None
+        self._config_trouble = Trouble(log)
         self._backoff: dict[str, _Backoff] = {}
-        self._unreadable_claims: set[Path] = set()
-        self._newer: set[Path] = set()
+        self._once = Once(log)
         # Pending files by when (our clock) this postman first failed to send them, and first
         # found them unclaimed: their ages, measured here since another host's clock is not ours.
         self._failing_since: dict[Path, float] = {}
@@ -220,12 +220,11 @@ class Postman:
         try:
             fresh = self.store.load_if_changed()
         except (CorruptRecordError, OSError) as e:
-            if str(e) != self._config_error:
-                log.warning("keeping the previous notifiers: %s", e)
-                self._config_error = str(e)
+            self._config_trouble.happened(str(e), "keeping the previous notifiers: %s", e)
             return self._configs
         if fresh is not None:
-            self._configs, self._config_error = fresh, None
+            self._configs = fresh
+            self._config_trouble.over()
             if self._running:
                 self._start_couriers()
         return self._configs
@@ -361,10 +360,10 @@ class Postman:
         for path in self.repo.pending(notifier_id):
             try:
                 pending = _Pending.take(path)
-            except NewerFormatError as e:
-                if path not in self._newer:  # left for a newer nbmonitor on this repo to send
-                    self._newer.add(path)
-                    log.warning("leaving pending delivery %s to a newer nbmonitor: %s", path, e)
+            except NewerFormatError as e:  # left for a newer nbmonitor on this repo to send
+                self._once.say(
+                    ("newer", path), "leaving pending delivery %s to a newer nbmonitor: %s", path, e
+                )
                 continue
             except ValueError as e:
                 log.warning("setting aside a bad pending delivery %s: %s", path, e)
@@ -393,14 +392,13 @@ class Postman:
         if claim == "":
             # Claims are written whole, so this one was damaged by hand or by the disk: better
             # a notification twice than none.
-            if pending.path not in self._unreadable_claims:
-                self._unreadable_claims.add(pending.path)
-                log.warning(
-                    "the claim of event %s of run %s is unreadable; sending %s anyway",
-                    event.key,
-                    event.run.id[:8],
-                    pending.path.name,
-                )
+            self._once.say(
+                ("unreadable claim", pending.path),
+                "the claim of event %s of run %s is unreadable; sending %s anyway",
+                event.key,
+                event.run.id[:8],
+                pending.path.name,
+            )
             return True
         if claim != pending.nonce:
             pending.done()  # the claimer lost the race for this event

@@ -11,6 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from . import _format
 from .errors import NewerFormatError
 
 __all__ = ["FORMAT", "STATUSES", "ErrorInfo", "Origin", "RunRecord", "RunUsage", "is_run_id"]
@@ -183,7 +184,7 @@ class RunRecord:
 
 def clip(text: str) -> str:
     """Bound user text stored in a record, so one huge message cannot bloat every read."""
-    return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 1] + "…"
+    return _format.clip(text, _MAX_TEXT)
 
 
 def _basename(path: str) -> str:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._once import Once
 from .errors import CorruptRecordError, RepoError
 from .record import RunRecord, is_run_id
 from .rules import is_event_key
@@ -62,7 +63,7 @@ def owned(st: os.stat_result) -> bool:
     return getuid is None or st.st_uid == getuid()
 
 
-_made_private: set[Path] = set()
+_made_private = Once(log)
 
 
 def make_private(path: Path, st: os.stat_result, mode: int) -> None:
@@ -70,14 +71,8 @@ def make_private(path: Path, st: os.stat_result, mode: int) -> None:
     if not st.st_mode & 0o077:
         return
     os.chmod(path, mode)
-    if path not in _made_private:
-        _made_private.add(path)
-        log.warning(
-            "nbmonitor: %s was open to other users (mode %o); made it private (%o)",
-            path,
-            st.st_mode & 0o777,
-            mode,
-        )
+    message = "nbmonitor: %s was open to other users (mode %o); made it private (%o)"
+    _made_private.say(path, message, path, st.st_mode & 0o777, mode)
 
 
 class Repo:

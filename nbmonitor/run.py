@@ -22,7 +22,8 @@ from itertools import chain
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
-from . import _monitor, _process
+from . import _monitor, _process, _values
+from ._once import Trouble
 from .errors import RepoError
 from .record import ErrorInfo, Origin, RunRecord, RunUsage, clip
 from .repo import Repo
@@ -31,7 +32,6 @@ __all__ = ["Run", "cell_number", "current_run", "report_progress", "track", "wat
 
 T = TypeVar("T")
 
-_index = operator.index
 _second = operator.itemgetter(1)
 
 #: The runs of this thread's (or asyncio task's) open ``with`` blocks (watch(), %%watch cells),
@@ -90,7 +90,7 @@ class Run:
         "_total",
         "_track",
         "_usage",
-        "_write_error",
+        "_write_trouble",
         "_written",
         "_written_mono",
         "_written_seen",
@@ -140,7 +140,7 @@ class Run:
         self._abandoned = False
         self._abandoned_at: float | None = None
         self._cut_off = False
-        self._write_error: str | None = None
+        self._write_trouble = Trouble(_monitor.log)  # the file cannot be written: said once per cause
         self._written: tuple[Any, ...] | None = None
         self._written_seen, self._written_mono = -1, self._last_mono
         self._last_write = -math.inf
@@ -292,9 +292,7 @@ class Run:
             except (OSError, RepoError) as e:
                 self._write_failed(e)
                 return False
-            if self._write_error is not None:
-                self._write_error = None
-                _monitor.log.warning("nbmonitor: run %r is written to %s again", self._name, self._repo.path)
+            self._write_trouble.over("nbmonitor: run %r is written to %s again", self._name, self._repo.path)
             self._written, self._written_seen, self._written_mono = state, self._seen, self._last_mono
             return final
 
@@ -309,17 +307,16 @@ class Run:
         return now_mono - self._written_mono >= eta - self._monitor.TICK
 
     def _write_failed(self, error: OSError | RepoError) -> None:
-        # Said once per cause: the work goes on and the file is retried every second.
+        # The work goes on and the file is retried every second.
         cause = (error.strerror if isinstance(error, OSError) else None) or str(error)
-        if cause != self._write_error:
-            self._write_error = cause
-            _monitor.log.warning(
-                "nbmonitor: cannot write the file of run %r in %s (%s); the run goes on, "
-                "and its file is retried every second",
-                self._name,
-                self._repo.path,
-                cause,
-            )
+        self._write_trouble.happened(
+            cause,
+            "nbmonitor: cannot write the file of run %r in %s (%s); the run goes on, "
+            "and its file is retried every second",
+            self._name,
+            self._repo.path,
+            cause,
+        )
 
     def _record(self, now_wall: float, progress: int, step: int) -> RunRecord:
         return RunRecord(
@@ -572,27 +569,11 @@ def _own_start() -> tuple[float | None, int | None]:
 
 
 def _duration(what: str, value: object, zero_ok: bool) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{what} must be a number of seconds, got {value!r}")
-    seconds = float(value)
-    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero_ok):
-        bound = ">= 0" if zero_ok else "> 0"
-        raise ValueError(f"{what} must be a finite number of seconds {bound}, got {value!r}")
-    return seconds
+    return None if value is None else _values.seconds(what, value, zero_ok=zero_ok)
 
 
-def _count(what: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    try:
-        count = _index(value)
-    except TypeError:
-        raise TypeError(f"{what} must be a whole number, got {value!r}") from None
-    if count < 0:
-        raise ValueError(f"{what} must be >= 0, got {count}")
-    return count
+def _count(what: str, value: object) -> int | None:
+    return None if value is None else _values.count(what, value)
 
 
 def _error_info(exc: BaseException) -> ErrorInfo:

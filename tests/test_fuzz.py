@@ -45,11 +45,11 @@ WORDS = st.lists(st.one_of(FLAGS, NUMBERS), max_size=6)
 def test_watch_arguments_parse_to_valid_values_or_a_one_line_usage_error(words: list[str]) -> None:
     from IPython.core.error import UsageError
 
-    from nbmonitor.magics import CELL
+    from nbmonitor.magics import parse_cell
 
     line = " ".join(words)
     try:
-        args = CELL.parse_args(line.split())  # as the magic splits its line
+        args = parse_cell(line)  # as the magic parses its line
     except UsageError as e:
         assert str(e).startswith("%%watch: ")
         assert "\n" not in str(e)
