@@ -16,7 +16,8 @@ from typing import Any
 from . import _format
 from .config import DEFAULT_EVENTS, NotifierConfig, NotifierStore
 from .errors import NbmonitorError
-from .notifiers import TYPES, ConfigError, Field
+from .fields import ConfigError, Field
+from .notifiers import TYPES
 from .outbox import last_result, send_test
 from .repo import Repo
 from .rules import EVENTS

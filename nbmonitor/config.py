@@ -18,7 +18,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import CorruptRecordError, NbmonitorError
-from .notifiers import DEFAULT_TIMEOUT, TYPES, ConfigError, Notifier
+from .fields import ConfigError
+from .notifiers import DEFAULT_TIMEOUT, TYPES, Notifier
 from .repo import Repo, make_private, owned, write_atomic
 from .rules import EVENTS
 

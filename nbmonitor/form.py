@@ -22,7 +22,8 @@ from . import templates
 from .config import DEFAULT_EVENTS, NotifierConfig, NotifierStore
 from .errors import CorruptRecordError
 from .events import Event
-from .notifiers import TYPES, ConfigError, Field
+from .fields import ConfigError, Field
+from .notifiers import TYPES
 from .outbox import last_result, send_test
 from .repo import Repo
 from .rules import EVENTS

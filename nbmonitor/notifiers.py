@@ -13,13 +13,13 @@ import base64
 import hashlib
 import json
 import logging
+import math
 import os
-import re
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
@@ -27,22 +27,11 @@ from typing import Any, ClassVar
 from ._format import clip, one_line
 from .errors import NbmonitorError
 from .events import Event
+from .fields import Field, mask, mask_url, same_origin, show_url, split_credentials
 from .repo import Repo
 from .templates import fields as template_fields
 
-__all__ = [
-    "TYPES",
-    "ConfigError",
-    "Field",
-    "Message",
-    "Notifier",
-    "NotifierError",
-    "TransientError",
-    "mask",
-    "mask_url",
-    "show_url",
-    "split_credentials",
-]
+__all__ = ["TYPES", "Message", "Notifier", "NotifierError", "TransientError"]
 
 log = logging.getLogger("nbmonitor.notify")
 
@@ -60,14 +49,6 @@ class TransientError(NotifierError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-
-
-class ConfigError(NbmonitorError, ValueError):
-    """A notifier setting is invalid; ``field`` names it, the message shows the value masked."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,236 +78,6 @@ class Message:
         if len(keys) == 1:
             return keys[0]
         return "digest-" + hashlib.sha256("\n".join(keys).encode()).hexdigest()[:32]
-
-
-# -- fields: what each notifier is configured with ----------------------------
-
-_EMAIL = re.compile(r"[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+")
-_TOPIC = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_CHAT = re.compile(r"-?\d+|@[A-Za-z][A-Za-z0-9_]{3,}")
-_HEADER = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
-
-
-@dataclass(frozen=True, slots=True)
-class Field:
-    """One setting of a notifier type.
-
-    ``kind`` decides parsing, validation and masking: url, secret_url,
-    secret, text, digits, chat, topic, port, choice, email, emails,
-    headers, urls.
-    """
-
-    name: str
-    label: str
-    kind: str
-    required: bool = True
-    default: Any = None
-    choices: tuple[str, ...] = ()
-    help: str = ""
-
-    @property
-    def secret(self) -> bool:
-        """Masked everywhere it is shown: in listings, forms, logs and errors."""
-        return self.kind in ("secret", "secret_url", "headers", "urls")
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-    def parse(self, value: Any) -> Any:
-        """The value, checked and normalised; ConfigError names the field and shows it masked."""
-        if value is None or value == "" or value == [] or value == {}:
-            if self.required:
-                raise ConfigError(self.name, f"{self.label} is required")
-            return self.default
-        check = _CHECKS[self.kind]
-        return check(self, value)
-
-    def show(self, value: Any) -> str:
-        """The value as it may be shown to anyone: secrets masked."""
-        if value is None:
-            return ""
-        if self.kind == "secret":
-            return mask(str(value))
-        if self.kind == "secret_url":
-            return mask_url(str(value))
-        if self.kind == "url":
-            return show_url(str(value))
-        if self.kind == "headers":
-            return ", ".join(f"{k}: {mask(str(v))}" for k, v in dict(value).items())
-        if self.kind == "urls":
-            return ", ".join(mask_url(str(u)) for u in value)
-        if self.kind == "emails":
-            return ", ".join(value)
-        return str(value)
-
-
-def mask(secret: str) -> str:
-    """``****wxyz`` for a long secret, ``****`` for a short one."""
-    return f"****{secret[-4:]}" if len(secret) >= 16 else "****"
-
-
-def mask_url(url: str) -> str:
-    """``https://hooks.slack.com/****wxyz``: scheme and host stay readable, the rest is secret."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "****"
-    if not parts.scheme or not parts.hostname:
-        return "****"
-    host = parts.hostname + (f":{parts.port}" if _port(parts) else "")
-    rest = url.split(parts.netloc, 1)[-1]
-    return f"{parts.scheme}://{host}/{mask(rest) if rest.strip('/') else ''}"
-
-
-def show_url(url: str) -> str:
-    """A URL that is no secret, with any ``user:password@`` in it masked: ``https://****@host/x``."""
-    clean, credentials = split_credentials(url)
-    if credentials is None:
-        return url
-    scheme, rest = clean.split("://", 1) if "://" in clean else ("", clean)
-    return f"{scheme}://****@{rest}" if scheme else f"****@{rest}"
-
-
-def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
-    """The URL without ``user:password@``, and the (user, password) it held, decoded."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return url, None
-    if "@" not in parts.netloc:
-        return url, None
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user, _, password = userinfo.partition(":")
-    clean = urllib.parse.urlunsplit(parts._replace(netloc=hostport))
-    return clean, (urllib.parse.unquote(user), urllib.parse.unquote(password))
-
-
-def _port(parts: urllib.parse.SplitResult) -> int | None:
-    try:
-        return parts.port
-    except ValueError:
-        return None
-
-
-def _text(f: Field, value: Any) -> str:
-    if not isinstance(value, str | int) or isinstance(value, bool):
-        raise ConfigError(f.name, f"{f.label} must be text, got {type(value).__name__}")
-    text = str(value).strip()
-    if any(c in text for c in "\r\n\0"):
-        raise ConfigError(f.name, f"{f.label} must be one line")
-    return text
-
-
-def _url(f: Field, value: Any) -> str:
-    url = _text(f, value)
-    shown = mask_url(url) if f.secret else repr(url)
-    try:
-        parts = urllib.parse.urlsplit(url)
-        port_ok = parts.port is None or 0 < parts.port < 65536
-    except ValueError:
-        raise ConfigError(f.name, f"{shown} is not a valid URL") from None
-    if parts.scheme not in ("http", "https"):
-        raise ConfigError(f.name, f"{shown} must start with https:// or http://")
-    if not parts.hostname or not port_ok or " " in url:
-        raise ConfigError(f.name, f"{shown} has no valid host")
-    return url.rstrip("/") if f.name.endswith(("base_url", "server")) else url
-
-
-def _pattern(pattern: re.Pattern[str], what: str) -> Callable[[Field, Any], str]:
-    def check(f: Field, value: Any) -> str:
-        text = _text(f, value)
-        if not pattern.fullmatch(text):
-            raise ConfigError(f.name, f"{text[:60]!r} is not {what}")
-        return text
-
-    return check
-
-
-def _port_number(f: Field, value: Any) -> int:
-    try:
-        port = int(str(value).strip())
-    except ValueError:
-        raise ConfigError(f.name, f"{str(value)[:20]!r} is not a port number") from None
-    if not 0 < port < 65536:
-        raise ConfigError(f.name, f"{port} is not a port number (1-65535)")
-    return port
-
-
-def _choice(f: Field, value: Any) -> str:
-    text = _text(f, value).lower()
-    if text not in f.choices:
-        raise ConfigError(f.name, f"{text!r} is not one of {', '.join(f.choices)}")
-    return text
-
-
-def _split(value: Any, separators: str = r"[,;\s]+") -> list[str]:
-    items = value if isinstance(value, list | tuple) else [value]
-    return [part for item in items for part in re.split(separators, str(item).strip()) if part]
-
-
-def _emails(f: Field, value: Any) -> list[str]:
-    addresses = _split(value)
-    for address in addresses:
-        if not _EMAIL.fullmatch(address):
-            raise ConfigError(f.name, f"{address[:60]!r} is not an e-mail address")
-    if not addresses and f.required:
-        raise ConfigError(f.name, f"{f.label} is required")
-    return addresses
-
-
-def _email(f: Field, value: Any) -> str:
-    address = _text(f, value)
-    if not _EMAIL.fullmatch(address):
-        raise ConfigError(f.name, f"{address[:60]!r} is not an e-mail address")
-    return address
-
-
-def _headers(f: Field, value: Any) -> dict[str, str]:
-    pairs: dict[str, str] = {}
-    items = value.items() if isinstance(value, Mapping) else (_pair(f, v) for v in _lines(value))
-    for name, header in items:
-        name, header = str(name).strip(), str(header).strip()
-        if not _HEADER.fullmatch(name) or any(c in header for c in "\r\n\0"):
-            raise ConfigError(f.name, f"{name[:40]!r}: {mask(header)} is not a valid header")
-        pairs[name] = header
-    return pairs
-
-
-def _lines(value: Any) -> list[str]:
-    return [str(v) for v in value] if isinstance(value, list | tuple) else str(value).splitlines()
-
-
-def _pair(f: Field, line: str) -> tuple[str, str]:
-    name, sep, header = line.partition(":")
-    if not sep:
-        raise ConfigError(f.name, f"{name[:40]!r} must look like 'Name: value'")
-    return name, header
-
-
-def _urls(f: Field, value: Any) -> list[str]:
-    urls = _split(value, r"\s+")  # Apprise URLs may hold commas
-    for url in urls:
-        if "://" not in url:
-            raise ConfigError(f.name, f"{mask_url(url)} is not an Apprise URL (scheme://...)")
-    return urls
-
-
-_CHECKS: dict[str, Callable[[Field, Any], Any]] = {
-    "text": _text,
-    "secret": _text,
-    "url": _url,
-    "secret_url": _url,
-    "digits": _pattern(re.compile(r"\d+"), "a numeric id"),
-    "chat": _pattern(_CHAT, "a chat id (a number, or @channelname)"),
-    "topic": _pattern(_TOPIC, "an ntfy topic (letters, digits, - and _)"),
-    "port": _port_number,
-    "choice": _choice,
-    "email": _email,
-    "emails": _emails,
-    "headers": _headers,
-    "urls": _urls,
-}
 
 
 # -- the notifiers ------------------------------------------------------------
@@ -421,7 +172,7 @@ class _Http(Notifier):
             if isinstance(moved, str):
                 return moved
             code, location = moved
-            if code in (307, 308) and _same_origin(url, location):
+            if code in (307, 308) and same_origin(url, location):
                 url = location
                 continue
             raise NotifierError(
@@ -443,10 +194,7 @@ class _Http(Notifier):
             location = e.headers.get("Location") if e.headers else None
             if 300 <= e.code < 400 and location:
                 return e.code, urllib.parse.urljoin(url, location)
-            answer = self.scrub(f"HTTP {e.code} {e.reason}: {_short(e.read(_ANSWER_MAX * 4))}".rstrip(": "))
-            if e.code == 429 or e.code == 408 or e.code >= 500:
-                raise TransientError(answer, _retry_after(e.headers.get("Retry-After"))) from None
-            raise NotifierError(answer) from None
+            raise self.refused(e, e.read(_ANSWER_MAX * 4)) from None
         except urllib.error.URLError as e:
             raise TransientError(self.scrub(f"cannot reach {mask_url(url)}: {e.reason}")) from None
         except (TimeoutError, OSError) as e:
@@ -455,6 +203,15 @@ class _Http(Notifier):
             raise NotifierError(
                 self.scrub(f"{mask_url(url)} is not a URL this notifier can post to: {e}")
             ) from None
+
+    def refused(self, answer: urllib.error.HTTPError, body: bytes) -> NotifierError:
+        """What a failed answer means, as this service answers: TransientError (retried) for
+        what may pass, 408, 429 and 5xx, honouring Retry-After; NotifierError for the rest.
+        A transport whose service says more (in its body) overrides this."""
+        text = self.scrub(f"HTTP {answer.code} {answer.reason}: {_short(body)}".rstrip(": "))
+        if answer.code in (408, 429) or answer.code >= 500:
+            return TransientError(text, _retry_after(answer.headers.get("Retry-After")))
+        return NotifierError(text)
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -467,14 +224,6 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_NoRedirects())
 
 
-def _same_origin(a: str, b: str) -> bool:
-    try:
-        one, two = urllib.parse.urlsplit(a), urllib.parse.urlsplit(b)
-        return (one.scheme, one.hostname, _port(one)) == (two.scheme, two.hostname, _port(two))
-    except ValueError:
-        return False
-
-
 def _slack_text(text: str) -> str:
     """Text as Slack shows it literally: ``&``, ``<`` and ``>`` escaped, so nothing in a run's
     name or error becomes a link, a mention or ``<!channel>``."""
@@ -484,6 +233,18 @@ def _slack_text(text: str) -> str:
 def _short(body: bytes) -> str:
     """An endpoint's answer, as one short line."""
     return clip(" ".join(body.decode("utf-8", "replace").split()), _ANSWER_MAX)
+
+
+def _json_field(body: bytes, *path: str) -> float | None:
+    """A number at ``path`` in a JSON answer, if there is one."""
+    try:
+        value: Any = json.loads(body)
+        for name in path:
+            value = value[name]
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return max(0.0, float(value)) if ok else None
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -548,7 +309,7 @@ class WorkplaceNotifier(_Http):
     fields = (
         Field("group_id", "Group id", "digits"),
         Field("access_token", "Access token", "secret"),
-        Field("base_url", "Graph API base URL", "url", False, "https://graph.facebook.com"),
+        Field("base_url", "Graph API base URL", "url", required=False, default="https://graph.facebook.com"),
     )
 
     def send(self, message: Message) -> str:
@@ -561,12 +322,22 @@ class WorkplaceNotifier(_Http):
         return f"group {self.args.get('group_id')} via {mask_url(str(self.args.get('base_url')))}"
 
 
+_BEARER = "'Authorization: Bearer ...'"
+
+
 class WebhookNotifier(_Http):
     type = "webhook"
     label = "Webhook (JSON POST to any URL)"
     fields = (
         Field("url", "URL", "secret_url"),
-        Field("headers", "Extra headers", "headers", False, {}, help="'Authorization: Bearer ...'"),
+        Field(
+            "headers",
+            "Extra headers",
+            "headers",
+            required=False,
+            default={},
+            help="'Authorization: Bearer ...'",
+        ),
     )
 
     def send(self, message: Message) -> str:
@@ -589,6 +360,12 @@ class DiscordNotifier(_Http):
         body = {"content": message.text[:2000], "allowed_mentions": {"parse": []}}
         return self.post(self.args["webhook_url"], json_body=body)
 
+    def refused(self, answer: urllib.error.HTTPError, body: bytes) -> NotifierError:
+        # A rate limit says how long to wait in its body: {"retry_after": 2.5, ...}.
+        error = super().refused(answer, body)
+        wait = _json_field(body, "retry_after")
+        return TransientError(str(error), wait) if answer.code == 429 and wait is not None else error
+
 
 class TeamsNotifier(_Http):
     type = "teams"
@@ -605,12 +382,18 @@ class TelegramNotifier(_Http):
     fields = (
         Field("bot_token", "Bot token", "secret"),
         Field("chat_id", "Chat id", "chat"),
-        Field("base_url", "Bot API base URL", "url", False, "https://api.telegram.org"),
+        Field("base_url", "Bot API base URL", "url", required=False, default="https://api.telegram.org"),
     )
 
     def send(self, message: Message) -> str:
         url = f"{self.args['base_url']}/bot{self.args['bot_token']}/sendMessage"
         return self.post(url, json_body={"chat_id": self.args["chat_id"], "text": message.text[:4096]})
+
+    def refused(self, answer: urllib.error.HTTPError, body: bytes) -> NotifierError:
+        # A flood limit says how long to wait in its body: {"parameters": {"retry_after": 35}}.
+        error = super().refused(answer, body)
+        wait = _json_field(body, "parameters", "retry_after")
+        return TransientError(str(error), wait) if answer.code == 429 and wait is not None else error
 
     def target(self) -> str:
         return f"chat {self.args.get('chat_id')} via {mask_url(str(self.args.get('base_url')))}"
@@ -620,9 +403,9 @@ class NtfyNotifier(_Http):
     type = "ntfy"
     label = "ntfy (push to phones)"
     fields = (
-        Field("server", "Server", "url", False, "https://ntfy.sh"),
+        Field("server", "Server", "url", required=False, default="https://ntfy.sh"),
         Field("topic", "Topic", "topic"),
-        Field("token", "Access token", "secret", False),
+        Field("token", "Access token", "secret", required=False),
     )
 
     def send(self, message: Message) -> str:
@@ -642,15 +425,25 @@ class NtfyNotifier(_Http):
         return f"{show_url(str(self.args.get('server')))}/{self.args.get('topic')}"
 
 
+_SECURITY = ("starttls", "ssl", "none")
+
+
 class EmailNotifier(Notifier):
     type = "email"
     label = "E-mail (SMTP)"
     fields = (
         Field("smtp_host", "SMTP host", "text"),
-        Field("smtp_port", "SMTP port", "port", False, 587),
-        Field("security", "Security", "choice", False, "starttls", ("starttls", "ssl", "none")),
-        Field("username", "User name", "text", False),
-        Field("password", "Password", "secret", False),
+        Field("smtp_port", "SMTP port", "port", required=False, default=587),
+        Field(
+            "security",
+            "Security",
+            "choice",
+            required=False,
+            default="starttls",
+            choices=("starttls", "ssl", "none"),
+        ),
+        Field("username", "User name", "text", required=False),
+        Field("password", "Password", "secret", required=False),
         Field("sender", "From", "email"),
         Field("to", "To", "emails"),
     )

@@ -13,7 +13,7 @@ import pytest
 
 from nbmonitor.config import NotifierConfig, NotifierStore, UnknownNotifierError
 from nbmonitor.errors import CorruptRecordError
-from nbmonitor.notifiers import ConfigError
+from nbmonitor.fields import ConfigError
 from nbmonitor.repo import Repo
 
 SLACK = {"webhook_url": "https://hooks.slack.com/services/T0/B0/abcdefghijklmnop"}

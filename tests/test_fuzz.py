@@ -18,7 +18,8 @@ from nbmonitor import cli, templates
 from nbmonitor.config import NotifierConfig, NotifierStore
 from nbmonitor.errors import CorruptRecordError
 from nbmonitor.events import Event
-from nbmonitor.notifiers import TYPES, ConfigError
+from nbmonitor.fields import ConfigError
+from nbmonitor.notifiers import TYPES
 from nbmonitor.record import RunRecord
 from nbmonitor.repo import Repo, read_record
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,8 @@ import pytest
 
 from nbmonitor import templates
 from nbmonitor.config import NotifierConfig
-from nbmonitor.notifiers import TYPES, ConfigError, Message, NotifierError, TransientError
+from nbmonitor.fields import ConfigError
+from nbmonitor.notifiers import TYPES, Message, NotifierError, TransientError
 from nbmonitor.repo import Repo
 
 from .servers import Answer, HttpRecorder, SmtpRecorder, free_port, serve
@@ -320,6 +322,29 @@ def test_http_failures_are_sorted_into_transient_and_permanent(
     assert answer.body in str(info.value)
     if transient:
         assert info.value.retry_after == retry_after  # type: ignore[attr-defined]
+
+
+RATE_LIMITS = {  # what each service answers when it wants us to wait
+    "telegram": ({"ok": False, "error_code": 429, "parameters": {"retry_after": 35}}, 35.0),
+    "discord": ({"message": "You are being rate limited.", "retry_after": 2.5, "global": False}, 2.5),
+}
+
+
+@pytest.mark.parametrize("kind", RATE_LIMITS)
+def test_a_rate_limit_that_says_how_long_in_its_body_is_waited_for(http: HttpRecorder, kind: str) -> None:
+    body, wait = RATE_LIMITS[kind]
+    http.default = Answer(429, json.dumps(body))  # no Retry-After header: only the body says
+    args: dict[str, Any] = {
+        "telegram": {"bot_token": TOKEN, "chat_id": "42", "base_url": http.url},
+        "discord": {"webhook_url": f"{http.url}/api/webhooks/1/x"},
+    }[kind]
+    with pytest.raises(TransientError) as error:
+        send(kind, args)
+    assert error.value.retry_after == wait
+    http.default = Answer(400, json.dumps({"ok": False, "description": "chat not found"}))
+    with pytest.raises(NotifierError) as refused:
+        send(kind, args)
+    assert not isinstance(refused.value, TransientError)
 
 
 def test_a_refused_connection_is_transient() -> None:
