@@ -17,9 +17,10 @@ from . import _format, _notifiers_cli, _process
 from ._values import seconds_arg
 from ._version import version
 from .errors import NbmonitorError
+from .observe import Observer, watcher_info
 from .repo import Repo, make_private
 from .rules import TERMINAL
-from .watcher import Watcher, serve, watcher_info
+from .watcher import serve
 
 __all__ = ["main"]
 
@@ -183,7 +184,7 @@ def _status(repo: Repo, args: argparse.Namespace) -> int:
     else:
         uptime = _format.duration(time.time() - float(info.get("started_at", time.time())))
         print(f"watcher: running, pid {info['pid']}, up {uptime}, repo {repo.path}")
-    observations = Watcher(repo).observe()
+    observations = Observer(repo).glance()
     ended = [o for o in observations if o.state in TERMINAL]
     shown = [o for o in observations if o.state not in TERMINAL]
     shown += ended if args.all else ended[:_RECENT_ENDED]

@@ -22,7 +22,7 @@ from IPython.core.magic_arguments import argument, kwds, magic_arguments
 from . import _format
 from ._tqdm import TqdmProbe, attribute_bars, restore_bars
 from ._values import count_arg, seconds_arg
-from .kernel import Auto, KernelAgent
+from .kernel import KernelAgent
 from .run import Run, cell_number, current_run
 
 __all__ = ["WatchMagics", "load", "unload"]
@@ -118,7 +118,7 @@ class WatchMagics(Magics):
             name=args.name or self._cell_name(), expect_next_in=args.eta, grace=args.grace, total=args.total
         )
         attribute_bars(current_run)  # tqdm bars opened from now on count for the run they were opened in
-        run._probe = TqdmProbe(run, time.time(), current_run)
+        run.count_also(TqdmProbe(run, time.time(), current_run))
         watched = self.agent.start_cell(run, show=not args.quiet, usage=not args.no_usage)
         try:
             with run:
@@ -154,19 +154,16 @@ class WatchMagics(Magics):
     def _line(self, line: str) -> None:
         args = LINE.parse_args(_words(LINE, line))
         if args.command == "auto":
-            self.agent.auto = Auto(self.agent, args.after)
-            self.agent.monitor.keep_alive = True
-            self.agent.monitor.ensure_thread()
+            self.agent.watch_long_cells(args.after)
             print(f"nbmonitor: every cell that runs longer than {_format.duration(args.after)} is now a run")
         elif args.command == "off":
-            self.agent.auto = None
-            self.agent.monitor.keep_alive = False
+            self.agent.watch_long_cells(None)
             print("nbmonitor: automatic runs are off")
         else:
             print(self._status())
 
     def _status(self) -> str:
-        runs = self.agent.monitor.runs()
+        runs = self.agent.writer.runs()
         lines = [f"nbmonitor: {len(runs)} open run(s) in this kernel"]
         for run in runs:
             record = run.record()
@@ -182,7 +179,7 @@ class WatchMagics(Magics):
         lines.append(
             f"automatic runs: after {_format.duration(auto.after)}" if auto else "automatic runs: off"
         )
-        watcher = next(iter(self.agent._watcher_text.values()), None)
+        watcher = self.agent.watcher_note()
         lines.append(f"standalone watcher: {'running, ' + watcher if watcher else 'not running'}")
         if self.agent.events:
             lines.append("recent events:")
@@ -199,9 +196,7 @@ def load(shell: InteractiveShell) -> KernelAgent:
     """Register the magics and hooks on ``shell``; start nothing heavy."""
     kernel = getattr(shell, "kernel", None)
     agent = KernelAgent(widgets=kernel is not None and _has_ipywidgets())
-    agent.attach()
-    if kernel is not None:
-        agent.hook_shutdown(kernel)
+    agent.attach(kernel)
     shell.register_magics(WatchMagics(shell, agent))
 
     def pre_run_cell(info: ExecutionInfo) -> None:
@@ -214,7 +209,7 @@ def load(shell: InteractiveShell) -> KernelAgent:
             agent.auto.cell_ended(result.error_in_exec)
         if result.error_in_exec is not None:
             # IPython keeps the traceback, so a track() loop the error left is never freed.
-            agent.monitor.fail_loops(threading.main_thread(), result.error_in_exec)
+            agent.writer.fail_loops(threading.main_thread(), result.error_in_exec)
         agent.executing = False
 
     shell.events.register("pre_run_cell", pre_run_cell)

@@ -11,7 +11,7 @@ counts only while the claim holds its nonce: files of a claimer that lost
 the race are dropped, and those of one that died before claiming are
 claimed later by whoever finds them.
 
-The Postman sends pending files. It holds an flock on a file for the whole
+The Sender sends pending files. It holds an flock on a file for the whole
 attempt and deletes the file on success or on a permanent failure, so two
 senders (a watcher and a kernel) never send the same one, and one that dies
 mid-attempt leaves it to the others. Transient failures back off
@@ -47,7 +47,7 @@ try:
 except ImportError:  # Windows: no flock; one sender per repo is then the user's care
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["Postman", "Result", "claim_event", "last_result", "send_test"]
+__all__ = ["Result", "Sender", "claim_event", "last_result", "send_test"]
 
 log = logging.getLogger("nbmonitor.notify")
 
@@ -174,8 +174,8 @@ class _Backoff:
     delay: float
 
 
-class Postman:
-    """Sends what the outbox holds, one courier thread per notifier (or ``deliver()`` in tests)."""
+class Sender:
+    """Sends what the outbox holds, a thread per notifier (or ``deliver()`` in tests)."""
 
     def __init__(
         self,
@@ -203,11 +203,11 @@ class Postman:
         self._config_trouble = Trouble(log)
         self._backoff: dict[str, _Backoff] = {}
         self._once = Once(log)
-        # Pending files by when (our clock) this postman first failed to send them, and first
+        # Pending files by when (our clock) this sender first failed to send them, and first
         # found them unclaimed: their ages, measured here since another host's clock is not ours.
         self._failing_since: dict[Path, float] = {}
         self._unclaimed_since: dict[Path, float] = {}
-        self._couriers: dict[str, threading.Thread] = {}
+        self._threads: dict[str, threading.Thread] = {}
         self._wake = threading.Condition()
         self._stopped = False
         self._running = False
@@ -226,7 +226,7 @@ class Postman:
             self._configs = fresh
             self._config_trouble.over()
             if self._running:
-                self._start_couriers()
+                self._start_threads()
         return self._configs
 
     def configs(self) -> list[NotifierConfig]:
@@ -418,12 +418,12 @@ class Postman:
     # -- threads -------------------------------------------------------------------
 
     def start(self, interval: float = 1.0) -> None:
-        """Deliver in the background: a courier thread per enabled notifier."""
+        """Deliver in the background: a thread per enabled notifier."""
         self._interval = interval
         self._stopped = False
         self._running = True
         self.refresh()
-        self._start_couriers()
+        self._start_threads()
 
     def wake(self) -> None:
         """New deliveries are queued: look now rather than at the next interval."""
@@ -434,21 +434,21 @@ class Postman:
         self._stopped = True
         self._running = False
         self.wake()
-        for courier in list(self._couriers.values()):
-            courier.join(timeout)
-        self._couriers.clear()
+        for thread in list(self._threads.values()):
+            thread.join(timeout)
+        self._threads.clear()
 
-    def _start_couriers(self) -> None:
+    def _start_threads(self) -> None:
         for config in self._configs:
-            running = self._couriers.get(config.id)
+            running = self._threads.get(config.id)
             if config.enabled and (running is None or not running.is_alive()):
                 thread = threading.Thread(
-                    target=self._courier, args=(config.id,), name=f"nbmonitor-{config.type}", daemon=True
+                    target=self._send_loop, args=(config.id,), name=f"nbmonitor-{config.type}", daemon=True
                 )
-                self._couriers[config.id] = thread
+                self._threads[config.id] = thread
                 thread.start()
 
-    def _courier(self, notifier_id: str) -> None:
+    def _send_loop(self, notifier_id: str) -> None:
         while not self._stopped:
             config = next((c for c in self._configs if c.id == notifier_id and c.enabled), None)
             if config is None:

@@ -3,7 +3,7 @@
 The names follow Aim's run-status API (``report_progress(expect_next_in=)``,
 ``report_successful_finish()``), so Aim users can switch by changing an import.
 Reporting progress only changes counters in memory; the monitor thread does
-the rest (see nbmonitor._monitor).
+the rest (see nbmonitor._writer).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from itertools import chain
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
-from . import _monitor, _process, _values
+from . import _process, _values, _writer
 from ._once import Trouble
 from .errors import RepoError
 from .record import ErrorInfo, Origin, RunRecord, RunUsage, clip
@@ -72,7 +72,6 @@ class Run:
         "_last_wall",
         "_last_write",
         "_lock",
-        "_monitor",
         "_name",
         "_origin",
         "_owner",
@@ -91,6 +90,7 @@ class Run:
         "_track",
         "_usage",
         "_write_trouble",
+        "_writer",
         "_written",
         "_written_mono",
         "_written_seen",
@@ -116,8 +116,8 @@ class Run:
             self._repo.ensure()
         except (OSError, RepoError) as e:
             # The work goes on; the monitor retries the file every second and says why it fails.
-            _monitor.log.warning("nbmonitor: repo %s is not usable yet: %s", self._repo.path, e)
-        self._monitor = _monitor.get()
+            _writer.log.warning("nbmonitor: repo %s is not usable yet: %s", self._repo.path, e)
+        self._writer = _writer.get()
         self._id = uuid.uuid4().hex
         self._pid = os.getpid()
         self._owner = threading.current_thread()  # an exception that ends this thread fails the run
@@ -132,19 +132,19 @@ class Run:
         self._probe: Callable[[], int] | None = None
         self._usage: RunUsage | None = None  # set by a kernel that samples usage
         self._seen = 0
-        self._started_at = self._last_wall = self._monitor.wall()
-        self._last_mono = self._monitor.mono()
+        self._started_at = self._last_wall = self._writer.wall()
+        self._last_mono = self._writer.mono()
         self._status = "running"
         self._ended_at: float | None = None
         self._error: ErrorInfo | None = None
         self._abandoned = False
         self._abandoned_at: float | None = None
         self._cut_off = False
-        self._write_trouble = Trouble(_monitor.log)  # the file cannot be written: said once per cause
+        self._write_trouble = Trouble(_writer.log)  # the file cannot be written: said once per cause
         self._written: tuple[Any, ...] | None = None
         self._written_seen, self._written_mono = -1, self._last_mono
         self._last_write = -math.inf
-        self._monitor.add(self)
+        self._writer.add(self)
 
     # -- what user code calls -------------------------------------------------
 
@@ -169,15 +169,15 @@ class Run:
 
     def report_successful_finish(self) -> None:
         """The run is done and succeeded."""
-        self._end("finished")
+        self.end("finished")
 
     def report_failure(self, message: str | None = None) -> None:
         """The run failed; ``message`` says why and is sent with the notification."""
-        self._end("failed", error=ErrorInfo("failure", clip(str(message or "reported failure"))))
+        self.end("failed", error=ErrorInfo("failure", clip(str(message or "reported failure"))))
 
     def close(self) -> None:
         """End the run; one that did not report failure counts as finished."""
-        self._end("finished")
+        self.end("finished")
 
     def __enter__(self) -> Run:
         global _generation
@@ -199,16 +199,7 @@ class Run:
             if self in _open_blocks:
                 _open_blocks.remove(self)
             _generation += 1
-        if exc is None:
-            self._end("finished")
-        elif isinstance(exc, KeyboardInterrupt):
-            self._end("interrupted")
-        elif isinstance(exc, SystemExit):
-            # sys.exit() and sys.exit(0) are a normal end; any other status is a failure.
-            error = ErrorInfo.for_exit(exc.code)
-            self._end("finished" if error is None else "failed", error=error)
-        else:
-            self._end("failed", exc)
+        self.end_as(exc)
 
     # -- what anyone may read -------------------------------------------------
 
@@ -246,14 +237,46 @@ class Run:
     def record(self) -> RunRecord:
         """The run as its file would hold it now."""
         with self._lock:
-            return self._record(self._monitor.wall(), *self._counts())
+            return self._record(self._writer.wall(), *self._counts())
 
     def __repr__(self) -> str:
         step, total = self.step, self._total
         of = f"{step}/{total}" if total is not None else str(step)
         return f"<nbmonitor.Run {self._name!r} {self._status} step {of} id={self._id[:8]}>"
 
-    # -- what the monitor thread calls ----------------------------------------
+    # -- what nbmonitor's writer thread and a kernel call (nbmonitor._writer.Written) --------
+
+    @property
+    def owner(self) -> threading.Thread:
+        """The thread that made the run: an exception that ends that thread fails the run."""
+        return self._owner
+
+    @property
+    def owns_loop(self) -> bool:
+        """The run is a ``track()`` loop's own: it ends with its loop."""
+        return self._owns_loop
+
+    def count_also(self, source: Callable[[], int]) -> None:
+        """Count what ``source`` returns (a count that only grows: how far the tqdm bars of a
+        cell moved) as progress of this run too. It is called on the writer thread."""
+        self._probe = source
+
+    def set_usage(self, usage: RunUsage) -> None:
+        """The latest resource reading of the run's process tree, written into its file."""
+        self._usage = usage
+
+    def end_as(self, exc: BaseException | None) -> None:
+        """End the run as ``exc`` says: None finishes it, KeyboardInterrupt interrupts it,
+        ``sys.exit()`` finishes or fails it by its status, any other exception fails it."""
+        if exc is None:
+            self.end("finished")
+        elif isinstance(exc, KeyboardInterrupt):
+            self.end("interrupted")
+        elif isinstance(exc, SystemExit):
+            error = ErrorInfo.for_exit(exc.code)
+            self.end("finished" if error is None else "failed", error=error)
+        else:
+            self.end("failed", exc)
 
     def _counts(self) -> tuple[int, int]:
         """(progress reports so far, step to show)."""
@@ -266,7 +289,7 @@ class Run:
             return progress, self._step
         return progress, done if track is not None else progress
 
-    def _tick(self, now_wall: float, now_mono: float, force: bool = False) -> bool:
+    def tick(self, now_wall: float, now_mono: float, force: bool = False) -> bool:
         """Stamp new progress and write the file if it changed and is due. True once the
         run has ended and its final state is on disk."""
         with self._lock:
@@ -278,7 +301,7 @@ class Run:
             if self._abandoned and self._status == "running":
                 if self._abandoned_at is None:
                     self._abandoned_at = now_mono
-                elif now_mono - self._abandoned_at >= self._monitor.SETTLE_AFTER:
+                elif now_mono - self._abandoned_at >= self._writer.SETTLE_AFTER:
                     self._set_end("finished", None, now_wall)
             state = (self._status, progress, step, self._total, self._eta, self._name, self._usage)
             final = self._status != "running"
@@ -299,12 +322,12 @@ class Run:
     def _write_due(self, now_mono: float) -> bool:
         """Whether a changed run's file is due: once a second, or sooner when the file's last
         progress is about to look late to a reader while newer progress waits in memory."""
-        if now_mono - self._last_write >= self._monitor.WRITE_EVERY:
+        if now_mono - self._last_write >= self._writer.WRITE_EVERY:
             return True
         eta = self._eta
         if eta is None or self._seen == self._written_seen:
             return False
-        return now_mono - self._written_mono >= eta - self._monitor.TICK
+        return now_mono - self._written_mono >= eta - self._writer.TICK
 
     def _write_failed(self, error: OSError | RepoError) -> None:
         # The work goes on and the file is retried every second.
@@ -341,27 +364,28 @@ class Run:
             error=self._error,
             updated_at=now_wall,
             usage=self._usage,
-            write_lag=self._monitor.WRITE_LAG,
+            write_lag=self._writer.WRITE_LAG,
         )
 
     def _set_end(self, status: str, error: ErrorInfo | None, now_wall: float) -> None:
         self._status, self._error, self._ended_at = status, error, now_wall
 
-    def _end(self, status: str, exc: BaseException | None = None, error: ErrorInfo | None = None) -> None:
-        """End the run (once) and write its final state now, from the owning process only."""
+    def end(self, status: str, exc: BaseException | None = None, error: ErrorInfo | None = None) -> None:
+        """End the run (once) as ``status`` (finished, failed or interrupted), the error from
+        ``exc`` or ``error``, and write its final state now; only its own process can."""
         if self._status != "running" or os.getpid() != self._pid or self._cut_off:
             return
-        shutting_down = self._monitor.shutting_down
+        shutting_down = self._writer.shutting_down
         if status == "interrupted" and shutting_down is not None and shutting_down():
-            return  # not an interrupt: the kernel is going away, and _cut() has recorded that
+            return  # not an interrupt: the kernel is going away, and cut() has recorded that
         with self._lock:
             if self._status != "running" or self._cut_off:
                 return
             if exc is not None and error is None:
                 error = _error_info(exc)
-            self._set_end(status, error, self._monitor.wall())
-        if self._tick(self._monitor.wall(), self._monitor.mono(), force=True):
-            self._monitor.retire(self)
+            self._set_end(status, error, self._writer.wall())
+        if self.tick(self._writer.wall(), self._writer.mono(), force=True):
+            self._writer.retire(self)
 
     def _start_track(self, iterable: Iterable[T], total: int | None, owns: bool) -> Iterator[T]:
         if total is None:
@@ -383,10 +407,10 @@ class Run:
     def _abandon(self) -> None:
         self._abandoned = True
 
-    def _cut(self) -> None:
+    def cut(self) -> None:
         """The process is going away mid-run (a kernel shut down or restarted while its cell ran):
         write the run as still running, then never again, so its end is "crashed" for everyone."""
-        self._tick(self._monitor.wall(), self._monitor.mono(), force=True)
+        self.tick(self._writer.wall(), self._writer.mono(), force=True)
         with self._lock:
             self._cut_off = True
 
@@ -432,7 +456,7 @@ class _TrackEnd:
         # Left by break, return or an exception. Which of these is known only later
         # (an uncaught exception reaches the excepthook first), so the monitor settles it.
         if not self._done and self._owns:
-            self._run._abandon()
+            self._run._abandon()  # noqa: SLF001  # this module's Run
 
 
 def watch(
@@ -470,7 +494,7 @@ def track(
             outer.report_progress(expect_next_in=eta)
         return outer.track(iterable, total=total)
     run = Run(name=name, repo=repo, expect_next_in=eta, grace=grace, total=total)
-    return run._start_track(iterable, total, owns=True)
+    return run._start_track(iterable, total, owns=True)  # noqa: SLF001  # this module's Run
 
 
 def current_run() -> Run | None:
@@ -501,7 +525,7 @@ def _adopted() -> Run | None:
     me = threading.current_thread()
     with _open_lock:
         candidates = list(_open_blocks)
-    run = next((r for r in reversed(candidates) if me not in r._predates), None)
+    run = next((r for r in reversed(candidates) if me not in r._predates), None)  # noqa: SLF001  # same
     cached["generation"], cached["run"] = generation, run
     return run
 

@@ -27,9 +27,9 @@ from traitlets.config import Configurable
 from . import rules
 from ._version import version
 from .errors import CorruptRecordError, RepoError
+from .observe import Observation, Observer, watcher_info
 from .record import RunRecord, is_run_id
 from .repo import Repo
-from .watcher import Observation, Watcher, watcher_info
 
 __all__ = ["Nbmonitor", "load"]
 
@@ -43,7 +43,7 @@ class Nbmonitor(Configurable):
 
 
 class _Reader:
-    """One watcher view of the repo, used from worker threads one at a time (it caches file reads).
+    """One observer of the repo, used from worker threads one at a time (it caches file reads).
 
     A repo that cannot be one (``$NBMONITOR_REPO`` relative, a file, another user's) is not a
     server error: every answer carries ``error``, one line saying what is wrong, for the panel.
@@ -53,7 +53,7 @@ class _Reader:
         self.repo: Repo | None = repo if isinstance(repo, Repo) else None
         self.error: str | None = None if isinstance(repo, Repo) else str(repo)
         self.root_dir = root_dir
-        self._watcher = None if self.repo is None else Watcher(self.repo, emit=lambda _: None)
+        self._observer = None if self.repo is None else Observer(self.repo)
         self._lock = threading.Lock()
 
     def _usable(self) -> Repo:
@@ -65,9 +65,9 @@ class _Reader:
     def runs(self) -> dict[str, Any]:
         try:
             self._usable()
-            assert self._watcher is not None
+            assert self._observer is not None
             with self._lock:
-                runs = [_run_json(o, self.root_dir) for o in self._watcher.observe()]
+                runs = [_run_json(o, self.root_dir) for o in self._observer.glance()]
         except (RepoError, OSError) as e:
             return {"runs": [], "repo": self._path(), "error": _problem(e)}
         return {"runs": runs, "repo": self._path(), "error": None}
@@ -77,9 +77,9 @@ class _Reader:
             record = self._usable().read_run(run_id)
         except (FileNotFoundError, CorruptRecordError, RepoError, OSError):
             return None
-        assert self._watcher is not None
+        assert self._observer is not None
         with self._lock:
-            (seen,) = self._watcher.observe([record])
+            (seen,) = self._observer.glance([record])
         return _run_json(seen, self.root_dir)
 
     def watcher(self) -> dict[str, Any]:

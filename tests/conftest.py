@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from nbmonitor import _monitor
+from nbmonitor import _writer
 from nbmonitor.repo import Repo
 
 from .helpers import FakeClock
@@ -27,8 +27,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def monitor(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> _monitor.Monitor:
+def monitor(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> _writer.Writer:
     """This process's monitor, without its thread: tests call tick() themselves."""
-    manual = _monitor.Monitor(wall=clock.wall, mono=clock.mono, thread=False)
-    monkeypatch.setattr(_monitor, "_monitor", manual)
+    manual = _writer.Writer(wall=clock.wall, mono=clock.mono, thread=False)
+    monkeypatch.setattr(_writer, "_writer", manual)
     return manual

@@ -262,11 +262,11 @@ def test_200_runs_in_20_processes_with_a_watcher_and_a_kernel_each_event_arrives
 def test_an_endpoint_down_for_two_minutes_gets_every_notification_once_when_it_is_back(
     repo: Repo, clock: FakeClock
 ) -> None:
-    """Two minutes on an injected clock, second by second: the watcher polls and the postman
+    """Two minutes on an injected clock, second by second: the watcher polls and the sender
     delivers as the real loop does. The endpoint refuses connections for a minute, answers 503
     for another, then is back; a second notifier is up all along."""
     from nbmonitor.config import NotifierConfig, NotifierStore
-    from nbmonitor.outbox import Postman
+    from nbmonitor.outbox import Sender
 
     from .servers import Answer, HttpRecorder, free_port
     from .test_watcher import World
@@ -277,15 +277,15 @@ def test_an_endpoint_down_for_two_minutes_gets_every_notification_once_when_it_i
     for url in (f"http://127.0.0.1:{port}/down", f"{steady.url}/up"):
         store.add(NotifierConfig.create("webhook", {"url": url}))
     world = World(repo, clock)
-    postman = Postman(repo, clock=clock.mono, wall=clock.wall, timeout=2)
-    watcher = world.watcher(notifiers=postman.refresh)
+    sender = Sender(repo, clock=clock.mono, wall=clock.wall, timeout=2)
+    watcher = world.watcher(notifiers=sender.refresh)
     arrived: dict[HttpRecorder, list[tuple[float, str, str]]] = {}
 
     def second(until: float) -> None:
         while clock.wall() < until:
             clock.advance(1)
             watcher.poll()
-            postman.deliver()
+            sender.deliver()
             for server in [s for s in (steady, flaky) if s is not None]:
                 seen = arrived.setdefault(server, [])
                 for request in server.answered(200)[len(seen) :]:

@@ -235,7 +235,7 @@ def _a_claimed_delivery(repo: Repo) -> Path:
 def test_any_bytes_in_a_claim_file_never_break_a_watcher_or_lose_the_delivery(
     tmp_path_factory: Any, data: bytes
 ) -> None:
-    from nbmonitor.outbox import Postman
+    from nbmonitor.outbox import Sender
     from nbmonitor.watcher import Watcher
 
     repo = Repo(Path(tmp_path_factory.mktemp("fuzz-claim")))
@@ -244,7 +244,7 @@ def test_any_bytes_in_a_claim_file_never_break_a_watcher_or_lose_the_delivery(
     (repo.events_dir / ("c" * 32) / "end.json").write_bytes(data)
     repo.write_run(sample(id="c" * 32))
     Watcher(repo, alive=lambda pid, start, ticks: False).poll()  # a claim exists: nothing to report
-    (result,) = Postman(repo, timeout=0.2).deliver(now=2001.0)
+    (result,) = Sender(repo, timeout=0.2).deliver(now=2001.0)
     assert "cannot reach" in result.answer  # tried, not dropped: nothing lost
     assert list(repo.outbox_dir.rglob("*.json"))
 
@@ -274,14 +274,14 @@ PAYLOAD_FIELDS += [f"run.{name}" for name in sample().to_dict()]
 def test_any_bytes_in_a_pending_delivery_are_set_aside_or_sent_never_a_crash(
     tmp_path_factory: Any, data: bytes
 ) -> None:
-    from nbmonitor.outbox import Postman
+    from nbmonitor.outbox import Sender
 
     repo = Repo(Path(tmp_path_factory.mktemp("fuzz-pending")))
     repo.ensure()
     good = _a_claimed_delivery(repo)
     bad = good.with_name(f"{'d' * 32}.end.{'0' * 32}.json")
     bad.write_bytes(data)
-    results = Postman(repo, timeout=0.2, orphan_after=0).deliver(now=2001.0)
+    results = Sender(repo, timeout=0.2, orphan_after=0).deliver(now=2001.0)
     assert results  # the good one was tried
     assert good.exists()  # and kept for a retry, since the endpoint is down
     assert bad.exists() or bad.with_name(f".bad-{bad.name}").exists()

@@ -12,7 +12,7 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 import nbmonitor
-from nbmonitor import _monitor
+from nbmonitor import _writer
 from nbmonitor.kernel import KernelAgent
 from nbmonitor.magics import _agents
 from nbmonitor.record import RunRecord
@@ -25,13 +25,13 @@ from .helpers import ipython_shell
 def ip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
     repo = tmp_path / "magic-repo"
     monkeypatch.setenv("NBMONITOR_REPO", str(repo))
-    monkeypatch.setattr(_monitor, "_monitor", _monitor.Monitor())
+    monkeypatch.setattr(_writer, "_writer", _writer.Writer())
     shell = ipython_shell()
     shell.run_line_magic("load_ext", "nbmonitor")
     shell.user_ns["repo"] = Repo(repo)
     yield shell
     shell.run_line_magic("unload_ext", "nbmonitor")
-    _monitor.get().stop()
+    _writer.get().stop()
 
 
 def agent(ip: InteractiveShell) -> KernelAgent:
@@ -51,7 +51,7 @@ def test_loading_starts_nothing_heavy(ip: InteractiveShell) -> None:
     assert "watch" in ip.magics_manager.magics["cell"]
     assert "watch" in ip.magics_manager.magics["line"]
     assert not [t for t in threading.enumerate() if t.name.startswith("nbmonitor")]
-    assert agent(ip)._postmen == {}
+    assert agent(ip).senders == {}
 
 
 def test_a_watched_cell_is_a_run_that_finishes_and_keeps_its_result(ip: InteractiveShell) -> None:
@@ -201,7 +201,7 @@ def test_auto_makes_long_cells_runs_and_leaves_short_ones_alone(ip: InteractiveS
     assert statuses == [("failed", "interactive"), ("finished", "interactive")]
     cell(ip, "%watch off")
     assert agent(ip).auto is None
-    assert not _monitor.get().keep_alive
+    assert not _writer.get().keep_alive
 
 
 def test_status_lists_open_runs_the_watcher_and_events(ip: InteractiveShell, capsys: Any) -> None:
@@ -227,7 +227,7 @@ def test_unload_removes_magics_hooks_and_the_observer(ip: InteractiveShell) -> N
     ip.run_line_magic("unload_ext", "nbmonitor")
     assert ip.magics_manager is not None
     assert "watch" not in ip.magics_manager.magics["cell"]
-    assert the_agent.on_tick not in _monitor.get().observers
+    assert the_agent.on_tick not in _writer.get().observers
     assert not any(h in ip.events.callbacks["pre_run_cell"] for h in the_agent.hooks.values())
     ip.run_line_magic("load_ext", "nbmonitor")  # the fixture unloads again
 

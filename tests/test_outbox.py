@@ -11,7 +11,7 @@ import pytest
 
 from nbmonitor.config import NotifierConfig, NotifierStore
 from nbmonitor.events import Event
-from nbmonitor.outbox import Postman, claim_event, last_result
+from nbmonitor.outbox import Sender, claim_event, last_result
 from nbmonitor.repo import Repo
 
 from .helpers import FakeClock
@@ -38,78 +38,78 @@ def claim(repo: Repo, e: Event) -> bool:
 
 
 @pytest.fixture
-def postman(repo: Repo, clock: FakeClock) -> Postman:
-    return Postman(repo, clock=clock.mono, wall=clock.wall, timeout=0.5, orphan_after=30)
+def sender(repo: Repo, clock: FakeClock) -> Sender:
+    return Sender(repo, clock=clock.mono, wall=clock.wall, timeout=0.5, orphan_after=30)
 
 
 def names(http: HttpRecorder, status: int = 200) -> list[str]:
     return [r.json()["run"]["name"] for r in http.answered(status)]
 
 
-def test_each_event_reaches_each_notifier_once(repo: Repo, http: HttpRecorder, postman: Postman) -> None:
+def test_each_event_reaches_each_notifier_once(repo: Repo, http: HttpRecorder, sender: Sender) -> None:
     webhook(repo, f"{http.url}/a")
     webhook(repo, f"{http.url}/b")
     assert claim(repo, event(1))
     assert not claim(repo, event(1))  # a second claimer of the same event loses
-    postman.deliver()
-    postman.deliver()
+    sender.deliver()
+    sender.deliver()
     assert sorted(r.path for r in http.requests) == ["/a", "/b"]
     assert not list(repo.outbox_dir.rglob("*.json"))
 
 
-def test_a_notifier_only_gets_the_events_it_wants(repo: Repo, http: HttpRecorder, postman: Postman) -> None:
+def test_a_notifier_only_gets_the_events_it_wants(repo: Repo, http: HttpRecorder, sender: Sender) -> None:
     webhook(repo, f"{http.url}/x", events="finished")
     claim(repo, event(1, "crashed"))
     claim(repo, event(2, "finished"))
-    postman.deliver()
+    sender.deliver()
     assert names(http) == ["run-2"]
 
 
 def test_a_500_is_retried_after_a_backoff_and_delivered_once(
-    repo: Repo, http: HttpRecorder, postman: Postman, clock: FakeClock
+    repo: Repo, http: HttpRecorder, sender: Sender, clock: FakeClock
 ) -> None:
     config = webhook(repo, f"{http.url}/h")
     http.script = [Answer(500, "boom")]
     claim(repo, event(1))
-    (failed,) = postman.deliver()
+    (failed,) = sender.deliver()
     assert (failed.ok, failed.retry_in) == (False, 1.0)
     assert last_result(repo, config.id)["pending"] == 1  # type: ignore[index]
     clock.advance(0.5)
-    assert postman.deliver() == []  # still backing off
+    assert sender.deliver() == []  # still backing off
     clock.advance(0.5)
-    (delivered,) = postman.deliver()
+    (delivered,) = sender.deliver()
     assert delivered.ok
     assert [r.status for r in http.requests] == [500, 200]
     assert last_result(repo, config.id)["ok"] is True  # type: ignore[index]
     clock.advance(100)
-    assert postman.deliver() == []
+    assert sender.deliver() == []
 
 
 def test_backoff_doubles_up_to_its_cap(repo: Repo, http: HttpRecorder, clock: FakeClock) -> None:
-    postman = Postman(repo, clock=clock.mono, wall=clock.wall, max_backoff=4)
+    sender = Sender(repo, clock=clock.mono, wall=clock.wall, max_backoff=4)
     webhook(repo, f"{http.url}/h")
     http.default = Answer(503, "down")
     claim(repo, event(1))
     delays = []
     for _ in range(5):
-        (result,) = postman.deliver()
+        (result,) = sender.deliver()
         delays.append(result.retry_in)
         clock.advance(result.retry_in or 0)
     assert delays == [1, 2, 4, 4, 4]
 
 
 def test_a_refused_connection_is_retried_until_the_endpoint_is_up(
-    repo: Repo, postman: Postman, clock: FakeClock
+    repo: Repo, sender: Sender, clock: FakeClock
 ) -> None:
     port = free_port()
     webhook(repo, f"http://127.0.0.1:{port}/h")
     claim(repo, event(1))
-    (refused,) = postman.deliver()
+    (refused,) = sender.deliver()
     assert "cannot reach" in refused.answer
     late = HttpRecorder(port)
     try:
         clock.advance(1)
-        (delivered,) = postman.deliver()
+        (delivered,) = sender.deliver()
     finally:
         late.close()
     assert delivered.ok
@@ -117,43 +117,43 @@ def test_a_refused_connection_is_retried_until_the_endpoint_is_up(
 
 
 def test_429_is_retried_no_sooner_than_retry_after(
-    repo: Repo, http: HttpRecorder, postman: Postman, clock: FakeClock
+    repo: Repo, http: HttpRecorder, sender: Sender, clock: FakeClock
 ) -> None:
     webhook(repo, f"{http.url}/h")
     http.script = [Answer(429, "slow down", {"Retry-After": "5"})]
     claim(repo, event(1))
-    assert postman.deliver()[0].retry_in == 5
+    assert sender.deliver()[0].retry_in == 5
     clock.advance(4.9)
-    assert postman.deliver() == []
+    assert sender.deliver() == []
     clock.advance(0.1)
-    assert postman.deliver()[0].ok
+    assert sender.deliver()[0].ok
     assert [r.status for r in http.requests] == [429, 200]
 
 
 def test_a_server_that_never_answers_times_out_and_the_retry_delivers(
-    repo: Repo, http: HttpRecorder, postman: Postman, clock: FakeClock
+    repo: Repo, http: HttpRecorder, sender: Sender, clock: FakeClock
 ) -> None:
     webhook(repo, f"{http.url}/h")
     http.script = [Answer(delay=2.0)]
     claim(repo, event(1))
-    (timed_out,) = postman.deliver()
+    (timed_out,) = sender.deliver()
     assert "timed out" in timed_out.answer
     clock.advance(1)
-    assert postman.deliver()[0].ok
+    assert sender.deliver()[0].ok
     assert len(http.answered()) == 2  # the first answer came after the client had given up
     assert http.requests[1].status == 200
 
 
 def test_a_404_is_a_recorded_permanent_error_and_not_retried(
-    repo: Repo, http: HttpRecorder, postman: Postman, clock: FakeClock
+    repo: Repo, http: HttpRecorder, sender: Sender, clock: FakeClock
 ) -> None:
     config = webhook(repo, f"{http.url}/gone")
     http.default = Answer(404, "no such hook")
     claim(repo, event(1))
-    (result,) = postman.deliver()
+    (result,) = sender.deliver()
     assert (result.ok, result.retry_in) == (False, None)
     clock.advance(3600)
-    assert postman.deliver() == []
+    assert sender.deliver() == []
     assert len(http.requests) == 1
     recorded = last_result(repo, config.id)
     assert recorded is not None
@@ -162,7 +162,7 @@ def test_a_404_is_a_recorded_permanent_error_and_not_retried(
 
 
 def test_one_failing_notifier_neither_delays_nor_duplicates_another(
-    repo: Repo, http: HttpRecorder, postman: Postman, clock: FakeClock
+    repo: Repo, http: HttpRecorder, sender: Sender, clock: FakeClock
 ) -> None:
     down = HttpRecorder()
     down.default = Answer(500, "down")
@@ -171,11 +171,11 @@ def test_one_failing_notifier_neither_delays_nor_duplicates_another(
         webhook(repo, f"{http.url}/up")
         claim(repo, event(1))
         claim(repo, event(2))
-        postman.deliver()
+        sender.deliver()
         assert sorted(names(http)) == ["run-1", "run-2"]
         for _ in range(5):
             clock.advance(60)
-            postman.deliver()
+            sender.deliver()
         assert sorted(names(http)) == ["run-1", "run-2"]
         assert len(down.requests) >= 5
     finally:
@@ -185,12 +185,12 @@ def test_one_failing_notifier_neither_delays_nor_duplicates_another(
 def test_transient_failures_give_up_after_a_bounded_time(
     repo: Repo, http: HttpRecorder, clock: FakeClock
 ) -> None:
-    postman = Postman(repo, clock=clock.mono, wall=clock.wall, give_up_after=120, max_backoff=60)
+    sender = Sender(repo, clock=clock.mono, wall=clock.wall, give_up_after=120, max_backoff=60)
     config = webhook(repo, f"{http.url}/h")
     http.default = Answer(503, "down")
     claim(repo, event(1, at=clock.wall()))
     for _ in range(10):
-        postman.deliver()
+        sender.deliver()
         clock.advance(60)
     attempts = len(http.requests)
     assert 2 <= attempts <= 5
@@ -201,27 +201,27 @@ def test_transient_failures_give_up_after_a_bounded_time(
 def test_a_wall_clock_jump_neither_freezes_nor_expires_deliveries(
     repo: Repo, http: HttpRecorder, clock: FakeClock
 ) -> None:
-    postman = Postman(repo, clock=clock.mono, wall=clock.wall, give_up_after=120)
+    sender = Sender(repo, clock=clock.mono, wall=clock.wall, give_up_after=120)
     webhook(repo, f"{http.url}/h")
     http.default = Answer(503, "down")
     claim(repo, event(1, at=clock.wall()))
-    postman.deliver()  # fails: retry in 1 s
+    sender.deliver()  # fails: retry in 1 s
     clock.jump_wall(-3600)
     clock.advance(1)
-    postman.deliver()  # on time, not an hour late
+    sender.deliver()  # on time, not an hour late
     assert len(http.requests) == 2
     clock.jump_wall(+7200)  # now an hour ahead of when the event happened
     clock.advance(2)
     http.default = Answer(200, "ok")
-    postman.deliver()
+    sender.deliver()
     assert names(http) == ["run-1"]  # not given up: it has been failing for 3 s, not an hour
 
 
-def test_many_events_at_once_become_one_digest(repo: Repo, http: HttpRecorder, postman: Postman) -> None:
+def test_many_events_at_once_become_one_digest(repo: Repo, http: HttpRecorder, sender: Sender) -> None:
     webhook(repo, f"{http.url}/h")
     for n in range(30):
         claim(repo, event(n))
-    postman.deliver()
+    sender.deliver()
     (request,) = http.requests
     body = request.json()
     assert body["event"] == "digest"
@@ -240,10 +240,10 @@ def test_a_digest_resent_after_a_lost_answer_keeps_its_key_and_its_events(
     for n in range(4):
         claim(repo, event(n))
     http.script = [Answer(200, "late", delay=2.0)]
-    Postman(repo, clock=clock.mono, wall=clock.wall, timeout=0.3).deliver()
+    Sender(repo, clock=clock.mono, wall=clock.wall, timeout=0.3).deliver()
     for n in range(4, 6):
         claim(repo, event(n))
-    Postman(repo, clock=clock.mono, wall=clock.wall, timeout=5).deliver()
+    Sender(repo, clock=clock.mono, wall=clock.wall, timeout=5).deliver()
     first, again, *rest = http.requests
     assert again.headers["Idempotency-Key"] == first.headers["Idempotency-Key"]
     assert again.headers["Idempotency-Key"].startswith("digest-")
@@ -253,39 +253,39 @@ def test_a_digest_resent_after_a_lost_answer_keeps_its_key_and_its_events(
     assert not list(repo.outbox_dir.rglob("*.json"))  # the digest's record is gone too
 
 
-def test_a_few_events_are_sent_one_by_one(repo: Repo, http: HttpRecorder, postman: Postman) -> None:
+def test_a_few_events_are_sent_one_by_one(repo: Repo, http: HttpRecorder, sender: Sender) -> None:
     webhook(repo, f"{http.url}/h")
     for n in range(3):
         claim(repo, event(n))
-    postman.deliver()
+    sender.deliver()
     assert sorted(names(http)) == ["run-0", "run-1", "run-2"]
 
 
 def test_pending_files_of_a_claimer_that_lost_are_never_sent(
-    repo: Repo, http: HttpRecorder, postman: Postman
+    repo: Repo, http: HttpRecorder, sender: Sender
 ) -> None:
     config = webhook(repo, f"{http.url}/h")
     e = event(1)
     assert claim(repo, e)
     loser = repo.path / "outbox" / config.id / f"{e.run.id}.end.{'f' * 32}.json"
     loser.write_text(json.dumps(e.to_dict() | {"nonce": "f" * 32}))  # a loser that died before cleaning up
-    postman.deliver()
+    sender.deliver()
     assert len(http.requests) == 1
     assert not loser.exists()
 
 
 def test_a_claimer_that_died_before_claiming_is_claimed_for_and_delivered_later(
-    repo: Repo, http: HttpRecorder, postman: Postman, clock: FakeClock
+    repo: Repo, http: HttpRecorder, sender: Sender, clock: FakeClock
 ) -> None:
     config = webhook(repo, f"{http.url}/h")
     e = event(1, at=clock.wall())
     folder = repo.path / "outbox" / config.id
     folder.mkdir(parents=True)
     (folder / f"{e.run.id}.end.{'a' * 32}.json").write_text(json.dumps(e.to_dict() | {"nonce": "a" * 32}))
-    postman.deliver()
+    sender.deliver()
     assert http.requests == []  # its claimer may still be at work
     clock.advance(31)
-    postman.deliver()
+    sender.deliver()
     assert names(http) == ["run-1"]
     assert repo.read_claim(e.run.id, "end")["nonce"] == "a" * 32
 
@@ -294,12 +294,12 @@ def test_two_senders_on_one_outbox_send_each_event_once(repo: Repo, http: HttpRe
     webhook(repo, f"{http.url}/h")
     for n in range(40):
         claim(repo, event(n))
-    senders = [Postman(repo, digest_at=1000) for _ in range(2)]
+    senders = [Sender(repo, digest_at=1000) for _ in range(2)]
     barrier = threading.Barrier(2)
 
-    def send(postman: Postman) -> None:
+    def send(sender: Sender) -> None:
         barrier.wait()
-        postman.deliver()
+        sender.deliver()
 
     threads = [threading.Thread(target=send, args=(p,)) for p in senders]
     for t in threads:
@@ -334,7 +334,7 @@ def test_a_bad_pending_file_is_set_aside_with_a_warning(
     bad.write_text(content)
     claim(repo, event(2))
     # orphan_after=0: a pending file nobody claimed is claimed at once, so a bad key reaches the claim.
-    Postman(repo, clock=clock.mono, wall=clock.wall, timeout=0.5, orphan_after=0).deliver()
+    Sender(repo, clock=clock.mono, wall=clock.wall, timeout=0.5, orphan_after=0).deliver()
     assert names(http) == ["run-2"]
     assert str(bad) in caplog.text
     assert (folder / f".bad-{bad.name}").exists()
@@ -343,7 +343,7 @@ def test_a_bad_pending_file_is_set_aside_with_a_warning(
 
 @pytest.mark.parametrize("where", ["event", "run"])
 def test_a_pending_file_of_a_newer_format_is_left_for_a_newer_nbmonitor(
-    repo: Repo, http: HttpRecorder, postman: Postman, caplog: pytest.LogCaptureFixture, where: str
+    repo: Repo, http: HttpRecorder, sender: Sender, caplog: pytest.LogCaptureFixture, where: str
 ) -> None:
     config = webhook(repo, f"{http.url}/h")
     folder = repo.path / "outbox" / config.id
@@ -356,8 +356,8 @@ def test_a_pending_file_of_a_newer_format_is_left_for_a_newer_nbmonitor(
     newer = folder / f"{'1' * 32}.end.{'b' * 32}.json"
     newer.write_text(json.dumps(data))
     claim(repo, event(2))
-    postman.deliver()
-    postman.deliver()
+    sender.deliver()
+    sender.deliver()
     assert names(http) == ["run-2"]
     assert newer.exists()  # untouched: not sent, not set aside
     assert [r.getMessage() for r in caplog.records if "newer" in r.getMessage()] == [
@@ -367,7 +367,7 @@ def test_a_pending_file_of_a_newer_format_is_left_for_a_newer_nbmonitor(
 
 
 def test_removing_or_disabling_a_notifier_drops_what_waits_for_it(
-    repo: Repo, http: HttpRecorder, postman: Postman
+    repo: Repo, http: HttpRecorder, sender: Sender
 ) -> None:
     store = NotifierStore(repo)
     one, two = webhook(repo, f"{http.url}/1"), webhook(repo, f"{http.url}/2")
@@ -375,5 +375,5 @@ def test_removing_or_disabling_a_notifier_drops_what_waits_for_it(
     store.remove(one.id)
     store.update(two.id, enabled=False)
     store.update(two.id, enabled=True)
-    postman.deliver()
+    sender.deliver()
     assert http.requests == []

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import nbmonitor
-from nbmonitor import _monitor
+from nbmonitor import _writer
 from nbmonitor.record import RunRecord
 from nbmonitor.repo import Repo
 
@@ -41,7 +41,7 @@ def on_disk(run: nbmonitor.Run) -> RunRecord:
 
 
 def test_report_progress_touches_memory_only(
-    monitor: _monitor.Monitor, counting: CountingRepo, clock: FakeClock
+    monitor: _writer.Writer, counting: CountingRepo, clock: FakeClock
 ) -> None:
     run = nbmonitor.Run(name="hot", repo=counting, expect_next_in=3)
     monitor.tick()
@@ -59,7 +59,7 @@ def test_report_progress_touches_memory_only(
 
 
 def test_a_busy_run_is_written_at_most_once_a_second(
-    monitor: _monitor.Monitor, counting: CountingRepo, clock: FakeClock
+    monitor: _writer.Writer, counting: CountingRepo, clock: FakeClock
 ) -> None:
     run = nbmonitor.Run(repo=counting)
     for _ in range(100):  # ten seconds of ticks, progress before each
@@ -70,7 +70,7 @@ def test_a_busy_run_is_written_at_most_once_a_second(
 
 
 def test_an_idle_run_is_not_rewritten(
-    monitor: _monitor.Monitor, counting: CountingRepo, clock: FakeClock
+    monitor: _writer.Writer, counting: CountingRepo, clock: FakeClock
 ) -> None:
     nbmonitor.Run(repo=counting)
     for _ in range(50):
@@ -80,7 +80,7 @@ def test_an_idle_run_is_not_rewritten(
 
 
 def test_progress_is_stamped_at_the_tick_that_sees_it(
-    monitor: _monitor.Monitor, repo: Repo, clock: FakeClock
+    monitor: _writer.Writer, repo: Repo, clock: FakeClock
 ) -> None:
     run = nbmonitor.Run(repo=repo)
     monitor.tick()
@@ -95,7 +95,7 @@ def test_progress_is_stamped_at_the_tick_that_sees_it(
 
 
 def test_a_run_records_who_and_where(
-    monitor: _monitor.Monitor, repo: Repo, monkeypatch: pytest.MonkeyPatch
+    monitor: _writer.Writer, repo: Repo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(nbmonitor.run, "_ipython", lambda: None)  # no IPython shell in this process
     run = nbmonitor.Run(name="train", repo=repo, expect_next_in=3, grace=4, total=10)
@@ -108,7 +108,7 @@ def test_a_run_records_who_and_where(
     assert record.status == "running"
 
 
-def test_watch_finishes_on_normal_exit(monitor: _monitor.Monitor, repo: Repo) -> None:
+def test_watch_finishes_on_normal_exit(monitor: _writer.Writer, repo: Repo) -> None:
     with nbmonitor.watch(eta=3, name="ok", repo=repo) as run:
         run.report_progress()
     record = on_disk(run)
@@ -116,7 +116,7 @@ def test_watch_finishes_on_normal_exit(monitor: _monitor.Monitor, repo: Repo) ->
     assert record.ended_at is not None
 
 
-def test_watch_fails_on_an_exception_and_lets_it_through(monitor: _monitor.Monitor, repo: Repo) -> None:
+def test_watch_fails_on_an_exception_and_lets_it_through(monitor: _writer.Writer, repo: Repo) -> None:
     with pytest.raises(ZeroDivisionError), nbmonitor.watch(repo=repo) as run:
         1 / 0  # noqa: B018  # the failure under test
     record = on_disk(run)
@@ -127,15 +127,13 @@ def test_watch_fails_on_an_exception_and_lets_it_through(monitor: _monitor.Monit
     assert "test_run.py" in record.error.where
 
 
-def test_watch_marks_keyboard_interrupt_as_interrupted(monitor: _monitor.Monitor, repo: Repo) -> None:
+def test_watch_marks_keyboard_interrupt_as_interrupted(monitor: _writer.Writer, repo: Repo) -> None:
     with pytest.raises(KeyboardInterrupt), nbmonitor.watch(repo=repo) as run:
         raise KeyboardInterrupt
     assert on_disk(run).status == "interrupted"
 
 
-def test_explicit_ends_are_kept_and_a_second_end_changes_nothing(
-    monitor: _monitor.Monitor, repo: Repo
-) -> None:
+def test_explicit_ends_are_kept_and_a_second_end_changes_nothing(monitor: _writer.Writer, repo: Repo) -> None:
     run = nbmonitor.Run(repo=repo)
     run.report_failure("loss is NaN")
     run.report_successful_finish()
@@ -147,14 +145,14 @@ def test_explicit_ends_are_kept_and_a_second_end_changes_nothing(
     assert monitor.runs() == []
 
 
-def test_track_yields_every_item_and_finishes_its_run(monitor: _monitor.Monitor, repo: Repo) -> None:
+def test_track_yields_every_item_and_finishes_its_run(monitor: _writer.Writer, repo: Repo) -> None:
     items = ["a", "b", "c"]
     assert list(nbmonitor.track(items, name="loop", repo=repo)) == items
     (record,) = repo.runs()
     assert (record.status, record.step, record.total, record.progress) == ("finished", 3, 3, 3)
 
 
-def test_track_takes_total_from_len_or_leaves_it_unknown(monitor: _monitor.Monitor, repo: Repo) -> None:
+def test_track_takes_total_from_len_or_leaves_it_unknown(monitor: _writer.Writer, repo: Repo) -> None:
     def gen() -> Iterator[int]:
         yield from range(4)
 
@@ -167,7 +165,7 @@ def test_track_takes_total_from_len_or_leaves_it_unknown(monitor: _monitor.Monit
 
 
 def test_track_counts_an_item_once_its_work_is_done(
-    monitor: _monitor.Monitor, repo: Repo, clock: FakeClock
+    monitor: _writer.Writer, repo: Repo, clock: FakeClock
 ) -> None:
     steps = []
     for _ in nbmonitor.track(range(3), name="counting", repo=repo):
@@ -180,7 +178,7 @@ def test_track_counts_an_item_once_its_work_is_done(
 
 
 def test_track_inside_watch_counts_for_that_run_and_leaves_it_open(
-    monitor: _monitor.Monitor, repo: Repo, clock: FakeClock
+    monitor: _writer.Writer, repo: Repo, clock: FakeClock
 ) -> None:
     with nbmonitor.watch(eta=5, name="epochs", repo=repo) as run:
         for _epoch in range(2):
@@ -195,7 +193,7 @@ def test_track_inside_watch_counts_for_that_run_and_leaves_it_open(
 
 
 def test_a_loop_left_early_finishes_once_no_exception_claims_it(
-    monitor: _monitor.Monitor, repo: Repo, clock: FakeClock
+    monitor: _writer.Writer, repo: Repo, clock: FakeClock
 ) -> None:
     for i in nbmonitor.track(range(100), name="early", repo=repo):
         if i == 4:
@@ -224,14 +222,14 @@ def test_a_loop_left_early_finishes_once_no_exception_claims_it(
     ],
 )
 def test_bad_arguments_get_a_specific_error(
-    monitor: _monitor.Monitor, repo: Repo, kwargs: dict[str, Any], error: type[Exception], message: str
+    monitor: _writer.Writer, repo: Repo, kwargs: dict[str, Any], error: type[Exception], message: str
 ) -> None:
     with pytest.raises(error, match=message):
         nbmonitor.Run(repo=repo, **kwargs)
     assert monitor.runs() == []
 
 
-def test_bad_progress_reports_are_refused_and_the_run_goes_on(monitor: _monitor.Monitor, repo: Repo) -> None:
+def test_bad_progress_reports_are_refused_and_the_run_goes_on(monitor: _writer.Writer, repo: Repo) -> None:
     run = nbmonitor.Run(repo=repo, expect_next_in=2)
     with pytest.raises(ValueError, match="expect_next_in"):
         run.report_progress(expect_next_in=float("nan"))
@@ -251,7 +249,7 @@ def test_bad_progress_reports_are_refused_and_the_run_goes_on(monitor: _monitor.
 
 
 def test_an_unusable_repo_never_stops_the_work_and_is_written_once_usable(
-    monitor: _monitor.Monitor, tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    monitor: _writer.Writer, tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     blocker = tmp_path / "blocked"
     blocker.write_text("a file where the repo should be")
@@ -270,7 +268,7 @@ def test_an_unusable_repo_never_stops_the_work_and_is_written_once_usable(
 
 
 def test_two_watch_blocks_in_two_threads_each_count_their_own_progress(
-    monitor: _monitor.Monitor, repo: Repo
+    monitor: _writer.Writer, repo: Repo
 ) -> None:
     # The current run was one stack for the process: the healthy thread's progress counted for
     # the block opened last, so the hung one looked healthy and the healthy one stalled.
@@ -310,7 +308,7 @@ def test_two_watch_blocks_in_two_threads_each_count_their_own_progress(
 
 
 def test_threads_started_in_a_block_count_for_it_and_older_threads_do_not(
-    monitor: _monitor.Monitor, repo: Repo
+    monitor: _writer.Writer, repo: Repo
 ) -> None:
     older_go, older_done = threading.Event(), threading.Event()
 
@@ -339,7 +337,7 @@ def test_threads_started_in_a_block_count_for_it_and_older_threads_do_not(
     assert record.progress == 7
 
 
-def test_a_forked_child_never_writes_its_parents_run(monitor: _monitor.Monitor, repo: Repo) -> None:
+def test_a_forked_child_never_writes_its_parents_run(monitor: _writer.Writer, repo: Repo) -> None:
     run = nbmonitor.Run(name="parent", repo=repo)
     monitor.tick()
     pid = os.fork()

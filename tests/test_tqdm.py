@@ -12,7 +12,7 @@ import pytest
 import tqdm
 
 import nbmonitor
-from nbmonitor import _monitor
+from nbmonitor import _writer
 from nbmonitor._tqdm import TqdmProbe, attribute_bars, restore_bars
 from nbmonitor.repo import Repo
 
@@ -28,7 +28,7 @@ def bar(**kwargs: object) -> tqdm.tqdm[int]:
     return tqdm.tqdm(file=io.StringIO(), mininterval=0, **kwargs)
 
 
-def test_bars_count_for_the_run_current_where_they_were_opened(monitor: _monitor.Monitor, repo: Repo) -> None:
+def test_bars_count_for_the_run_current_where_they_were_opened(monitor: _writer.Writer, repo: Repo) -> None:
     outside = bar()
     with nbmonitor.watch(name="a", repo=repo) as a:
         probe_a = TqdmProbe(a, time.time(), nbmonitor.current_run)
@@ -47,9 +47,7 @@ def test_bars_count_for_the_run_current_where_they_were_opened(monitor: _monitor
     assert (probe_a(), probe_b()) == (9, 5)
 
 
-def test_bars_that_open_and_close_between_two_looks_still_count(
-    monitor: _monitor.Monitor, repo: Repo
-) -> None:
+def test_bars_that_open_and_close_between_two_looks_still_count(monitor: _writer.Writer, repo: Repo) -> None:
     with nbmonitor.watch(name="quick", repo=repo) as run:
         probe = TqdmProbe(run, time.time(), nbmonitor.current_run)
         for _ in range(3):
@@ -64,7 +62,7 @@ def test_bars_that_open_and_close_between_two_looks_still_count(
         assert probe() == 17
 
 
-def test_the_probe_reads_tqdms_bars_under_tqdms_lock(monitor: _monitor.Monitor, repo: Repo) -> None:
+def test_the_probe_reads_tqdms_bars_under_tqdms_lock(monitor: _writer.Writer, repo: Repo) -> None:
     # As tqdm's own monitor thread does: a copy of the set taken under tqdm.get_lock().
     with nbmonitor.watch(name="locked", repo=repo) as run:
         probe = TqdmProbe(run, time.time(), nbmonitor.current_run)
@@ -85,7 +83,7 @@ def test_the_probe_reads_tqdms_bars_under_tqdms_lock(monitor: _monitor.Monitor, 
 
 
 def test_bars_opening_all_the_time_in_another_thread_are_never_counted_twice(
-    monitor: _monitor.Monitor, repo: Repo
+    monitor: _writer.Writer, repo: Repo
 ) -> None:
     # Seen: when reading the set failed once (a bar opened at that moment), every bar's whole
     # count was added again at the next look. Two hundred open bars and thread switches every

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import nbmonitor
-from nbmonitor import _monitor
+from nbmonitor import _writer
 from nbmonitor.events import Event
 from nbmonitor.record import RunRecord
 from nbmonitor.repo import Repo
@@ -242,7 +242,7 @@ def test_observe_reports_states_without_claiming(world: World) -> None:
     ids=["eta-0.5-grace-0.2", "eta-0.8-watcher-grace-0", "eta-0.05-no-grace", "eta-3-watcher-grace-0"],
 )
 def test_a_run_keeping_a_short_promise_is_never_late_to_a_watcher_reading_its_file(
-    monitor: _monitor.Monitor,
+    monitor: _writer.Writer,
     repo: Repo,
     clock: FakeClock,
     eta: float,

@@ -20,21 +20,48 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
-from .record import ErrorInfo
+from .record import ErrorInfo, RunRecord
+from .repo import Repo
 
-if TYPE_CHECKING:
-    from .run import Run
-
-__all__ = ["Monitor", "get"]
+__all__ = ["Writer", "Written", "get"]
 
 log = logging.getLogger("nbmonitor")
 
 Clock = Callable[[], float]
 
 
-class Monitor:
+class Written(Protocol):
+    """What the writer thread (and a kernel observing it) asks of a run: nbmonitor.Run is one."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def repo(self) -> Repo: ...
+
+    @property
+    def owner(self) -> threading.Thread: ...
+
+    @property
+    def owns_loop(self) -> bool: ...
+
+    def record(self) -> RunRecord: ...
+
+    def tick(self, now_wall: float, now_mono: float, force: bool = False) -> bool:
+        """Stamp new progress and write the run's file if it changed and is due; True once the
+        run has ended and its final state is on disk."""
+        ...
+
+    def end(self, status: str, exc: BaseException | None = None, error: ErrorInfo | None = None) -> None: ...
+
+    def cut(self) -> None:
+        """The process goes away mid-run: write the run as still running, and never again."""
+        ...
+
+
+class Writer:
     """Owns this process's open runs and the thread that writes their files."""
 
     #: Seconds between ticks: the precision of a progress time stamp.
@@ -52,10 +79,10 @@ class Monitor:
         self.wall = wall
         self.mono = mono
         self._use_thread = thread
-        self._runs: dict[str, Run] = {}
-        self._ended: list[Run] = []
+        self._runs: dict[str, Written] = {}
+        self._ended: list[Written] = []
         #: Called after each tick with the runs it handled (just-ended ones too), wall and mono time.
-        self.observers: list[Callable[[list[Run], float, float], None]] = []
+        self.observers: list[Callable[[list[Written], float, float], None]] = []
         #: Keep ticking with no open run (a kernel in %watch auto mode needs it).
         self.keep_alive = False
         #: Set by a kernel: asked before a run records an interrupt, True if the kernel is being
@@ -65,7 +92,7 @@ class Monitor:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def add(self, run: Run) -> None:
+    def add(self, run: Written) -> None:
         """Start watching an open run (and the thread, if it is not running)."""
         with self._lock:
             self._runs[run.id] = run
@@ -76,15 +103,15 @@ class Monitor:
         with self._lock:
             if self._use_thread and (self._thread is None or not self._thread.is_alive()):
                 self._wake.clear()
-                self._thread = threading.Thread(target=self._loop, name="nbmonitor", daemon=True)
+                self._thread = threading.Thread(target=self._loop, name="nbmonitor-writer", daemon=True)
                 self._thread.start()
 
-    def retire(self, run: Run) -> None:
+    def retire(self, run: Written) -> None:
         """An ended run whose final state is written: observers see it once more, then it is gone."""
         if self._runs.pop(run.id, None) is not None and self.observers:
             self._ended.append(run)
 
-    def runs(self) -> list[Run]:
+    def runs(self) -> list[Written]:
         """The open runs of this process."""
         return list(self._runs.values())
 
@@ -93,7 +120,7 @@ class Monitor:
         now_wall, now_mono = self.wall(), self.mono()
         handled = self.runs()
         for run in handled:
-            if run._tick(now_wall, now_mono):
+            if run.tick(now_wall, now_mono):
                 self.retire(run)
         ended, self._ended = self._ended, []
         for observer in self.observers:
@@ -117,25 +144,25 @@ class Monitor:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=2 * self.TICK + 1)
 
-    def cut_all(self) -> list[Run]:
+    def cut_all(self) -> list[Written]:
         """The process is going away mid-run: record every open run as still running, for good."""
         cut = self.runs()
         for run in cut:
-            run._cut()
+            run.cut()
             self.retire(run)
         return cut
 
     def end_all(self, status: str, exc: BaseException | None = None, error: ErrorInfo | None = None) -> None:
         """End every open run of this process with ``status`` and write it now."""
         for run in self.runs():
-            run._end(status, exc, error)
+            run.end(status, exc, error)
             self.retire(run)
 
     def end_thread(self, thread: threading.Thread, status: str, exc: BaseException | None) -> None:
         """``thread`` is ending by ``exc``: end the open runs it created."""
         for run in self.runs():
-            if run._owner is thread:
-                run._end(status, exc)
+            if run.owner is thread:
+                run.end(status, exc)
                 self.retire(run)
 
     def fail_loops(self, thread: threading.Thread, exc: BaseException) -> None:
@@ -143,8 +170,8 @@ class Monitor:
         that are runs of their own: they failed (or were interrupted), rather than finishing."""
         interrupted = isinstance(exc, KeyboardInterrupt)
         for run in self.runs():
-            if run._owns_loop and run._owner is thread:
-                run._end("interrupted" if interrupted else "failed", None if interrupted else exc)
+            if run.owns_loop and run.owner is thread:
+                run.end("interrupted" if interrupted else "failed", None if interrupted else exc)
                 self.retire(run)
 
 
@@ -157,19 +184,19 @@ class _Ending:
     error: ErrorInfo | None = None
 
 
-_monitor: Monitor | None = None
+_writer: Writer | None = None
 _hooks_installed = False
 _ending: _Ending | None = None
 
 
-def get() -> Monitor:
+def get() -> Writer:
     """This process's monitor, created on first use along with the exit hooks."""
-    global _monitor
-    if _monitor is None:
-        _monitor = Monitor()
+    global _writer
+    if _writer is None:
+        _writer = Writer()
         _install_hooks()
         _hook_worker_exit()
-    return _monitor
+    return _writer
 
 
 def _install_hooks() -> None:
@@ -184,16 +211,16 @@ def _install_hooks() -> None:
         # The main thread dies of it, and the process ends that way.
         global _ending
         _ending = _Ending("interrupted") if isinstance(exc, KeyboardInterrupt) else _Ending("failed", exc)
-        if _monitor is not None:
-            _monitor.end_thread(threading.current_thread(), _ending.status, _ending.exc)
+        if _writer is not None:
+            _writer.end_thread(threading.current_thread(), _ending.status, _ending.exc)
         previous(kind, exc, tb)
 
     sys.excepthook = excepthook
     previous_thread_hook = threading.excepthook
 
     def thread_excepthook(args: Any) -> None:  # threading.ExceptHookArgs
-        if _monitor is not None and args.thread is not None and args.exc_value is not None:
-            _monitor.end_thread(args.thread, "failed", args.exc_value)
+        if _writer is not None and args.thread is not None and args.exc_value is not None:
+            _writer.end_thread(args.thread, "failed", args.exc_value)
         previous_thread_hook(args)
 
     threading.excepthook = thread_excepthook
@@ -220,20 +247,20 @@ def _exit(status: ExitStatus = None, /) -> NoReturn:
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
     # os.exec*() replaces this program: its runs are over, and no exit hook will run.
-    if event == "os.exec" and _monitor is not None:
-        _monitor.end_all("finished")
+    if event == "os.exec" and _writer is not None:
+        _writer.end_all("finished")
 
 
 def _at_exit() -> None:
     # A process that exits normally never raises an alarm: close what is open as the process
     # ends (finished, or as sys.exit() or an uncaught exception said), and let observers (a
     # kernel claiming its runs' ends) see them once more.
-    if _monitor is not None:
+    if _writer is not None:
         ending = _ending or _Ending("finished")
-        _monitor.stop()
-        _monitor.end_all(ending.status, ending.exc, ending.error)
-        if _monitor.observers:
-            _monitor.tick()
+        _writer.stop()
+        _writer.end_all(ending.status, ending.exc, ending.error)
+        if _writer.observers:
+            _writer.tick()
 
 
 def _hook_worker_exit() -> None:
@@ -263,5 +290,5 @@ def _at_worker_exit() -> None:
 
 def _forget_in_child() -> None:
     # Only the owner writes a run's file: a forked child (a DataLoader worker, say) starts empty.
-    global _monitor, _ending
-    _monitor, _ending = None, None
+    global _writer, _ending
+    _writer, _ending = None, None

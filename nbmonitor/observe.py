@@ -1,0 +1,186 @@
+"""Observation: run records, this host's clocks and its process table turned into each run's state now.
+
+Everything that only reads a repo uses this and nothing more: ``status``,
+the server's API (and through it the lab panel), the kernel's displays, and
+the watcher, which then claims what the states make due (nbmonitor.claims).
+
+Clocks: a run from this host and boot is timed with the shared monotonic
+clock (immune to wall-clock jumps, and a restart pushes no deadline back).
+A run from another host is timed from when this observer first saw its
+progress counter change, since that host's clock cannot be trusted; a
+one-off ``glance()`` has no such history and uses that host's wall clock.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from . import _process, rules
+from .errors import CorruptRecordError
+from .record import RunRecord
+from .repo import Repo, Scanner
+from .rules import State
+
+__all__ = ["AliveCheck", "Observation", "Observer", "watcher_info"]
+
+Clock = Callable[[], float]
+#: Whether (pid, start in epoch seconds, start in boot ticks) is a live process of this host.
+AliveCheck = Callable[[int, float | None, int | None], bool]
+_Alive = dict[tuple[int, float | None, int | None], bool]  # the answers of one look
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """A run as seen at one moment: its state, and how long it has made no progress."""
+
+    run: RunRecord
+    state: State
+    since_progress: float
+    grace: float | None = None  # the grace that applied (runs with an ETA)
+
+
+@dataclass(slots=True)
+class _Seen:
+    progress: int
+    first_seen: float  # local monotonic time this progress count was first seen
+
+
+class Observer:
+    """Turns run records into observations, remembering when each run's progress last changed."""
+
+    def __init__(
+        self,
+        repo: Repo,
+        *,
+        grace: float | None = None,
+        wall: Clock = time.time,
+        mono: Clock = time.monotonic,
+        alive: AliveCheck = _process.is_alive,
+        host: str | None = None,
+        boot_id: str | None = None,
+        interval: float = 1.0,
+    ) -> None:
+        self.repo = repo
+        #: Grace for runs that set none (the watcher's --grace); None: the rules' default.
+        self.grace = grace
+        #: Seconds between looks: how late a change on another host may be seen.
+        self.interval = interval
+        self.wall, self.mono, self.alive = wall, mono, alive
+        self.host = host if host is not None else _process.host()
+        self.boot_id = boot_id if host is not None else _process.boot_id()
+        self._scanner = Scanner(repo)
+        self._seen: dict[str, _Seen] = {}
+
+    @property
+    def known(self) -> Collection[str]:
+        """The ids of the runs this observer remembers: after a full look, those in the repo."""
+        return self._seen.keys()
+
+    def look(
+        self, runs: Iterable[RunRecord] | None = None, *, skip: Collection[str] = ()
+    ) -> list[Observation]:
+        """The state of ``runs`` now (default: every run of the repo, and then runs no longer
+        there are forgotten). Runs whose id is in ``skip`` are remembered but not looked at
+        (their end is known)."""
+        now_wall, now_mono = self.wall(), self.mono()
+        everything = runs is None
+        present: dict[str, _Seen] = {} if everything else self._seen
+        alive: _Alive = {}
+        found: list[Observation] = []
+        for run in self._scanner.scan() if runs is None else runs:
+            seen = self._seen.get(run.id)
+            if seen is None:
+                seen = _Seen(run.progress, now_mono)
+            elif run.progress != seen.progress:
+                seen.progress, seen.first_seen = run.progress, now_mono
+            present[run.id] = seen
+            if run.id in skip:
+                continue
+            obs = self._state(run, seen, now_wall, now_mono, alive)
+            if obs.state is State.CRASHED:
+                obs = self._recheck(obs, seen, now_wall, now_mono, alive)
+            found.append(obs)
+        self._seen = present
+        return found
+
+    def glance(self, runs: Iterable[RunRecord] | None = None) -> list[Observation]:
+        """A one-off look, newest first, remembering nothing (``status``, the server's API):
+        with no history, a run of another host is timed by its own wall clock."""
+        now_wall, now_mono = self.wall(), self.mono()
+        alive: _Alive = {}
+        found = []
+        for run in self._scanner.scan() if runs is None else runs:
+            seen = _Seen(run.progress, now_mono - max(0.0, now_wall - run.last_progress_at))
+            found.append(self._state(run, seen, now_wall, now_mono, alive))
+        return sorted(found, key=lambda o: o.run.started_at, reverse=True)
+
+    def _state(
+        self, run: RunRecord, seen: _Seen, now_wall: float, now_mono: float, alive: _Alive
+    ) -> Observation:
+        lag = rules.write_lag(run.write_lag)
+        if run.host != self.host:
+            # Timed from when this observer saw the progress count change, which it sees only
+            # at its next look after the file was written.
+            since = now_mono - seen.first_seen
+            lag += self.interval
+            is_alive: bool | None = None
+        else:
+            if run.boot_id is not None and run.boot_id == self.boot_id:
+                since = now_mono - run.last_progress_mono
+            else:
+                since = now_wall - run.last_progress_at
+            is_alive = True if run.ended else self._alive(run, alive)
+        grace = rules.grace_for(run.eta, run.grace, self.grace) if run.eta is not None else None
+        current = rules.state(
+            run.status, alive=is_alive, since_progress=since, eta=run.eta, grace=grace or 0.0, lag=lag
+        )
+        return Observation(run, current, max(since, 0.0), grace)
+
+    def _alive(self, run: RunRecord, seen: _Alive) -> bool:
+        """Whether a run's process (same host) still runs, asked once per look per process."""
+        if run.boot_id is not None and self.boot_id is not None and run.boot_id != self.boot_id:
+            return False  # the host rebooted since: every process of that boot is gone
+        # Start ticks are comparable within one boot only.
+        ticks = run.process_start_ticks if run.boot_id == self.boot_id else None
+        key = (run.pid, run.process_start, ticks)
+        if key not in seen:
+            seen[key] = self.alive(*key)
+        return seen[key]
+
+    def _recheck(
+        self, obs: Observation, seen: _Seen, now_wall: float, now_mono: float, alive: _Alive
+    ) -> Observation:
+        # The process may have written its end just before exiting, after our scan:
+        # read the file once more before calling it a crash.
+        try:
+            fresh = self.repo.read_run(obs.run.id)
+        except (OSError, CorruptRecordError):
+            return obs
+        return self._state(fresh, seen, now_wall, now_mono, alive) if fresh.ended else obs
+
+
+def watcher_info(repo: Repo) -> dict[str, Any] | None:
+    """The running watcher of ``repo`` (pid, host, started_at, ...), or None if none runs."""
+    try:
+        with open(repo.watcher_file, encoding="utf-8") as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict):
+        return None
+    pid, start, started = info.get("pid"), info.get("process_start"), info.get("started_at")
+    if type(pid) is not int or pid <= 0 or info.get("host") != _process.host():
+        return None
+    if not isinstance(started, int | float) or isinstance(started, bool) or not math.isfinite(started):
+        return None  # not a file a watcher wrote whole
+    ticks = info.get("process_start_ticks") if info.get("boot_id") == _process.boot_id() else None
+    if not _process.is_alive(
+        pid, start if isinstance(start, float) else None, ticks if type(ticks) is int else None
+    ):
+        return None
+    return info

@@ -1,0 +1,64 @@
+"""What a watched cell's display shows: its run, state, rate and usage, as a View for nbmonitor.widget.
+
+``CellRun`` is one ``%%watch`` cell: its run, its display, its usage history
+and its recent progress (for the rate). ``view()`` turns those and the run's
+record into the View that nbmonitor.widget renders. Arithmetic, no I/O.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from . import rules
+from .record import RunRecord
+from .run import Run
+from .usage import History
+from .widget import RunDisplay, View
+
+__all__ = ["RATE_WINDOW", "CellRun", "view"]
+
+RATE_WINDOW = 10.0  # seconds of progress the rate is measured over
+
+
+@dataclass
+class CellRun:
+    """A run shown in a cell: its display, usage history and recent progress for the rate."""
+
+    run: Run
+    display: RunDisplay | None
+    usage: History | None
+    state: str = "running"
+    progress: deque[tuple[float, int]] = field(default_factory=deque)
+    since_progress: float = 0.0
+
+
+def view(cell: CellRun, record: RunRecord, now_mono: float, *, watcher: str | None, note: str | None) -> View:
+    """What the cell's display shows now (``watcher``: "pid 123" when a standalone watcher runs;
+    ``note``: the latest warning)."""
+    progress = cell.progress
+    progress.append((now_mono, record.step))
+    while progress and now_mono - progress[0][0] > RATE_WINDOW:
+        progress.popleft()
+    rate = None
+    if len(progress) > 1 and progress[-1][0] > progress[0][0]:
+        rate = max(0.0, (progress[-1][1] - progress[0][1]) / (progress[-1][0] - progress[0][0]))
+    end = record.ended_at if record.ended_at is not None else time.time()
+    grace = rules.grace_for(record.eta, record.grace) if record.eta is not None else None
+    return View(
+        name=record.name,
+        state=cell.state,
+        step=record.step,
+        total=record.total,
+        elapsed=end - record.started_at,
+        since_progress=cell.since_progress,
+        eta=record.eta,
+        grace=grace,
+        rate=rate,
+        error=record.error.summary() if record.error else None,
+        usage=cell.usage,
+        watcher=watcher,
+        note=note,
+        ended=record.status != "running",
+    )
