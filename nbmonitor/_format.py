@@ -5,7 +5,18 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-__all__ = ["clip", "duration", "one_line", "steps", "table"]
+__all__ = ["COLOURS", "clip", "duration", "one_line", "steps", "table"]
+
+#: The colour of each run state: the notebook display's badge, the lab panel, the status bar.
+COLOURS = {
+    "running": "#2e7d32",
+    "late": "#f9a825",
+    "stalled": "#e65100",
+    "failed": "#c62828",
+    "crashed": "#8e0000",
+    "finished": "#1565c0",
+    "interrupted": "#616161",
+}
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}

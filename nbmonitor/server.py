@@ -24,7 +24,7 @@ from jupyter_server.utils import url_path_join
 from traitlets import Unicode
 from traitlets.config import Configurable
 
-from . import rules
+from . import _format, rules
 from ._version import version
 from .errors import CorruptRecordError, RepoError
 from .observe import Observation, Observer, watcher_info
@@ -120,6 +120,7 @@ def _lab_path(path: str | None, root_dir: str | None) -> str | None:
 
 def _run_json(obs: Observation, root_dir: str | None = None) -> dict[str, Any]:
     run: RunRecord = obs.run
+    ended = obs.state in rules.TERMINAL
     return {
         "id": run.id,
         "name": run.name,
@@ -135,7 +136,9 @@ def _run_json(obs: Observation, root_dir: str | None = None) -> dict[str, Any]:
         "pid": run.pid,
         "step": run.step,
         "total": run.total,
-        "since_progress": None if obs.state in rules.TERMINAL else obs.since_progress,
+        "since_progress": None if ended else obs.since_progress,
+        "since_progress_text": None if ended else _format.duration(obs.since_progress),
+        "colour": _format.COLOURS.get(obs.state.value, _format.COLOURS["interrupted"]),
         "eta": run.eta,
         "started_at": run.started_at,
         "ended_at": run.ended_at,

@@ -16,20 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _format
+from ._format import COLOURS
 from .usage import History, human_bytes, sparkline
 
 __all__ = ["COLOURS", "RunDisplay", "View", "render_html", "render_text"]
-
-#: Badge colour per state.
-COLOURS = {
-    "running": "#2e7d32",
-    "late": "#f9a825",
-    "stalled": "#e65100",
-    "failed": "#c62828",
-    "crashed": "#8e0000",
-    "finished": "#1565c0",
-    "interrupted": "#616161",
-}
 
 MAX_RATE = 4.0  # refreshes a second for progress, well under the 10 allowed
 HARD_RATE = 10.0  # refreshes a second at most, even when the state changes

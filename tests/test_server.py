@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
+from nbmonitor._format import COLOURS, duration
 from nbmonitor.record import RunUsage
 from nbmonitor.repo import Repo
 
@@ -63,6 +64,9 @@ async def test_runs_lists_what_the_repo_holds(jp_fetch: Any, repo: Repo) -> None
         100,
     )
     assert stuck["since_progress"] >= 59
+    assert stuck["since_progress_text"] == duration(stuck["since_progress"])  # as the CLI and widget say it
+    assert (stuck["colour"], runs["b"]["colour"]) == (COLOURS["stalled"], COLOURS["finished"])
+    assert runs["b"]["since_progress_text"] is None
     assert stuck["origin"]["text"] == "train.py --lr 3"
     assert (runs["b"]["status"], runs["b"]["since_progress"]) == ("finished", None)
     assert runs["b"]["usage"] == {"cpu_percent": 150.0, "rss": 3 * 2**30, "gpu_memory": 2**30}

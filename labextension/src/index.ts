@@ -3,11 +3,13 @@
  * item, and a notification when a run stalls, crashes or fails.
  *
  * It polls the server extension's REST API (nbmonitor/api/runs) every two
- * seconds, backs off while the server is unreachable, and shows that it is
- * offline. User text (run names, origins, errors) is only ever set as text.
+ * seconds with Lumino's Poll: backing off while the server is unreachable
+ * (and saying it is offline), standing by while the tab is hidden. Texts a
+ * person reads (durations, origins) and state colours come from the server,
+ * as the notebook display and the command line show them. User text (run
+ * names, origins, errors) is only ever set as text.
  */
 import {
-  ILabShell,
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
@@ -15,6 +17,8 @@ import { Notification } from '@jupyterlab/apputils';
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 import { IStatusBar } from '@jupyterlab/statusbar';
+import { Poll } from '@lumino/polling';
+import { ISignal, Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
 const POLL_MS = 2000;
@@ -27,12 +31,22 @@ export interface IRun {
   id: string;
   name: string;
   status: string;
-  origin: { kind: string; path: string | null; cell: number | null; text: string; lab_path: string | null };
+  origin: {
+    kind: string;
+    path: string | null;
+    cell: number | null;
+    text: string;
+    lab_path: string | null;
+  };
   host: string;
   pid: number;
   step: number;
   total: number | null;
   since_progress: number | null;
+  /** since_progress as people read it ("4.0 s", "3 min 20 s"), from the server. */
+  since_progress_text: string | null;
+  /** The state's colour, the same as the notebook display's badge. */
+  colour: string;
   eta: number | null;
   error: string | null;
   ended_at: number | null;
@@ -61,20 +75,6 @@ function current(run: IRun): boolean {
   return PROBLEMS.has(run.status) && Date.now() / 1000 - at < RECENT_S;
 }
 
-function duration(seconds: number): string {
-  if (seconds < 10) {
-    return `${seconds.toFixed(1)} s`;
-  }
-  if (seconds < 60) {
-    return `${Math.floor(seconds)} s`;
-  }
-  const minutes = Math.floor(seconds / 60);
-  if (minutes < 60) {
-    return `${minutes} min ${Math.floor(seconds % 60)} s`;
-  }
-  return `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
-}
-
 function el(tag: string, className: string, text?: string): HTMLElement {
   const node = document.createElement(tag);
   node.className = className;
@@ -84,49 +84,70 @@ function el(tag: string, className: string, text?: string): HTMLElement {
   return node;
 }
 
-/** Polls the API with backoff and tells listeners what changed. */
+/** The runs the server reports, polled with backoff; ``changed`` after each look. */
 class RunsModel {
   runs: IRun[] = [];
   offline = false;
   /** What is wrong with the repo the server reads (a file in its place, ...), if anything. */
   problem: string | null = null;
-  private _listeners: Array<() => void> = [];
-  private _delay = POLL_MS;
+  private _changed = new Signal<this, void>(this);
   private _settings = ServerConnection.makeSettings();
+  private _poll = new Poll({
+    factory: () => this._fetch(),
+    frequency: { interval: POLL_MS, backoff: true, max: MAX_BACKOFF_MS },
+    name: 'nbmonitor:runs',
+    standby: 'when-hidden'
+  });
 
-  onChange(listener: () => void): void {
-    this._listeners.push(listener);
+  get changed(): ISignal<this, void> {
+    return this._changed;
   }
 
-  start(): void {
-    void this._poll();
+  dispose(): void {
+    this._poll.dispose();
+    Signal.clearData(this);
   }
 
-  private async _poll(): Promise<void> {
+  private async _fetch(): Promise<void> {
     try {
-      const url = URLExt.join(this._settings.baseUrl, 'nbmonitor', 'api', 'runs');
-      const response = await ServerConnection.makeRequest(url, {}, this._settings);
+      const url = URLExt.join(
+        this._settings.baseUrl,
+        'nbmonitor',
+        'api',
+        'runs'
+      );
+      const response = await ServerConnection.makeRequest(
+        url,
+        {},
+        this._settings
+      );
       if (!response.ok) {
         throw new Error(`HTTP ${response.status}`);
       }
-      const body = (await response.json()) as { runs: IRun[]; error?: string | null };
+      const body = (await response.json()) as {
+        runs: IRun[];
+        error?: string | null;
+      };
       this.runs = body.runs;
       this.problem = body.error ?? null;
       this.offline = false;
-      this._delay = POLL_MS;
     } catch (reason) {
       this.offline = true;
-      this._delay = Math.min(this._delay * 2, MAX_BACKOFF_MS);
+      throw reason; // the poll backs off
+    } finally {
+      this._changed.emit();
     }
-    this._listeners.forEach(listener => listener());
-    window.setTimeout(() => void this._poll(), this._delay);
   }
 }
 
 /** The left sidebar panel: one row per run. */
 class RunsPanel extends Widget {
   private _list = el('ul', 'nbm-list');
-  private _offline = el('div', 'nbm-offline', 'offline: the server does not answer; retrying');
+  private _offline = el(
+    'div',
+    'nbm-offline',
+    'offline: the server does not answer; retrying'
+  );
   private _problem = el('div', 'nbm-problem');
   private _showAll = false;
 
@@ -141,23 +162,35 @@ class RunsPanel extends Widget {
     this.addClass('nbm-panel');
     const header = el('div', 'nbm-header');
     header.appendChild(el('span', 'nbm-title', 'nbmonitor runs'));
-    const filter = el('button', 'nbm-filter jp-mod-styled', 'show all') as HTMLButtonElement;
+    const filter = el(
+      'button',
+      'nbm-filter jp-mod-styled',
+      'show all'
+    ) as HTMLButtonElement;
     filter.onclick = () => {
       this._showAll = !this._showAll;
       filter.textContent = this._showAll ? 'show active' : 'show all';
       this.render();
     };
     header.appendChild(filter);
-    if ('Notification' in window && window.Notification.permission === 'default') {
-      const ask = el('button', 'nbm-ask jp-mod-styled', 'browser notifications') as HTMLButtonElement;
-      ask.onclick = () => void window.Notification.requestPermission().then(() => ask.remove());
+    if (
+      'Notification' in window &&
+      window.Notification.permission === 'default'
+    ) {
+      const ask = el(
+        'button',
+        'nbm-ask jp-mod-styled',
+        'browser notifications'
+      ) as HTMLButtonElement;
+      ask.onclick = () =>
+        void window.Notification.requestPermission().then(() => ask.remove());
       header.appendChild(ask);
     }
     this.node.appendChild(header);
     this.node.appendChild(this._offline);
     this.node.appendChild(this._problem);
     this.node.appendChild(this._list);
-    this._model.onChange(() => this.render());
+    this._model.changed.connect(() => this.render());
   }
 
   render(): void {
@@ -168,7 +201,9 @@ class RunsPanel extends Widget {
     const shown = this._model.runs.filter(r => this._showAll || current(r));
     this._list.replaceChildren(...shown.map(run => this._row(run)));
     if (shown.length === 0) {
-      this._list.appendChild(el('li', 'nbm-empty', this._showAll ? 'no runs yet' : 'no active runs'));
+      this._list.appendChild(
+        el('li', 'nbm-empty', this._showAll ? 'no runs yet' : 'no active runs')
+      );
     }
   }
 
@@ -177,15 +212,23 @@ class RunsPanel extends Widget {
     row.dataset.runId = run.id;
     row.dataset.status = run.status;
     const top = el('div', 'nbm-line');
-    top.appendChild(el('span', `nbm-dot nbm-status-${run.status}`, '●'));
+    const dot = top.appendChild(el('span', 'nbm-dot', '●'));
     top.appendChild(el('span', 'nbm-name', run.name));
-    top.appendChild(el('span', 'nbm-state', run.status));
+    const state = top.appendChild(el('span', 'nbm-state', run.status));
+    dot.style.color = state.style.color = run.colour;
     row.appendChild(top);
-    const steps = run.total !== null ? `${run.step}/${run.total}` : `${run.step}`;
-    const since = run.since_progress !== null ? ` · last progress ${duration(run.since_progress)} ago` : '';
-    row.appendChild(el('div', 'nbm-detail', `${run.origin.text} · step ${steps}${since}`));
+    const steps =
+      run.total !== null ? `${run.step}/${run.total}` : `${run.step}`;
+    const since = run.since_progress_text
+      ? ` · last progress ${run.since_progress_text} ago`
+      : '';
+    row.appendChild(
+      el('div', 'nbm-detail', `${run.origin.text} · step ${steps}${since}`)
+    );
     if (run.usage && ACTIVE.has(run.status)) {
-      const gpu = run.usage.gpu_memory ? ` · GPU ${bytes(run.usage.gpu_memory)}` : '';
+      const gpu = run.usage.gpu_memory
+        ? ` · GPU ${bytes(run.usage.gpu_memory)}`
+        : '';
       const text = `CPU ${Math.round(run.usage.cpu_percent)}% · ${bytes(run.usage.rss)}${gpu}`;
       row.appendChild(el('div', 'nbm-usage nbm-detail', text));
     }
@@ -211,7 +254,7 @@ class RunsStatus extends Widget {
     super();
     this.addClass('nbm-statusbar');
     this.node.onclick = onClick;
-    this._model.onChange(() => this.render());
+    this._model.changed.connect(() => this.render());
     this.render();
   }
 
@@ -227,7 +270,9 @@ class RunsStatus extends Widget {
         parts.push(`${n} ${status}`);
       }
     }
-    const problems = [...PROBLEMS].some(s => (counts.get(s) ?? 0) > 0) || this._model.problem !== null;
+    const problems =
+      [...PROBLEMS].some(s => (counts.get(s) ?? 0) > 0) ||
+      this._model.problem !== null;
     this.node.textContent = this._model.offline
       ? 'nbmonitor offline'
       : this._model.problem !== null
@@ -245,7 +290,7 @@ class Alerts {
   private _first = true;
 
   constructor(private _model: RunsModel) {
-    this._model.onChange(() => this.check());
+    this._model.changed.connect(() => this.check());
   }
 
   check(): void {
@@ -259,7 +304,10 @@ class Alerts {
         continue;
       }
       // On the first look only what is stuck right now is news; old failures are not.
-      const news = PROBLEMS.has(run.status) && current(run) && (!this._first || run.status === 'stalled');
+      const news =
+        PROBLEMS.has(run.status) &&
+        current(run) &&
+        (!this._first || run.status === 'stalled');
       if (news) {
         this._raise(run);
       } else if (before === 'stalled' && this._toasts.has(run.id)) {
@@ -283,28 +331,42 @@ class Alerts {
         ? Notification.warning(text, { autoClose: false })
         : Notification.error(text, { autoClose: false });
     this._toasts.set(run.id, id);
-    if ('Notification' in window && window.Notification.permission === 'granted') {
-      new window.Notification(`nbmonitor: ${run.name} ${what}`, { body: run.origin.text, tag: `${run.id}-${what}` });
+    if (
+      'Notification' in window &&
+      window.Notification.permission === 'granted'
+    ) {
+      new window.Notification(`nbmonitor: ${run.name} ${what}`, {
+        body: run.origin.text,
+        tag: `${run.id}-${what}`
+      });
     }
   }
 }
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'nbmonitor:plugin',
-  description: 'Every nbmonitor run in a panel and the status bar, with notifications.',
+  description:
+    'Every nbmonitor run in a panel and the status bar, with notifications.',
   autoStart: true,
-  optional: [ILabShell, IStatusBar],
-  activate: (app: JupyterFrontEnd, labShell: ILabShell | null, statusBar: IStatusBar | null) => {
+  optional: [IStatusBar],
+  activate: (app: JupyterFrontEnd, statusBar: IStatusBar | null) => {
     const model = new RunsModel();
-    const open = (path: string) => void app.commands.execute('docmanager:open', { path });
+    const open = (path: string) =>
+      void app.commands.execute('docmanager:open', { path });
     const panel = new RunsPanel(model, open);
     app.shell.add(panel, 'left', { rank: 900 });
     if (statusBar) {
-      const item = new RunsStatus(model, () => app.shell.activateById(panel.id));
-      statusBar.registerStatusItem('nbmonitor:status', { item, align: 'left', rank: 900 });
+      const item = new RunsStatus(model, () =>
+        app.shell.activateById(panel.id)
+      );
+      statusBar.registerStatusItem('nbmonitor:status', {
+        item,
+        align: 'left',
+        rank: 900
+      });
     }
     new Alerts(model);
-    model.start();
+    panel.disposed.connect(() => model.dispose());
   }
 };
 
