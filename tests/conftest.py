@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ from nbmonitor import _writer
 from nbmonitor.repo import Repo
 
 from .helpers import FakeClock
+from .servers import HttpRecorder, serve
 
 
 @pytest.fixture(autouse=True)
@@ -32,3 +34,9 @@ def monitor(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> _writer.Writer
     manual = _writer.Writer(wall=clock.wall, mono=clock.mono, thread=False)
     monkeypatch.setattr(_writer, "_writer", manual)
     return manual
+
+
+@pytest.fixture
+def http() -> Iterator[HttpRecorder]:
+    """A real local HTTP endpoint that records each request and answers as scripted."""
+    yield from serve(HttpRecorder())

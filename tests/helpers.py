@@ -1,4 +1,5 @@
-"""Test helpers: an injectable clock, and subprocesses whose output is read with deadlines."""
+"""Test helpers: an injectable clock, waits with deadlines, and real subprocesses (scripts, the
+watcher, the command line) whose output is read as it comes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+
+from nbmonitor.repo import Repo
 
 T = TypeVar("T")
 
@@ -132,3 +135,20 @@ def ipython_shell() -> Any:
     from IPython.testing.globalipapp import start_ipython
 
     return start_ipython() or InteractiveShell.instance()
+
+
+def run_id_from(proc: Proc, marker: str) -> str:
+    """The run id a script printed after ``marker`` (``print("started", run.id)``)."""
+    proc.wait_for(marker)
+    return proc.matching(marker)[0].split()[1]
+
+
+def nbw(repo: Repo, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """``nbmonitor-watcher --repo <repo> <args>``, run to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", "nbmonitor", "--repo", str(repo.path), *args],
+        env=child_env(repo.path),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -22,8 +22,8 @@ from nbmonitor.record import ErrorInfo
 from nbmonitor.repo import Repo
 
 from .helpers import ROOT, wait_until
+from .records import sample
 from .servers import free_port
-from .test_record import sample
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"

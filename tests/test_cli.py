@@ -15,18 +15,8 @@ from nbmonitor import cli
 from nbmonitor.repo import Repo
 from nbmonitor.watcher import watcher_info
 
-from .helpers import child_env, wait_until
-from .test_record import sample
-
-
-def nbw(repo: Repo, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "nbmonitor", "--repo", str(repo.path), *args],
-        env=child_env(repo.path),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from .helpers import child_env, nbw, wait_until
+from .records import sample
 
 
 @pytest.fixture

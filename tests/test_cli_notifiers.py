@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 
 import pytest
 
 from nbmonitor.config import NotifierStore
 from nbmonitor.repo import Repo
 
-from .helpers import child_env
-from .servers import Answer, HttpRecorder, serve
-from .test_cli import nbw
+from .helpers import child_env, nbw
+from .servers import Answer, HttpRecorder
 
 SECRET = "T0123/B0456/abcdefghijklmnopqrstuvwx"
-
-
-@pytest.fixture
-def http() -> Iterator[HttpRecorder]:
-    yield from serve(HttpRecorder())
 
 
 def add_slack(repo: Repo, url: str, *extra: str) -> str:

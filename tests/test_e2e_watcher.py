@@ -19,7 +19,7 @@ import pytest
 from nbmonitor.config import NotifierConfig, NotifierStore
 from nbmonitor.repo import Repo
 
-from .helpers import Proc, wait_until
+from .helpers import Proc, run_id_from, wait_until
 from .servers import Answer, HttpRecorder, Request, free_port
 
 POLL = 0.2
@@ -128,11 +128,6 @@ def run_script(scripts: Path, name: str, repo: Repo, procs: list[Proc], *args: s
     proc = Proc.python(scripts / f"{name}.py", *args, repo=repo.path)
     procs.append(proc)
     return proc
-
-
-def run_id_from(proc: Proc, marker: str) -> str:
-    proc.wait_for(marker)
-    return proc.matching(marker)[0].split()[1]
 
 
 def test_1_a_hang_is_reported_once_as_stalled_then_once_as_recovered(

@@ -19,8 +19,7 @@ import pytest
 
 from nbmonitor.repo import Repo
 
-from .helpers import FakeClock, Proc, wait_until
-from .test_e2e_watcher import run_id_from
+from .helpers import FakeClock, Proc, run_id_from, wait_until
 
 DIES = """
 import ctypes, os, signal, sys, time
@@ -94,7 +93,7 @@ def test_sigterm_handled_by_the_script_itself_is_a_normal_exit(
 def test_a_kernel_killed_or_restarted_mid_cell_crashes_that_run_and_the_next_cell_works(
     repo: Repo, watcher: Proc, restart: str
 ) -> None:
-    from .test_kernel_e2e import Kernel
+    from .kernels import Kernel
 
     kernel = Kernel(repo.path)
     try:
@@ -123,7 +122,7 @@ def test_a_kernel_killed_or_restarted_mid_cell_crashes_that_run_and_the_next_cel
 
 
 def test_an_interrupt_with_no_shutdown_after_it_is_interrupted_and_the_kernel_goes_on(repo: Repo) -> None:
-    from .test_kernel_e2e import Kernel
+    from .kernels import Kernel
 
     kernel = Kernel(repo.path)
     try:
@@ -152,8 +151,8 @@ def test_an_interrupt_with_no_shutdown_after_it_is_interrupted_and_the_kernel_go
 def test_a_restarted_kernel_sends_the_crash_itself_when_no_watcher_runs(repo: Repo) -> None:
     from nbmonitor.config import NotifierConfig, NotifierStore
 
+    from .kernels import Kernel
     from .servers import HttpRecorder
-    from .test_kernel_e2e import Kernel
 
     http = HttpRecorder()
     NotifierStore(repo).add(NotifierConfig.create("webhook", {"url": f"{http.url}/hook"}))
@@ -180,7 +179,7 @@ def test_a_restarted_kernel_sends_the_crash_itself_when_no_watcher_runs(repo: Re
 
 
 def test_a_kernel_shut_down_between_cells_ends_its_open_runs_as_finished(repo: Repo) -> None:
-    from .test_kernel_e2e import Kernel
+    from .kernels import Kernel
 
     kernel = Kernel(repo.path)
     try:
@@ -216,8 +215,8 @@ def test_200_runs_in_20_processes_with_a_watcher_and_a_kernel_each_event_arrives
 ) -> None:
     from nbmonitor.config import NotifierConfig, NotifierStore
 
+    from .kernels import Kernel
     from .servers import HttpRecorder
-    from .test_kernel_e2e import Kernel
 
     http = HttpRecorder()
     NotifierStore(repo).add(
@@ -268,8 +267,8 @@ def test_an_endpoint_down_for_two_minutes_gets_every_notification_once_when_it_i
     from nbmonitor.config import NotifierConfig, NotifierStore
     from nbmonitor.outbox import Sender
 
+    from .records import World
     from .servers import Answer, HttpRecorder, free_port
-    from .test_watcher import World
 
     port = free_port()
     steady = HttpRecorder()
@@ -580,7 +579,7 @@ def test_a_wall_clock_step_never_makes_a_live_process_look_gone(repo: Repo, tmp_
 def test_a_read_only_repo_under_a_watched_cell_prints_nothing_into_it_and_the_cell_finishes(
     repo: Repo, tmp_path: Path
 ) -> None:
-    from .test_kernel_e2e import Kernel, idle, widget_values
+    from .kernels import Kernel, idle, widget_values
 
     stop = tmp_path / "stop"
     kernel = Kernel(repo.path)

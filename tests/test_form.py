@@ -15,15 +15,10 @@ from nbmonitor.config import NotifierConfig, NotifierStore
 from nbmonitor.form import NotifierForm, Row
 from nbmonitor.repo import Repo
 
-from .servers import Answer, HttpRecorder, serve
-from .test_cli import nbw
+from .helpers import nbw
+from .servers import Answer, HttpRecorder
 
 SECRET = "xoxb-form-secret-0123456789"
-
-
-@pytest.fixture
-def http() -> Iterator[HttpRecorder]:
-    yield from serve(HttpRecorder())
 
 
 @pytest.fixture

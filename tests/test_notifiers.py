@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +16,11 @@ from nbmonitor.fields import ConfigError
 from nbmonitor.notifiers import TYPES, Message, NotifierError, TransientError
 from nbmonitor.repo import Repo
 
-from .servers import Answer, HttpRecorder, SmtpRecorder, free_port, serve
+from .servers import Answer, HttpRecorder, SmtpRecorder, free_port
 
 EVENT = templates.SAMPLE
 MESSAGE = Message("train-resnet stalled", templates.text_for(EVENT), (EVENT,))
 TOKEN = "tok-9f8e7d6c5b4a39281706"
-
-
-@pytest.fixture
-def http() -> Iterator[HttpRecorder]:
-    yield from serve(HttpRecorder())
 
 
 def send(kind: str, args: dict[str, Any], timeout: float = 5.0, message: Message = MESSAGE) -> str:

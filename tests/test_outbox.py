@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,13 +14,8 @@ from nbmonitor.outbox import Sender, claim_event, last_result
 from nbmonitor.repo import Repo
 
 from .helpers import FakeClock
-from .servers import Answer, HttpRecorder, free_port, serve
-from .test_record import sample
-
-
-@pytest.fixture
-def http() -> Iterator[HttpRecorder]:
-    yield from serve(HttpRecorder())
+from .records import sample
+from .servers import Answer, HttpRecorder, free_port
 
 
 def webhook(repo: Repo, url: str, **kwargs: Any) -> NotifierConfig:

@@ -9,28 +9,7 @@ import pytest
 
 from nbmonitor.record import FORMAT, ErrorInfo, Origin, RunRecord, RunUsage
 
-
-def sample(**changes: Any) -> RunRecord:
-    record = RunRecord(
-        id="0" * 32,
-        name="train",
-        origin=Origin("script", path="/home/u/train.py", argv=("--lr", "3")),
-        host="box",
-        pid=42,
-        process_start=1000.5,
-        boot_id="b",
-        started_at=2000.0,
-        status="running",
-        eta=3.0,
-        grace=None,
-        step=10,
-        total=100,
-        progress=10,
-        last_progress_at=2010.0,
-        last_progress_mono=55.0,
-        updated_at=2010.5,
-    )
-    return record.with_changes(**changes)
+from .records import sample
 
 
 def test_a_record_survives_a_json_round_trip() -> None:

@@ -15,7 +15,7 @@ import pytest
 from nbmonitor.errors import CorruptRecordError, RepoError
 from nbmonitor.repo import Repo, Scanner, default_path
 
-from .test_record import sample
+from .records import sample
 
 
 def test_default_location_is_the_environment_variable_else_the_home_folder(

@@ -14,7 +14,7 @@ from nbmonitor._format import COLOURS, duration
 from nbmonitor.record import RunUsage
 from nbmonitor.repo import Repo
 
-from .test_record import sample
+from .records import sample
 
 
 @pytest.fixture

@@ -1,0 +1,77 @@
+"""Real Jupyter kernels for tests (jupyter_client), and readers of what they send the front end."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.manager import KernelManager
+
+from .helpers import ROOT, child_env
+
+__all__ = ["WIDGET_MIME", "Kernel", "displays", "idle", "widget_values"]
+
+
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+class Kernel:
+    """A real ipykernel; ``run`` executes code and returns every iopub message until it is idle."""
+
+    def __init__(self, repo: Path) -> None:
+        self.manager = KernelManager(kernel_name="python3")
+        self.manager.start_kernel(env=child_env(repo), cwd=str(ROOT))
+        self.client = self.manager.client()
+        self.client.start_channels()
+        self.client.wait_for_ready(timeout=60)
+
+    def run(self, code: str, timeout: float = 60) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        msg_id = self.client.execute(code)
+        messages = self.read(msg_id, idle, timeout, "idle")
+        while True:  # a late reply to an earlier request (a cell cut off by a restart) is not ours
+            reply = self.client.get_shell_msg(timeout=10)
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return reply["content"], messages
+
+    def read(
+        self, msg_id: str, until: Callable[[dict[str, Any]], bool], timeout: float, what: str
+    ) -> list[dict[str, Any]]:
+        """The iopub messages of request ``msg_id``, up to the first for which ``until`` is true."""
+        messages: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                msg = self.client.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no {what} within {timeout} s; got {messages[-3:]}") from None
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            messages.append(msg)
+            if until(msg):
+                return messages
+
+    def stop(self) -> None:
+        self.client.stop_channels()
+        self.manager.shutdown_kernel(now=True)
+
+
+def idle(msg: dict[str, Any]) -> bool:
+    return bool(msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle")
+
+
+def widget_values(messages: list[dict[str, Any]]) -> list[str]:
+    """Every HTML value the widget was given, in order."""
+    values = []
+    for msg in messages:
+        if msg["msg_type"] in ("comm_open", "comm_msg"):
+            state = msg["content"].get("data", {}).get("state", {})
+            if "value" in state:
+                values.append(state["value"])
+    return values
+
+
+def displays(messages: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [m["content"]["data"] for m in messages if m["msg_type"] == kind]
