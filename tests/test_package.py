@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -136,6 +137,37 @@ def test_installing_enables_the_server_and_lab_extensions() -> None:
     assert re.search(validated, plain)
     plain = re.sub(r"\x1b\[[0-9;]*m", "", lab.stdout + lab.stderr)
     assert re.search(rf"nbmonitor v{version} enabled OK \(python, nbmonitor\)", plain)
+
+
+def _layers() -> dict[str, int]:
+    """Each module's layer, as docs/ARCHITECTURE.md's table says."""
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    layers: dict[str, int] = {}
+    for number, modules in re.findall(r"^\| (\d) \|[^|]+\| (.+) \|$", text, flags=re.M):
+        for module in re.findall(r"`([\w]+)`", modules):
+            assert module not in layers, f"{module} is in two layers"
+            layers[module] = int(number)
+    return layers
+
+
+def _imports(path: Path) -> set[str]:
+    """The nbmonitor modules ``path`` imports, at the top or inside a function."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+    return found
+
+
+def test_imports_go_one_way_as_the_architecture_page_says() -> None:
+    layers = _layers()
+    modules = {p.stem for p in (ROOT / "nbmonitor").glob("*.py")}
+    assert set(layers) == modules, "every module is in exactly one layer of docs/ARCHITECTURE.md"
+    for module in sorted(modules):
+        for imported in _imports(ROOT / "nbmonitor" / f"{module}.py"):
+            assert layers[imported] <= layers[module], (
+                f"{module} (layer {layers[module]}) imports {imported} (layer {layers[imported]})"
+            )
 
 
 def test_every_test_cited_in_the_reliability_table_exists() -> None:
