@@ -14,6 +14,7 @@ COLOURS = {
     "stalled": "#e65100",
     "failed": "#c62828",
     "crashed": "#8e0000",
+    "lost": "#6a1b9a",
     "finished": "#1565c0",
     "interrupted": "#616161",
 }

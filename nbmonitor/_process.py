@@ -15,7 +15,7 @@ import functools
 import os
 import socket
 
-__all__ = ["boot_id", "host", "is_alive", "process_start", "start_ticks"]
+__all__ = ["boot_id", "exit_status", "host", "is_alive", "process_start", "start_ticks"]
 
 # psutil's create_time() is derived from boot time and clock ticks; two reads of the
 # same process agree far closer than this, a reused pid differs by far more.
@@ -52,6 +52,19 @@ def start_ticks(pid: int | None = None) -> int | None:
     """Start of process ``pid`` (default: this one) in clock ticks since boot; None without /proc."""
     stat = _stat(os.getpid() if pid is None else pid)
     return None if stat is None else stat[1]
+
+
+def exit_status(pid: int, ticks: int | None) -> int | None:
+    """How a process that has ended but is not reaped yet (a zombie) ended, as ``waitpid()``
+    says it (``os.waitstatus_to_exitcode`` reads it); None if it is reaped, or no zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+        if fields[0] != b"Z" or (ticks is not None and int(fields[19]) != ticks):
+            return None
+        return int(fields[49])  # field 52: exit_code (Linux 3.5 and later)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _stat(pid: int) -> tuple[bytes, int] | None:

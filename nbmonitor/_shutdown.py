@@ -88,4 +88,4 @@ class ShutdownHook:
 
 def _queued(repo: Repo, event: Event) -> bool:
     """Some notifier's delivery of ``event`` still waits in the outbox."""
-    return bool(repo.pending_of(event.run.id, event.key))
+    return bool(repo.pending_of(event.subject, event.key))

@@ -83,6 +83,8 @@ class Writer:
         self._ended: list[Written] = []
         #: Called after each tick with the runs it handled (just-ended ones too), wall and mono time.
         self.observers: list[Callable[[list[Written], float, float], None]] = []
+        #: Called at the start of each tick with the mono time (workers' progress read in).
+        self.before_tick: list[Callable[[float], None]] = []
         #: Keep ticking with no open run (a kernel in %watch auto mode needs it).
         self.keep_alive = False
         #: Set by a kernel: asked before a run records an interrupt, True if the kernel is being
@@ -118,6 +120,8 @@ class Writer:
     def tick(self) -> None:
         """One pass: stamp progress and write what changed. The thread calls this every TICK."""
         now_wall, now_mono = self.wall(), self.mono()
+        for prepare in self.before_tick:
+            prepare(now_mono)
         handled = self.runs()
         for run in handled:
             if run.tick(now_wall, now_mono):
@@ -288,7 +292,14 @@ def _at_worker_exit() -> None:
     _at_exit()
 
 
+#: Called in a forked child with the open runs it inherited: they are its parent's, not its own.
+at_fork_child: list[Callable[[list[Written]], None]] = []
+
+
 def _forget_in_child() -> None:
     # Only the owner writes a run's file: a forked child (a DataLoader worker, say) starts empty.
     global _writer, _ending
+    inherited = _writer.runs() if _writer is not None else []
     _writer, _ending = None, None
+    for hook in at_fork_child:
+        hook(inherited)

@@ -1,10 +1,12 @@
-"""Claims: observations turned into events, each claimed once in the repo, and handed to delivery.
+"""Claims: observations of runs and groups turned into events, each claimed once, handed to delivery.
 
 ``Claimer.claim()`` asks the rules which events a run's state makes due
 (``rules.due_events``), claims each in the repo (``outbox.claim_event``: the
 pending deliveries first, then the claim, so a crash in between loses
 nothing) and emits the ones it won. Several claimers (watchers, kernels)
-may look at the same runs; each event is won by exactly one of them.
+may look at the same runs; each event is won by exactly one of them. A
+group's events are claimed under its id (nbmonitor.groups): its members
+raise none of their own.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import os
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from . import _process, rules
 from ._once import Trouble
 from .config import NotifierConfig
 from .events import Event
+from .groups import GroupObservation
 from .observe import Observation
 from .outbox import claim_event
 from .repo import Repo
@@ -60,49 +64,73 @@ class Claimer:
         self.wall = wall
         #: Runs whose end is claimed: nothing more can be due for them.
         self.done: set[str] = set()
-        self._claimed: dict[str, _Claimed] = {}
+        self._claimed: dict[str, _Claimed] = {}  # by run or group id
+        #: The groups seen, by id: their members' run ids (kept while any is in the repo).
+        self.groups: dict[str, set[str]] = {}
         self._trouble = Trouble(log)  # the repo cannot be written: said once per cause
 
-    def claim(self, observations: Iterable[Observation]) -> list[Event]:
-        """Claim what each observation makes due; returns the events this claimer won (another
-        may have claimed the rest)."""
+    def claim(
+        self, observations: Iterable[Observation], groups: Iterable[GroupObservation] = ()
+    ) -> list[Event]:
+        """Claim what each run's and each group's state makes due; returns the events this
+        claimer won (another may have claimed the rest)."""
         now = self.wall()
         won: list[Event] = []
         for obs in observations:
-            won += self._claim_due(obs, now)
+            won += self._claim_due(obs.run.id, obs.state, obs.run.progress, partial(self._event, obs, now))
+        for group in groups:
+            self.groups[group.id] = {m.run.id for m in group.members}
+            won += self._claim_due(
+                group.id, group.state, group.progress, partial(self._group_event, group, now)
+            )
+            if group.id in self.done:
+                self.done.update(m.run.id for m in group.members)  # nothing more for its members either
         return won
 
     def keep_only(self, run_ids: Collection[str]) -> None:
-        """Forget every run but these (the others are gone from the repo)."""
-        self._claimed = {k: v for k, v in self._claimed.items() if k in run_ids}
-        self.done = {k for k in self.done if k in run_ids}
+        """Forget every run but these (the others are gone from the repo), and groups with none of them."""
+        self.groups = {k: ids for k, ids in self.groups.items() if any(i in run_ids for i in ids)}
+        self._claimed = {k: v for k, v in self._claimed.items() if k in run_ids or k in self.groups}
+        self.done = {k for k in self.done if k in run_ids or k in self.groups}
 
-    def _claim_due(self, obs: Observation, now: float) -> list[Event]:
-        run = obs.run
-        claimed = self._claimed.get(run.id)
-        if claimed is None or claimed.progress != run.progress:
+    def _claim_due(
+        self, subject: str, state: rules.State, progress: int, event: Callable[[rules.Due], Event]
+    ) -> list[Event]:
+        claimed = self._claimed.get(subject)
+        if claimed is None or claimed.progress != progress:
             # New progress: another claimer may have claimed since; read the claims again.
-            claimed = self._claimed[run.id] = _Claimed(run.progress, self.repo.claims(run.id))
+            claimed = self._claimed[subject] = _Claimed(progress, self.repo.claims(subject))
         won: list[Event] = []
-        for due in rules.due_events(obs.state, run.progress, claimed.keys):
-            grace = obs.grace if due.event == "stalled" else None
-            event = Event(due.event, due.key, run, now, obs.since_progress, grace, self.seen_by)
+        for due in rules.due_events(state, progress, claimed.keys):
+            made = event(due)
             targets = [n for n in self.notifiers() if n.wants(due.event)]
             try:
-                mine = claim_event(self.repo, event, targets)
+                mine = claim_event(self.repo, made, targets)
             except OSError as e:
                 # Claimed and sent once the repo can be written again; said once, not every look.
                 cause = e.strerror or str(e)
                 message = (
-                    "cannot record event %s of run %s in %s (%s); it is reported once the repo can be written"
+                    "cannot record event %s of %s in %s (%s); it is reported once the repo can be written"
                 )
-                self._trouble.happened(cause, message, event.kind, run.id[:8], self.repo.path, cause)
+                self._trouble.happened(cause, message, made.kind, subject[:8], self.repo.path, cause)
                 return won
             self._trouble.over("events are recorded in %s again", self.repo.path)
             claimed.keys.add(due.key)
             if mine:
-                won.append(event)
-                self.emit(event)
-        if obs.state in rules.TERMINAL and rules.END_KEY in claimed.keys:
-            self.done.add(run.id)
+                won.append(made)
+                self.emit(made)
+        if state in rules.TERMINAL and rules.END_KEY in claimed.keys:
+            self.done.add(subject)
         return won
+
+    def _event(self, obs: Observation, now: float, due: rules.Due) -> Event:
+        grace = obs.grace if due.event == "stalled" else None
+        return Event(due.event, due.key, obs.run, now, obs.since_progress, grace, self.seen_by)
+
+    def _group_event(self, group: GroupObservation, now: float, due: rules.Due) -> Event:
+        # The event speaks of the member to blame (or the first): its host, pid and step.
+        subject = group.blamed[0] if group.blamed else group.members[0]
+        grace = subject.grace if due.event == "stalled" else None
+        return Event(
+            due.event, due.key, subject.run, now, group.since_progress, grace, self.seen_by, group.info()
+        )

@@ -17,9 +17,11 @@ from . import _format, _notifiers_cli, _process
 from ._values import seconds_arg
 from ._version import version
 from .errors import NbmonitorError
-from .observe import Observer, watcher_info
+from .groups import GroupObservation, gather, role
+from .observe import Observation, Observer, watcher_info
 from .repo import Repo, make_private
 from .rules import TERMINAL
+from .templates import job_label
 from .watcher import serve
 
 __all__ = ["main"]
@@ -28,6 +30,7 @@ PROG = "nbmonitor-watcher"
 _STARTUP_TIMEOUT = 15.0
 _STOP_TIMEOUT = 10.0
 _RECENT_ENDED = 10
+_WORKERS_SHOWN = 8
 #: How the watcher's output stamps each line.
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
@@ -184,31 +187,84 @@ def _status(repo: Repo, args: argparse.Namespace) -> int:
     else:
         uptime = _format.duration(time.time() - float(info.get("started_at", time.time())))
         print(f"watcher: running, pid {info['pid']}, up {uptime}, repo {repo.path}")
-    observations = Observer(repo).glance()
-    ended = [o for o in observations if o.state in TERMINAL]
-    shown = [o for o in observations if o.state not in TERMINAL]
+    alone, groups = gather(Observer(repo).glance())
+    rows: list[tuple[str, ...]] = [("NAME", "ORIGIN", "STATUS", "STEP", "SINCE PROGRESS", "ID")]
+    # A group is one row, its members under it; newest first, ended ones after the others.
+    entries: list[Observation | GroupObservation] = [*alone, *groups]
+    entries.sort(key=_started, reverse=True)
+    ended = [e for e in entries if e.state in TERMINAL]
+    shown = [e for e in entries if e.state not in TERMINAL]
     shown += ended if args.all else ended[:_RECENT_ENDED]
     if not shown:
         print("no runs yet")
         return 0
-    rows = [("NAME", "ORIGIN", "STATUS", "STEP", "SINCE PROGRESS", "ID")]
-    for o in shown:
-        since = "-" if o.state in TERMINAL else _format.duration(o.since_progress)
-        rows.append(
-            (
-                _format.clip(_format.one_line(o.run.name), 32),
-                _format.clip(_format.one_line(o.run.origin.describe()), 40),
-                o.state.value,
-                _format.steps(o.run.step, o.run.total),
-                since,
-                o.run.id[:8],
-            )
-        )
+    for entry in shown:
+        if isinstance(entry, GroupObservation):
+            rows += _group_rows(entry)
+        else:
+            rows.append(_row(entry.run.name, entry.run.origin.describe(), entry, entry.run.id))
+            rows += _worker_rows(entry)
     print(_format.table(rows))
+    for group in shown:
+        if isinstance(group, GroupObservation):
+            for problem in group.problems:
+                print(f"group {group.id[:8]} ({_format.one_line(group.name)}): {problem}")
     hidden = len(ended) - _RECENT_ENDED
     if hidden > 0 and not args.all:
         print(f"({hidden} older ended runs not shown; --all lists them)")
     return 0
+
+
+def _started(entry: Observation | GroupObservation) -> float:
+    if isinstance(entry, GroupObservation):
+        return min(m.run.started_at for m in entry.members)
+    return entry.run.started_at
+
+
+def _row(name: str, origin: str, seen: Observation | GroupObservation, ident: str) -> tuple[str, ...]:
+    since = "-" if seen.state in TERMINAL else _format.duration(seen.since_progress)
+    step, total = (
+        (seen.step, seen.total) if isinstance(seen, GroupObservation) else (seen.run.step, seen.run.total)
+    )
+    return (
+        _format.clip(_format.one_line(name), 56),
+        _format.clip(_format.one_line(origin), 40),
+        seen.state.value,
+        _format.steps(step, total),
+        since,
+        ident[:8],
+    )
+
+
+def _group_rows(group: GroupObservation) -> list[tuple[str, ...]]:
+    """The group's row, then one per member: ``  rank 1 on node3, pid 812``."""
+    info = group.info()
+    rows = [
+        _row(f"{group.name} [{job_label(info)}]", group.members[0].run.origin.describe(), group, group.id)
+    ]
+    blamed = {m.run.id for m in group.blamed}
+    for member in group.members:
+        run = member.run
+        label = f"  {role(member)} on {run.host}, pid {run.pid}"
+        if run.id in blamed:
+            label += " (to blame)"
+        elif run.waiting and member.state not in TERMINAL:
+            label += f" (in {run.waiting})"
+        rows.append(_row(label, "", member, run.id))
+    return rows
+
+
+def _worker_rows(obs: Observation) -> list[tuple[str, ...]]:
+    """A run's multiprocessing workers, under it: name, pid, their own progress and state."""
+    rows: list[tuple[str, ...]] = []
+    for worker in obs.run.workers[:_WORKERS_SHOWN]:
+        state = worker.state if worker.exit is None else f"{worker.state}: {worker.exit}"
+        step = worker.step if worker.step is not None else worker.progress
+        label = f"  {worker.name}, pid {worker.pid}"
+        rows.append((_format.clip(_format.one_line(label), 40), "", state, str(step), "", ""))
+    if len(obs.run.workers) > _WORKERS_SHOWN:
+        rows.append((f"  ... {len(obs.run.workers) - _WORKERS_SHOWN} more workers", "", "", "", "", ""))
+    return rows
 
 
 class _EventFormatter(logging.Formatter):

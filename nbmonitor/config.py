@@ -28,7 +28,7 @@ __all__ = ["DEFAULT_EVENTS", "NotifierConfig", "NotifierStore", "UnknownNotifier
 FORMAT = 1
 
 #: The events a notifier gets unless told otherwise; finished and interrupted are opt-in.
-DEFAULT_EVENTS = ("stalled", "crashed", "failed", "recovered")
+DEFAULT_EVENTS = ("stalled", "crashed", "lost", "failed", "recovered")
 
 
 class UnknownNotifierError(NbmonitorError, LookupError):

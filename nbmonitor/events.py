@@ -1,7 +1,9 @@
-"""Events: what happened to a run (stalled, recovered, crashed, ...).
+"""Events: what happened to a run or a group (stalled, recovered, crashed, ...).
 
 An event is claimed once in the repo (see Repo.claim) and the claim file
 holds ``Event.to_dict()``, so whoever delivers it later has all it needs.
+An event of a group is claimed under the group's id; its ``run`` is the
+member to blame (or the first), and ``group`` says who else is there.
 """
 
 from __future__ import annotations
@@ -11,10 +13,103 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import NewerFormatError
-from .record import FORMAT, RunRecord
+from .record import FORMAT, RunRecord, is_run_id
 from .rules import EVENTS, is_event_key
 
-__all__ = ["Event"]
+__all__ = ["Event", "GroupInfo", "MemberInfo"]
+
+_MAX_BLAMED = 8  # members named in one event at most
+
+
+@dataclass(frozen=True, slots=True)
+class MemberInfo:
+    """One member of a group, as an event names it."""
+
+    run_id: str
+    role: str  # "rank 5", "member"
+    host: str
+    pid: int
+    step: int
+    state: str
+    since_progress: float
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> MemberInfo:
+        if not isinstance(data, dict):
+            raise ValueError(f"a blamed member must be an object, got {type(data).__name__}")
+        error = data.get("error")
+        member = cls(
+            run_id=_text(data, "run_id"),
+            role=_text(data, "role"),
+            host=_text(data, "host"),
+            pid=_count(data, "pid"),
+            step=_count(data, "step"),
+            state=_text(data, "state"),
+            since_progress=_number(data, "since_progress"),
+            error=None if error is None else _text(data, "error"),
+        )
+        if not is_run_id(member.run_id):
+            raise ValueError(f"field 'run_id' is not a run id: {member.run_id[:40]!r}")
+        return member
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """A group, as an event tells of it: who is to blame, and how many members are in which state."""
+
+    id: str
+    name: str
+    job: str
+    launcher: str
+    mode: str
+    size: int  # members seen
+    world_size: int | None
+    step: int
+    total: int | None
+    median_step: float
+    blamed: tuple[MemberInfo, ...]
+    states: tuple[tuple[str, int], ...]  # (state, how many members), in the rules' order
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: getattr(self, k) for k in self.__slots__}
+        data["blamed"] = [m.to_dict() for m in self.blamed]
+        data["states"] = [list(pair) for pair in self.states]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> GroupInfo:
+        if not isinstance(data, dict):
+            raise ValueError(f"field 'group' must be an object, got {type(data).__name__}")
+        blamed, states = data.get("blamed"), data.get("states")
+        if not isinstance(blamed, list) or len(blamed) > _MAX_BLAMED:
+            raise ValueError(f"field 'group.blamed' must be a list of at most {_MAX_BLAMED} members")
+        if not isinstance(states, list) or not all(
+            isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and type(p[1]) is int
+            for p in states
+        ):
+            raise ValueError("field 'group.states' must be a list of [state, count] pairs")
+        world, total = data.get("world_size"), data.get("total")
+        info = cls(
+            id=_text(data, "id"),
+            name=_text(data, "name"),
+            job=_text(data, "job"),
+            launcher=_text(data, "launcher"),
+            mode=_text(data, "mode"),
+            size=_count(data, "size"),
+            world_size=None if world is None else _count(data, "world_size"),
+            step=_count(data, "step"),
+            total=None if total is None else _count(data, "total"),
+            median_step=_number(data, "median_step"),
+            blamed=tuple(MemberInfo.from_dict(m) for m in blamed),
+            states=tuple((str(p[0]), int(p[1])) for p in states),
+        )
+        if not is_run_id(info.id):
+            raise ValueError(f"field 'group.id' is not a group id: {info.id[:40]!r}")
+        return info
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,9 +123,15 @@ class Event:
     since_progress: float  # seconds without progress when it was seen
     grace: float | None  # grace that applied (stalls)
     seen_by: str  # "watcher <pid>@<host>" or "kernel <pid>@<host>"
+    group: GroupInfo | None = None  # an event of a group: ``run`` is its member to blame
+
+    @property
+    def subject(self) -> str:
+        """The id the event is claimed under: its group's, or its run's."""
+        return self.group.id if self.group is not None else self.run.id
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "format": FORMAT,
             "event": self.kind,
             "key": self.key,
@@ -40,6 +141,9 @@ class Event:
             "seen_by": self.seen_by,
             "run": self.run.to_dict(),
         }
+        if self.group is not None:
+            data["group"] = self.group.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> Event:
@@ -61,7 +165,7 @@ class Event:
             raise ValueError(f"field 'seen_by' must be a string, got {_shown(seen_by)}")
         if "run" not in data:
             raise ValueError("field 'run' is missing")
-        grace = data.get("grace")
+        grace, group = data.get("grace"), data.get("group")
         return cls(
             kind=kind,
             key=key,
@@ -70,6 +174,7 @@ class Event:
             since_progress=_number(data, "since_progress"),
             grace=None if grace is None else _number(data, "grace"),
             seen_by=seen_by,
+            group=None if group is None else GroupInfo.from_dict(group),
         )
 
 
@@ -80,6 +185,20 @@ def _number(data: dict[str, Any], name: str) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
         raise ValueError(f"field {name!r} must be a finite number, got {_shown(value)}")
     return float(value)
+
+
+def _text(data: dict[str, Any], name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str):
+        raise ValueError(f"field {name!r} must be a string, got {_shown(value)}")
+    return value
+
+
+def _count(data: dict[str, Any], name: str) -> int:
+    value = data.get(name)
+    if type(value) is not int or value < 0:
+        raise ValueError(f"field {name!r} must be a whole number >= 0, got {_shown(value)}")
+    return value
 
 
 def _shown(value: object) -> str:

@@ -198,7 +198,8 @@ class KernelAgent:
                 observations = repo.observer.look(mine, skip=repo.claimer.done)
                 seen |= {obs.run.id: obs for obs in observations}
                 repo.sender.refresh()
-                if repo.claimer.claim(observations):
+                # A member of a group is the watcher's to judge, with the rest of its group.
+                if repo.claimer.claim([obs for obs in observations if obs.run.group is None]):
                     repo.sender.wake()
         return seen
 

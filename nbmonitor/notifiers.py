@@ -74,7 +74,7 @@ class Message:
         digest a hash of those, so a receiver can drop a retry it has already seen."""
         if self.idempotency_key is not None:
             return self.idempotency_key
-        keys = sorted(f"{e.run.id}/{e.key}" for e in self.events)
+        keys = sorted(f"{e.subject}/{e.key}" for e in self.events)
         if len(keys) == 1:
             return keys[0]
         return "digest-" + hashlib.sha256("\n".join(keys).encode()).hexdigest()[:32]
@@ -409,7 +409,7 @@ class NtfyNotifier(_Http):
     )
 
     def send(self, message: Message) -> str:
-        urgent = message.kind in ("stalled", "crashed", "failed", "digest")
+        urgent = message.kind in ("stalled", "crashed", "lost", "failed", "digest")
         body = {
             "topic": self.args["topic"],
             "title": message.title,

@@ -9,6 +9,8 @@ clock (immune to wall-clock jumps, and a restart pushes no deadline back).
 A run from another host is timed from when this observer first saw its
 progress counter change, since that host's clock cannot be trusted; a
 one-off ``glance()`` has no such history and uses that host's wall clock.
+Its pid cannot be looked up either: it is alive while its writer refreshes
+its file (every ``heartbeat`` seconds), and *lost* after three missed.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class Observation:
 class _Seen:
     progress: int
     first_seen: float  # local monotonic time this progress count was first seen
+    updated_at: float = 0.0  # the file's own stamp, compared only for change (another host's clock)
+    changed: float = 0.0  # local monotonic time the file last changed: a sign of life
 
 
 class Observer:
@@ -95,9 +99,12 @@ class Observer:
         for run in self._scanner.scan() if runs is None else runs:
             seen = self._seen.get(run.id)
             if seen is None:
-                seen = _Seen(run.progress, now_mono)
-            elif run.progress != seen.progress:
-                seen.progress, seen.first_seen = run.progress, now_mono
+                seen = _Seen(run.progress, now_mono, run.updated_at, now_mono)
+            else:
+                if run.progress != seen.progress:
+                    seen.progress, seen.first_seen = run.progress, now_mono
+                if run.updated_at != seen.updated_at:
+                    seen.updated_at, seen.changed = run.updated_at, now_mono
             present[run.id] = seen
             if run.id in skip:
                 continue
@@ -110,12 +117,18 @@ class Observer:
 
     def glance(self, runs: Iterable[RunRecord] | None = None) -> list[Observation]:
         """A one-off look, newest first, remembering nothing (``status``, the server's API):
-        with no history, a run of another host is timed by its own wall clock."""
+        with no history, a run of another host is timed by its own wall clock, and its heartbeat
+        by its file's modification time."""
         now_wall, now_mono = self.wall(), self.mono()
         alive: _Alive = {}
         found = []
         for run in self._scanner.scan() if runs is None else runs:
-            seen = _Seen(run.progress, now_mono - max(0.0, now_wall - run.last_progress_at))
+            since = max(0.0, now_wall - run.last_progress_at)
+            # A sign of life: when the file was last written, by this host's (or the file
+            # server's) clock, not the run's own.
+            modified = self._scanner.modified(run.id) if runs is None else None
+            changed = now_mono - max(0.0, now_wall - modified) if modified is not None else now_mono
+            seen = _Seen(run.progress, now_mono - since, run.updated_at, changed)
             found.append(self._state(run, seen, now_wall, now_mono, alive))
         return sorted(found, key=lambda o: o.run.started_at, reverse=True)
 
@@ -123,12 +136,17 @@ class Observer:
         self, run: RunRecord, seen: _Seen, now_wall: float, now_mono: float, alive: _Alive
     ) -> Observation:
         lag = rules.write_lag(run.write_lag)
+        silent = False
         if run.host != self.host:
             # Timed from when this observer saw the progress count change, which it sees only
-            # at its next look after the file was written.
+            # at its next look after the file was written; alive while its writer keeps
+            # refreshing the file (its heartbeat), as seen on this observer's clock.
             since = now_mono - seen.first_seen
             lag += self.interval
             is_alive: bool | None = None
+            if run.heartbeat is not None and not run.ended:
+                allowed = rules.HEARTBEATS_MISSED * run.heartbeat + self.interval
+                silent = now_mono - seen.changed > allowed
         else:
             if run.boot_id is not None and run.boot_id == self.boot_id:
                 since = now_mono - run.last_progress_mono
@@ -137,7 +155,13 @@ class Observer:
             is_alive = True if run.ended else self._alive(run, alive)
         grace = rules.grace_for(run.eta, run.grace, self.grace) if run.eta is not None else None
         current = rules.state(
-            run.status, alive=is_alive, since_progress=since, eta=run.eta, grace=grace or 0.0, lag=lag
+            run.status,
+            alive=is_alive,
+            since_progress=since,
+            eta=run.eta,
+            grace=grace or 0.0,
+            lag=lag,
+            silent=silent,
         )
         return Observation(run, current, max(since, 0.0), grace)
 

@@ -61,11 +61,11 @@ def claim_event(repo: Repo, event: Event, targets: Sequence[NotifierConfig]) -> 
     written: list[Path] = []
     try:
         for target in targets:
-            path = repo.pending_path(target.id, event.run.id, event.key, nonce)
+            path = repo.pending_path(target.id, event.subject, event.key, nonce)
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             write_atomic(path, payload)
             written.append(path)
-        won = repo.claim(event.run.id, event.key, payload)
+        won = repo.claim(event.subject, event.key, payload)
     except BaseException:
         _unlink(written)
         raise
@@ -297,7 +297,7 @@ class Sender:
     def _send(
         self, config: NotifierConfig, unit: list[_Pending], now: float, digest: _Digest | None
     ) -> Result:
-        keys = tuple(f"{p.event.run.id}/{p.event.key}" for p in unit)
+        keys = tuple(f"{p.event.subject}/{p.event.key}" for p in unit)
         message = self._message(config, [p.event for p in unit], digest.key if digest else None)
         if len(unit) > 1 and digest is None:
             # Before the first attempt: a resend after a crash mid-request carries the same key,
@@ -386,7 +386,7 @@ class Sender:
             if now - self._unclaimed_since.setdefault(pending.path, now) < self.orphan_after:
                 return False  # its claimer may still be at work
             payload = event.to_dict() | {"nonce": pending.nonce}
-            self.repo.claim(event.run.id, event.key, payload)
+            self.repo.claim(event.subject, event.key, payload)
             claim = self._claim_nonce(event)
         self._unclaimed_since.pop(pending.path, None)
         if claim == "":
@@ -396,7 +396,7 @@ class Sender:
                 ("unreadable claim", pending.path),
                 "the claim of event %s of run %s is unreadable; sending %s anyway",
                 event.key,
-                event.run.id[:8],
+                event.subject[:8],
                 pending.path.name,
             )
             return True
@@ -408,7 +408,7 @@ class Sender:
     def _claim_nonce(self, event: Event) -> str | None:
         """The nonce of the event's claim; None if unclaimed, "" if the claim is unreadable."""
         try:
-            nonce = self.repo.read_claim(event.run.id, event.key).get("nonce")
+            nonce = self.repo.read_claim(event.subject, event.key).get("nonce")
         except FileNotFoundError:
             return None
         except (OSError, ValueError, CorruptRecordError):

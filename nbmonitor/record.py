@@ -14,7 +14,17 @@ from typing import Any
 from . import _format
 from .errors import NewerFormatError
 
-__all__ = ["FORMAT", "STATUSES", "ErrorInfo", "Origin", "RunRecord", "RunUsage", "is_run_id"]
+__all__ = [
+    "FORMAT",
+    "STATUSES",
+    "ErrorInfo",
+    "GroupField",
+    "Origin",
+    "RunRecord",
+    "RunUsage",
+    "WorkerField",
+    "is_run_id",
+]
 
 #: Version of the run-file format; readers skip files with a newer one.
 FORMAT = 1
@@ -85,6 +95,32 @@ class RunUsage:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupField:
+    """The run is a member of a job's group (nbmonitor.membership): its job, launcher and rank."""
+
+    job: str
+    launcher: str  # torchrun, slurm, mpi or manual
+    rank: int | None = None
+    world_size: int | None = None
+    local_rank: int | None = None
+    mode: str = "lockstep"  # or "sharded"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerField:
+    """One multiprocessing worker that reports progress for this run, as the run's process saw it."""
+
+    pid: int
+    name: str  # "ForkPoolWorker-2", "DataLoader worker 0", "rank 3"
+    progress: int
+    step: int | None = None
+    rank: int | None = None
+    last_progress_mono: float = 0.0  # the run's process's monotonic clock when its count last moved
+    state: str = "running"  # running, ended (by itself or by its job), failed, or crashed
+    exit: str | None = None  # "killed by SIGKILL", "exit status 1": how it went, as far as is known
+
+
+@dataclass(frozen=True, slots=True)
 class RunRecord:
     """Everything one run file holds. Times are seconds: ``*_at`` wall clock, ``*_mono`` the
     writer's CLOCK_MONOTONIC, comparable only on the same host and boot."""
@@ -117,12 +153,23 @@ class RunRecord:
     #: wall-clock step moves, compared only within the same ``boot_id``. None elsewhere, or from
     #: older writers (then ``process_start`` is compared).
     process_start_ticks: int | None = None
+    #: A member of a job's group (torchrun, SLURM, MPI, or given by hand), or None.
+    group: GroupField | None = None
+    #: Seconds between the writer's refreshes of the file while nothing changes; a reader on
+    #: another host calls the run lost after three missed. None: older writers, never lost.
+    heartbeat: float | None = None
+    #: The multiprocessing workers that report progress for this run (its ``progress`` counts theirs).
+    workers: tuple[WorkerField, ...] = ()
+    #: The torch.distributed call (all_reduce, barrier, ...) a group member's thread was in when
+    #: its file was written: it waits for the others there.
+    waiting: str | None = None
     format: int = field(default=FORMAT)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
         data = asdict(self)
         data["origin"]["argv"] = list(self.origin.argv)
+        data["workers"] = [asdict(w) for w in self.workers]
         return data
 
     def with_changes(self, **changes: Any) -> RunRecord:
@@ -178,6 +225,10 @@ class RunRecord:
             usage=_usage(data.get("usage")),
             write_lag=get.duration("write_lag", allow_zero=True),
             process_start_ticks=get.opt_integer("process_start_ticks"),
+            group=_group(data.get("group")),
+            heartbeat=get.duration("heartbeat"),
+            workers=_workers(data.get("workers")),
+            waiting=get.opt_text("waiting"),
             format=fmt,
         )
 
@@ -282,3 +333,60 @@ def _usage(data: object) -> RunUsage | None:
         rss=get.integer("rss"),
         gpu_memory=get.opt_integer("gpu_memory"),
     )
+
+
+_LAUNCHERS = ("torchrun", "slurm", "mpi", "manual")
+_MODES = ("lockstep", "sharded")
+_WORKER_STATES = ("running", "ended", "failed", "crashed")
+_MAX_WORKERS = 1024
+
+
+def _group(data: object) -> GroupField | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ValueError(f"field 'group' must be an object or null, got {_kind(data)}")
+    get = _Fields(data, "group.")
+    launcher, mode = get.text("launcher"), data.get("mode", "lockstep")
+    if launcher not in _LAUNCHERS:
+        raise ValueError(
+            f"field 'group.launcher' must be one of {', '.join(_LAUNCHERS)}, got {launcher[:40]!r}"
+        )
+    if mode not in _MODES:
+        raise ValueError(f"field 'group.mode' must be one of {', '.join(_MODES)}, got {_kind(mode)}")
+    return GroupField(
+        job=get.text("job"),
+        launcher=launcher,
+        rank=get.opt_integer("rank"),
+        world_size=get.opt_integer("world_size"),
+        local_rank=get.opt_integer("local_rank"),
+        mode=mode,
+    )
+
+
+def _workers(data: object) -> tuple[WorkerField, ...]:
+    if data is None:
+        return ()
+    if not isinstance(data, list) or len(data) > _MAX_WORKERS:
+        raise ValueError(f"field 'workers' must be a list of at most {_MAX_WORKERS} objects")
+    found = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise ValueError(f"field 'workers.{i}' must be an object, got {_kind(item)}")
+        get = _Fields(item, f"workers.{i}.")
+        state = get.text("state")
+        if state not in _WORKER_STATES:
+            raise ValueError(f"field 'workers.{i}.state' must be one of {', '.join(_WORKER_STATES)}")
+        found.append(
+            WorkerField(
+                pid=get.integer("pid"),
+                name=get.text("name"),
+                progress=get.integer("progress"),
+                step=get.opt_integer("step"),
+                rank=get.opt_integer("rank"),
+                last_progress_mono=get.number("last_progress_mono"),
+                state=state,
+                exit=get.opt_text("exit"),
+            )
+        )
+    return tuple(found)

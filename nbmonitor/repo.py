@@ -293,6 +293,11 @@ class Scanner:
         self._cache = cache
         return found
 
+    def modified(self, run_id: str) -> float | None:
+        """When the run's file was last written (epoch seconds), as of the last scan."""
+        cached = self._cache.get(f"{run_id}.json")
+        return cached.stamp[0] / 1e9 if cached is not None else None
+
     def _entries(self) -> Iterator[os.DirEntry[str]]:
         try:
             with os.scandir(self.repo.runs_dir) as it:

@@ -20,6 +20,7 @@ from typing import TypeGuard
 __all__ = [
     "END_KEY",
     "EVENTS",
+    "HEARTBEATS_MISSED",
     "TERMINAL",
     "Due",
     "State",
@@ -36,6 +37,9 @@ GRACE_SHARE = 0.10
 GRACE_MIN = 2.0
 GRACE_MAX = 60.0
 
+#: A run on another host is lost when its file was not refreshed for this many heartbeats.
+HEARTBEATS_MISSED = 3
+
 #: The write lag of run files that declare none: their writers wrote at most once a second, on a
 #: 0.1 s tick, so their progress could trail the process's by that much and a tick more.
 LEGACY_WRITE_LAG = 1.2
@@ -50,16 +54,17 @@ class State(str, enum.Enum):
     FINISHED = "finished"
     FAILED = "failed"
     CRASHED = "crashed"
+    LOST = "lost"  # on another host, which stopped answering: it may be dead, we cannot look
     INTERRUPTED = "interrupted"
 
     def __str__(self) -> str:
         return self.value
 
 
-TERMINAL = frozenset({State.FINISHED, State.FAILED, State.CRASHED, State.INTERRUPTED})
+TERMINAL = frozenset({State.FINISHED, State.FAILED, State.CRASHED, State.LOST, State.INTERRUPTED})
 
 #: Every event name, in the order a run can produce them.
-EVENTS = ("stalled", "recovered", "crashed", "failed", "finished", "interrupted")
+EVENTS = ("stalled", "recovered", "crashed", "lost", "failed", "finished", "interrupted")
 
 #: Claim key of the one terminal event a run can have, whoever sees it first.
 END_KEY = "end"
@@ -93,11 +98,13 @@ def state(
     eta: float | None,
     grace: float,
     lag: float = 0.0,
+    silent: bool = False,
 ) -> State:
     """The state of a run whose owner reports ``status``.
 
     ``alive`` is False when its process is known to be gone, None when it
-    cannot be checked (another host). ``since_progress`` is the time since
+    cannot be checked (another host); ``silent`` when such a run's writer has
+    stopped refreshing its file (its heartbeat). ``since_progress`` is the time since
     its last progress, measured by the caller in a clock it trusts, from a
     view of the run that may trail the run itself by up to ``lag`` seconds
     (a file written now and then): every deadline moves by that much, so a
@@ -107,6 +114,8 @@ def state(
         return State(status)
     if alive is False:
         return State.CRASHED
+    if silent:
+        return State.LOST
     if eta is None or since_progress <= eta + lag:
         return State.RUNNING
     if since_progress <= eta + grace + lag:

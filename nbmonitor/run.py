@@ -9,6 +9,8 @@ the rest (see nbmonitor._writer).
 from __future__ import annotations
 
 import contextvars
+import dataclasses
+import functools
 import math
 import operator
 import os
@@ -22,10 +24,10 @@ from itertools import chain
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
-from . import _process, _values, _writer
+from . import _board, _process, _values, _workers, _writer, membership
 from ._once import Trouble
 from .errors import RepoError
-from .record import ErrorInfo, Origin, RunRecord, RunUsage, clip
+from .record import ErrorInfo, GroupField, Origin, RunRecord, RunUsage, clip
 from .repo import Repo
 
 __all__ = ["Run", "cell_number", "current_run", "report_progress", "track", "watch"]
@@ -61,17 +63,20 @@ class Run:
         "_abandoned",
         "_abandoned_at",
         "_beats",
+        "_crew",
         "_cut_off",
         "_ended_at",
         "_error",
         "_eta",
         "_folded",
         "_grace",
+        "_group",
         "_id",
         "_last_mono",
         "_last_wall",
         "_last_write",
         "_lock",
+        "_mode",
         "_name",
         "_origin",
         "_owner",
@@ -89,6 +94,8 @@ class Run:
         "_total",
         "_track",
         "_usage",
+        "_waiting",
+        "_waiting_at",
         "_write_trouble",
         "_writer",
         "_written",
@@ -103,10 +110,17 @@ class Run:
         expect_next_in: float | None = None,
         grace: float | None = None,
         total: int | None = None,
+        *,
+        group: str | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        mode: membership.Mode | None = None,
     ) -> None:
         self._eta = _duration("expect_next_in", expect_next_in, zero_ok=False)
         self._grace = _duration("grace", grace, zero_ok=True)
         self._total = _count("total", total)
+        self._group = _membership(group, rank, world_size, mode)
+        self._mode = mode
         self._origin = origin()
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string, got {type(name).__name__}")
@@ -131,6 +145,9 @@ class Run:
         self._track: _Track | None = None
         self._probe: Callable[[], int] | None = None
         self._usage: RunUsage | None = None  # set by a kernel that samples usage
+        self._crew = _workers.Crew()  # multiprocessing workers reporting for this run
+        self._waiting: str | None = None  # the collective call its thread was last seen in
+        self._waiting_at = -math.inf
         self._seen = 0
         self._started_at = self._last_wall = self._writer.wall()
         self._last_mono = self._writer.mono()
@@ -186,6 +203,7 @@ class Run:
         with _open_lock:
             _open_blocks.append(self)
             _generation += 1
+            _blocks_changed()
         return self
 
     def __exit__(
@@ -199,6 +217,10 @@ class Run:
             if self in _open_blocks:
                 _open_blocks.remove(self)
             _generation += 1
+            _blocks_changed()
+        collector = _collector
+        if collector is not None:  # what the workers did up to now counts, before the run ends
+            collector(self._writer.mono(), look=True)
         self.end_as(exc)
 
     # -- what anyone may read -------------------------------------------------
@@ -238,6 +260,12 @@ class Run:
         """The run as its file would hold it now."""
         with self._lock:
             return self._record(self._writer.wall(), *self._counts())
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a Run stays in the process that made it; in a multiprocessing worker started inside "
+            "its block, nbmonitor.report_progress() and nbmonitor.track() count for it"
+        )
 
     def __repr__(self) -> str:
         step, total = self.step, self._total
@@ -285,9 +313,19 @@ class Run:
         progress = self._beats + self._folded + done
         if self._probe is not None:
             progress += self._probe()
+        own = done if track is not None else progress
+        crew = self._crew
+        if crew:
+            progress += crew.progress
+            if self._step is None:
+                # Ranked workers walk the same steps (lockstep); others share the work (sharded).
+                lockstep = self._mode == "lockstep" if self._mode is not None else crew.ranked()
+                workers = crew.step(lockstep)
+                if workers is not None:
+                    return progress, workers if lockstep else own + workers
         if self._step is not None:
             return progress, self._step
-        return progress, done if track is not None else progress
+        return progress, own
 
     def tick(self, now_wall: float, now_mono: float, force: bool = False) -> bool:
         """Stamp new progress and write the file if it changed and is due. True once the
@@ -303,11 +341,25 @@ class Run:
                     self._abandoned_at = now_mono
                 elif now_mono - self._abandoned_at >= self._writer.SETTLE_AFTER:
                     self._set_end("finished", None, now_wall)
-            state = (self._status, progress, step, self._total, self._eta, self._name, self._usage)
+            if self._group is not None and now_mono - self._waiting_at >= self._writer.WRITE_EVERY:
+                self._waiting, self._waiting_at = _collective(self._owner), now_mono
+            state = (
+                self._status,
+                progress,
+                step,
+                self._total,
+                self._eta,
+                self._name,
+                self._usage,
+                self._crew.version,
+                self._waiting,
+            )
             final = self._status != "running"
             if state == self._written:
-                return final
-            if not (final or force or self._write_due(now_mono)):
+                if final or now_mono - self._last_write < _heartbeat():
+                    return final
+                # Nothing changed, but a reader on another host needs a sign of life now and then.
+            elif not (final or force or self._write_due(now_mono)):
                 return False
             self._last_write = now_mono
             try:
@@ -365,6 +417,10 @@ class Run:
             updated_at=now_wall,
             usage=self._usage,
             write_lag=self._writer.WRITE_LAG,
+            group=self._group,
+            heartbeat=_heartbeat(),
+            workers=self._crew.fields(),
+            waiting=self._waiting,
         )
 
     def _set_end(self, status: str, error: ErrorInfo | None, now_wall: float) -> None:
@@ -465,13 +521,31 @@ def watch(
     total: int | None = None,
     grace: float | None = None,
     repo: Repo | str | os.PathLike[str] | None = None,
+    *,
+    group: str | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    mode: membership.Mode | None = None,
 ) -> Run:
     """A run for a ``with`` block: ``with nbmonitor.watch(eta=30) as run: ...``.
 
     Leaving the block normally finishes it, an exception fails it (type and
-    message recorded), KeyboardInterrupt marks it interrupted.
+    message recorded), KeyboardInterrupt marks it interrupted. Progress that
+    multiprocessing workers started in the block report counts for it.
+    ``group`` (with ``rank`` and ``world_size``) makes it a member of a job
+    watched as one (see ``Run``).
     """
-    return Run(name=name, repo=repo, expect_next_in=eta, grace=grace, total=total)
+    return Run(
+        name=name,
+        repo=repo,
+        expect_next_in=eta,
+        grace=grace,
+        total=total,
+        group=group,
+        rank=rank,
+        world_size=world_size,
+        mode=mode,
+    )
 
 
 def track(
@@ -493,6 +567,8 @@ def track(
         if eta is not None:
             outer.report_progress(expect_next_in=eta)
         return outer.track(iterable, total=total)
+    if name is None and repo is None and _board.worker() is not None:
+        return _worker_track(iterable, None)  # a worker of a block in its parent: counts there
     run = Run(name=name, repo=repo, expect_next_in=eta, grace=grace, total=total)
     return run._start_track(iterable, total, owns=True)  # noqa: SLF001  # this module's Run
 
@@ -510,9 +586,15 @@ def report_progress(expect_next_in: float | None = None, step: int | None = None
     """Report progress of the current run (see ``current_run()``); does nothing outside one, so
     the same code runs monitored or not."""
     blocks = _blocks.get()
-    run = blocks[-1] if blocks else _adopted()
+    run = blocks[-1] if blocks else _adopted() if _open_blocks else None
     if run is not None:
         run.report_progress(expect_next_in, step)
+    elif expect_next_in is None and step is None:
+        _board.beat()  # a multiprocessing worker of a block in its parent, or nothing
+    else:
+        worker = _board.worker()
+        if worker is not None:
+            worker.report(*_checked(expect_next_in, step))
 
 
 def _adopted() -> Run | None:
@@ -528,6 +610,167 @@ def _adopted() -> Run | None:
     run = next((r for r in reversed(candidates) if me not in r._predates), None)  # noqa: SLF001  # same
     cached["generation"], cached["run"] = generation, run
     return run
+
+
+class _WorkerRun(Run):
+    """A run of the parent process that a forked worker inherited (``with watch() as run`` and a
+    Pool): what the worker reports on it goes to the parent's board, and counts there."""
+
+    __slots__ = ()
+
+    def report_progress(self, expect_next_in: float | None = None, step: int | None = None) -> None:
+        if expect_next_in is None and step is None:
+            _board.beat(self._id)
+            return
+        worker = _board.worker(self._id)
+        if worker is not None:
+            worker.report(*_checked(expect_next_in, step))
+
+    def track(self, iterable: Iterable[T], total: int | None = None) -> Iterator[T]:
+        return _worker_track(iterable, self._id)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    def end(self, status: str, exc: BaseException | None = None, error: ErrorInfo | None = None) -> None:
+        return None  # the parent's to end
+
+    def tick(self, now_wall: float, now_mono: float, force: bool = False) -> bool:
+        return True
+
+
+def _worker_track(iterable: Iterable[T], run_id: str | None) -> Iterator[T]:
+    """The items of ``iterable``, each counted on this worker's slot once the next is asked for."""
+    worker = _board.worker(run_id)
+    if worker is None:
+        yield from iterable
+        return
+    for item in iterable:
+        yield item
+        worker.advance(1)
+
+
+def _checked(expect_next_in: float | None, step: int | None) -> tuple[float | None, int | None]:
+    return _duration("expect_next_in", expect_next_in, zero_ok=False), _count("step", step)
+
+
+# -- the board: workers' progress counted for this process's blocks ----------------------
+
+_collector: _workers.Collector[Run] | None = None
+
+
+def _blocks_changed() -> None:
+    """Tell this process's workers (on its board) how many blocks are open and which is the
+    newest; the first block makes the board, and has the writer read it every tick."""
+    global _collector
+    if not _open_blocks and _collector is None:
+        return
+    board = _board.leader_board()
+    if board is None:
+        return
+    newest = _open_blocks[-1] if _open_blocks else None
+    board.blocks(len(_open_blocks), newest.id if newest else None, newest.name if newest else "")
+    if _collector is None:
+        _collector = _workers.Collector(board, _open_runs, _newest_block, _crew_of, _promise)
+        _writer.get().before_tick.append(_collector)
+
+
+def _open_runs() -> dict[str, Run]:
+    return {run.id: run for run in _writer.get().runs() if isinstance(run, Run)}
+
+
+def _newest_block() -> Run | None:
+    with _open_lock:
+        return _open_blocks[-1] if _open_blocks else None
+
+
+def _crew_of(run: Run) -> _workers.Crew:
+    return run._crew  # noqa: SLF001  # this module's Run
+
+
+def _promise(run: Run, eta: float) -> None:
+    run._eta = eta  # noqa: SLF001  # a worker's promise is the run's
+
+
+def _inherited(runs: list[_writer.Written]) -> None:
+    """In a forked child: the parent's runs report to the parent's board from now on."""
+    global _collector, _open_lock
+    _collector = None
+    _open_lock = threading.Lock()  # another thread of the parent may have held it at the fork
+    for run in {*_open_blocks, *runs}:
+        if type(run) is Run:
+            run.__class__ = _WorkerRun
+
+
+_writer.at_fork_child.append(_inherited)
+
+
+# -- membership, heartbeat and where a member waits ---------------------------------------
+
+#: Seconds between rewrites of an unchanged run file, a sign of life for other hosts' readers.
+HEARTBEAT = 10.0
+
+
+@functools.cache
+def _heartbeat() -> float:
+    """The heartbeat, from ``NBMONITOR_HEARTBEAT`` if set (said once if it is no good)."""
+    text = os.environ.get("NBMONITOR_HEARTBEAT")
+    if text is None:
+        return HEARTBEAT
+    try:
+        return _values.seconds("NBMONITOR_HEARTBEAT", float(text), within=(0.1, 3600.0))
+    except ValueError as e:
+        _writer.log.warning("nbmonitor: %s; the heartbeat is %g s", e, HEARTBEAT)
+        return HEARTBEAT
+
+
+def _membership(
+    group: str | None, rank: int | None, world_size: int | None, mode: membership.Mode | None
+) -> GroupField | None:
+    """The group a new run is a member of: the one given, else its launcher's, else none."""
+    if mode is not None and mode not in membership.MODES:
+        raise ValueError(f"mode must be one of {', '.join(membership.MODES)}, got {mode!r}")
+    if group is not None:
+        return membership.manual(group, rank, world_size, mode or "lockstep")
+    if rank is not None or world_size is not None:
+        raise ValueError("rank and world_size need a group: Run(group='name', rank=0, world_size=2)")
+    found = _launched()
+    if found is not None and mode is not None:
+        found = dataclasses.replace(found, mode=mode)
+    return found
+
+
+_launch_cache: dict[int, GroupField | None] = {}
+
+
+def _launched() -> GroupField | None:
+    """The group this process's launcher put it in, read once per process (a bad variable is
+    said once). A notebook's kernel is never a rank, whatever it inherited."""
+    pid = os.getpid()
+    if pid not in _launch_cache:
+        found, warning = (None, None) if kernel_id() else membership.from_environment(os.environ)
+        if warning:
+            _writer.log.warning("%s", warning)
+        _launch_cache[pid] = found
+    return _launch_cache[pid]
+
+
+def _collective(thread: threading.Thread) -> str | None:
+    """The torch.distributed call ``thread`` is in now (all_reduce, barrier, ...), if any: a
+    member in one waits for the others, and is not the one to blame."""
+    frame = sys._current_frames().get(thread.ident) if thread.ident is not None else None  # noqa: SLF001
+    found = None
+    while frame is not None:
+        path = frame.f_code.co_filename.replace("\\", "/")
+        if path.endswith("torch/distributed/distributed_c10d.py"):
+            found = frame.f_code.co_name  # the outermost: the call the user's code made
+        frame = frame.f_back
+    return found
 
 
 def origin() -> Origin:

@@ -1,6 +1,7 @@
 """The jupyter_server extension: a read-only REST API over the repo, for the JupyterLab extension.
 
-    GET {base_url}/nbmonitor/api/runs          every run, newest first
+    GET {base_url}/nbmonitor/api/runs          every run of its own, and every group with its
+                                               members (torchrun ranks, ...), newest first
     GET {base_url}/nbmonitor/api/runs/<id>     one run
     GET {base_url}/nbmonitor/api/watcher       whether a standalone watcher runs
 
@@ -27,9 +28,12 @@ from traitlets.config import Configurable
 from . import _format, rules
 from ._version import version
 from .errors import CorruptRecordError, RepoError
+from .groups import GroupObservation, gather, role
+from .membership import group_id
 from .observe import Observation, Observer, watcher_info
 from .record import RunRecord, is_run_id
 from .repo import Repo
+from .templates import blame, job_label
 
 __all__ = ["Nbmonitor", "load"]
 
@@ -67,10 +71,13 @@ class _Reader:
             self._usable()
             assert self._observer is not None
             with self._lock:
-                runs = [_run_json(o, self.root_dir) for o in self._observer.glance()]
+                alone, found = gather(self._observer.glance())
         except (RepoError, OSError) as e:
-            return {"runs": [], "repo": self._path(), "error": _problem(e)}
-        return {"runs": runs, "repo": self._path(), "error": None}
+            return {"runs": [], "groups": [], "repo": self._path(), "error": _problem(e)}
+        runs = [_run_json(o, self.root_dir) for o in alone]
+        groups = [_group_json(g, self.root_dir) for g in found]
+        groups.sort(key=lambda g: g["started_at"], reverse=True)
+        return {"runs": runs, "groups": groups, "repo": self._path(), "error": None}
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         try:
@@ -151,6 +158,47 @@ def _run_json(obs: Observation, root_dir: str | None = None) -> dict[str, Any]:
             "rss": run.usage.rss,
             "gpu_memory": run.usage.gpu_memory,
         },
+        "group": None if run.group is None else {"id": group_id(run.group.job, run.name), "role": role(obs)},
+        "waiting": run.waiting,
+        "workers": [
+            {
+                "name": w.name,
+                "pid": w.pid,
+                "rank": w.rank,
+                "step": w.step if w.step is not None else w.progress,
+                "state": w.state,
+                "exit": w.exit,
+                "colour": _format.COLOURS.get(w.state, _format.COLOURS["interrupted"]),
+            }
+            for w in run.workers
+        ],
+    }
+
+
+def _group_json(group: GroupObservation, root_dir: str | None = None) -> dict[str, Any]:
+    """A group as the panel shows it: one row, its members under it, the ones to blame marked."""
+    info = group.info()
+    ended = group.state in rules.TERMINAL
+    blamed = {m.run.id for m in group.blamed}
+    return {
+        "id": group.id,
+        "name": group.name,
+        "label": job_label(info),
+        "job": info.job,
+        "launcher": info.launcher,
+        "mode": info.mode,
+        "world_size": info.world_size,
+        "status": group.state.value,
+        "colour": _format.COLOURS.get(group.state.value, _format.COLOURS["interrupted"]),
+        "step": group.step,
+        "total": group.total,
+        "median_step": group.median_step,
+        "since_progress": None if ended else group.since_progress,
+        "since_progress_text": None if ended else _format.duration(group.since_progress),
+        "started_at": min(m.run.started_at for m in group.members),
+        "blame": blame(info) if group.blamed else None,
+        "problems": list(group.problems),
+        "members": [_run_json(m, root_dir) | {"blamed": m.run.id in blamed} for m in group.members],
     }
 
 

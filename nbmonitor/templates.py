@@ -15,15 +15,28 @@ import time
 from collections.abc import Mapping
 
 from . import _format
-from .events import Event
+from .events import Event, GroupInfo
+from .record import RunRecord
 
-__all__ = ["DEFAULTS", "FIELDS", "SAMPLE", "describe", "fields", "render", "test_event", "text_for"]
+__all__ = [
+    "DEFAULTS",
+    "FIELDS",
+    "GROUP_DEFAULTS",
+    "SAMPLE",
+    "blame",
+    "describe",
+    "fields",
+    "job_label",
+    "render",
+    "test_event",
+    "text_for",
+]
 
 #: The fields a template may use, and what each holds.
 FIELDS: Mapping[str, str] = {
     "name": "the run's name",
     "id": "the run's id",
-    "event": "stalled, recovered, crashed, failed, finished or interrupted",
+    "event": "stalled, recovered, crashed, lost, failed, finished or interrupted",
     "status": "the run's state when the event was seen",
     "host": "host of the run's process",
     "pid": "pid of the run's process",
@@ -36,23 +49,42 @@ FIELDS: Mapping[str, str] = {
     "eta": "promised time between progress reports",
     "error": "exception type and message of a failed run",
     "last_progress_at": "wall-clock time of the last progress",
+    "group": "the job a group event is of: launcher and size (empty for a run of its own)",
+    "blame": "the members a group event blames: rank, host, pid, step, how far behind",
+    "members": "how many members of the group are in which state",
+    "workers": "the run's multiprocessing workers that failed or crashed, and how (empty if none)",
 }
 
 #: Default text per event: which run, where, what happened, for how long, which step.
 DEFAULTS: Mapping[str, str] = {
     "stalled": (
         "{name} stalled: no progress for {since_progress} (promised within {eta}). "
-        "{origin} on {host}, pid {pid}, step {steps}."
+        "{origin} on {host}, pid {pid}, step {steps}.{workers}"
     ),
     "recovered": "{name} recovered: making progress again. {origin} on {host}, step {steps}.",
     "crashed": (
         "{name} crashed: process {pid} on {host} is gone without finishing, "
-        "{since_progress} after its last progress. {origin}, step {steps}."
+        "{since_progress} after its last progress. {origin}, step {steps}.{workers}"
     ),
-    "failed": "{name} failed: {error}. {origin} on {host}, after {elapsed}, step {steps}.",
-    "finished": "{name} finished in {elapsed}. {origin} on {host}, step {steps}.",
-    "interrupted": "{name} was interrupted after {elapsed}. {origin} on {host}, step {steps}.",
+    "lost": (
+        "{name} lost: its host {host} stopped answering (no sign of life for three heartbeats), "
+        "{since_progress} after its last progress. {origin}, pid {pid}, step {steps}."
+    ),
+    "failed": "{name} failed: {error}. {origin} on {host}, after {elapsed}, step {steps}.{workers}",
+    "finished": "{name} finished in {elapsed}. {origin} on {host}, step {steps}.{workers}",
+    "interrupted": "{name} was interrupted after {elapsed}. {origin} on {host}, step {steps}.{workers}",
     "test": "Test message from nbmonitor on {host}: this notifier works.",
+}
+
+#: Default text per event of a group (a job's ranks): which job, whom to blame, the others.
+GROUP_DEFAULTS: Mapping[str, str] = {
+    "stalled": "{name} stalled: {blame}. {group}: {members}.",
+    "recovered": "{name} recovered: making progress again, step {steps}. {group}: {members}.",
+    "crashed": "{name} crashed: {blame}, gone without finishing. {group}: {members}.",
+    "lost": "{name} lost: {blame}, whose host stopped answering. {group}: {members}.",
+    "failed": "{name} failed: {blame}: {error}. {group}: {members}.",
+    "finished": "{name} finished in {elapsed}, step {steps}. {group}: {members}.",
+    "interrupted": "{name} was interrupted after {elapsed}, step {steps}. {group}: {members}.",
 }
 
 _FIELD = re.compile(r"\{([a-z_]+)\}")
@@ -75,7 +107,7 @@ def fields(event: Event) -> dict[str, str]:
     error = run.error.summary() if run.error else ""
     if run.error and run.error.where:
         error += f" at {run.error.where}"
-    return {
+    values = {
         "name": run.name,
         "id": run.id,
         "event": event.kind,
@@ -91,19 +123,74 @@ def fields(event: Event) -> dict[str, str]:
         "eta": _format.duration(run.eta) if run.eta is not None else "no ETA",
         "error": error or "no error recorded",
         "last_progress_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.last_progress_at)),
+        "group": "",
+        "blame": "",
+        "members": "",
+        "workers": _workers(run),
     }
+    group = event.group
+    if group is not None:
+        values |= {
+            "id": group.id,
+            "steps": _format.steps(group.step, group.total),
+            "step": str(group.step),
+            "total": str(group.total) if group.total is not None else "?",
+            "group": job_label(group),
+            "blame": blame(group),
+            "members": ", ".join(f"{n} {state}" for state, n in group.states),
+        }
+    return values
+
+
+_WORKERS_NAMED = 4
+
+
+def _workers(run: RunRecord) -> str:
+    """`` Worker ForkPoolWorker-3, pid 812: crashed, killed by SIGKILL.``, or nothing."""
+    bad = [w for w in run.workers if w.state in ("failed", "crashed")]
+    if not bad:
+        return ""
+    named = [f"{w.name}, pid {w.pid}: {w.state}" + (f", {w.exit}" if w.exit else "") for w in bad]
+    more = f"; and {len(bad) - _WORKERS_NAMED} more" if len(bad) > _WORKERS_NAMED else ""
+    return f" {'Worker' if len(bad) == 1 else 'Workers'} " + "; ".join(named[:_WORKERS_NAMED]) + more + "."
+
+
+def blame(group: GroupInfo) -> str:
+    """The members a group event blames, in one phrase: ``rank 5 on node3, pid 812: step 1200,
+    40 behind the median, no progress for 95 s``."""
+    parts = []
+    for member in group.blamed:
+        phrase = f"{member.role} on {member.host}, pid {member.pid}: step {member.step}"
+        behind = group.median_step - member.step
+        if behind >= 1:
+            phrase += f", {behind:g} behind the median"
+        if member.state in ("stalled", "late"):
+            phrase += f", no progress for {_format.duration(member.since_progress)}"
+        parts.append(phrase)
+    return "; ".join(parts) or "no member in particular"
+
+
+def job_label(group: GroupInfo) -> str:
+    """``torchrun job 1a2b3c, 8 ranks`` (or ``3 of 8 ranks`` while some have not started)."""
+    job = group.job if len(group.job) <= 12 else group.job[:8] + "…"
+    world = (
+        f"{group.size} of {group.world_size}" if group.world_size not in (None, group.size) else group.size
+    )
+    return f"{group.launcher} job {job}, {world} {'ranks' if group.launcher != 'manual' else 'members'}"
 
 
 def text_for(event: Event, templates: Mapping[str, str] | None = None, message: str | None = None) -> str:
     """The text of an event: the notifier's template for it, else its catch-all message, else the default."""
-    chosen = (templates or {}).get(event.kind) or message or DEFAULTS.get(event.kind, "{name}: {event}")
+    defaults = GROUP_DEFAULTS if event.group is not None else DEFAULTS
+    chosen = (templates or {}).get(event.kind) or message or defaults.get(event.kind, "{name}: {event}")
     return render(chosen, fields(event))
 
 
 def describe(event: Event) -> str:
     """The watcher's own line for an event: ``STALLED <default text> [run 1a2b3c4d]``, always
     one line (whatever a run's name or error holds, shown escaped)."""
-    return f"{event.kind.upper()} {_format.one_line(text_for(event))} [run {event.run.id[:8]}]"
+    which = "group" if event.group is not None else "run"
+    return f"{event.kind.upper()} {_format.one_line(text_for(event))} [{which} {event.subject[:8]}]"
 
 
 def test_event(host: str) -> Event:

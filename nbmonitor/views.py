@@ -12,12 +12,12 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from . import rules
-from .record import RunRecord
+from .record import RunRecord, WorkerField
 from .run import Run
 from .usage import History
-from .widget import RunDisplay, View
+from .widget import MemberView, RunDisplay, View
 
-__all__ = ["RATE_WINDOW", "CellRun", "view"]
+__all__ = ["RATE_WINDOW", "CellRun", "members", "view"]
 
 RATE_WINDOW = 10.0  # seconds of progress the rate is measured over
 
@@ -61,4 +61,28 @@ def view(cell: CellRun, record: RunRecord, now_mono: float, *, watcher: str | No
         watcher=watcher,
         note=note,
         ended=record.status != "running",
+        members=members(record),
     )
+
+
+def members(record: RunRecord) -> tuple[MemberView, ...]:
+    """The run's workers as small bars. Ranked workers walk the same steps, so one behind the
+    others holds them up: it is the straggler (workers sharing a pool of work have none)."""
+    running = [w for w in record.workers if w.state == "running"]
+    steps = [_step(w) for w in running]
+    ranked = bool(running) and all(w.rank is not None for w in running)
+    slowest = min(steps) if ranked and len(steps) > 1 and min(steps) < max(steps) else None
+    shown = []
+    for worker in record.workers:
+        label = (
+            f"{worker.name}, pid {worker.pid}"
+            if worker.rank is None
+            else f"rank {worker.rank}, pid {worker.pid}"
+        )
+        straggler = worker.state == "running" and _step(worker) == slowest
+        shown.append(MemberView(label, _step(worker), worker.state, straggler, worker.exit))
+    return tuple(shown)
+
+
+def _step(worker: WorkerField) -> int:
+    return worker.step if worker.step is not None else worker.progress

@@ -18,10 +18,12 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from . import _process
+from ._format import one_line
 from .claims import Claimer, log_event
 from .config import NotifierConfig
 from .errors import WatcherError
 from .events import Event
+from .groups import GroupObservation, gather
 from .observe import AliveCheck, Observation, Observer, watcher_info
 from .outbox import Sender
 from .record import RunRecord
@@ -64,6 +66,7 @@ class Watcher:
             interval=interval,
         )
         self.claimer = Claimer(repo, notifiers=notifiers, emit=emit, role=role, wall=wall)
+        self._said: set[tuple[str, str]] = set()  # (group id, problem) already warned of
 
     @property
     def alive(self) -> AliveCheck:
@@ -74,15 +77,30 @@ class Watcher:
         self.observer.alive = check
 
     def poll(self) -> list[Event]:
-        """Look at every run once; claim and emit the events that are due. Returns those this
-        watcher won (another watcher or kernel may have claimed the rest)."""
-        won = self.claimer.claim(self.observer.look(skip=self.claimer.done))
+        """Look at every run once; claim and emit the events that are due, for runs of their
+        own and for groups (nbmonitor.groups). Returns those this watcher won (another watcher
+        or kernel may have claimed the rest)."""
+        alone, groups = gather(self.observer.look(skip=self.claimer.done))
+        self._say_problems(groups)
+        won = self.claimer.claim(alone, groups)
         self.claimer.keep_only(self.observer.known)
+        self._said = {said for said in self._said if said[0] in self.claimer.groups}
         return won
 
     def check(self, runs: Iterable[RunRecord]) -> list[Event]:
         """``poll()`` over the given records only."""
-        return self.claimer.claim(self.observer.look(runs, skip=self.claimer.done))
+        alone, groups = gather(self.observer.look(runs, skip=self.claimer.done))
+        self._say_problems(groups)
+        return self.claimer.claim(alone, groups)
+
+    def _say_problems(self, groups: Iterable[GroupObservation]) -> None:
+        """What does not add up in a group (two members claiming one rank, ...), said once:
+        its members are still watched, together."""
+        for group in groups:
+            for problem in group.problems:
+                if (group.id, problem) not in self._said:
+                    self._said.add((group.id, problem))
+                    log.warning("group %s (%s): %s", group.id[:8], one_line(group.name), problem)
 
     def observe(self, runs: Iterable[RunRecord] | None = None) -> list[Observation]:
         """The state of ``runs`` (default: every run of the repo) now, newest first, claiming nothing."""

@@ -19,10 +19,23 @@ from . import _format
 from ._format import COLOURS
 from .usage import History, human_bytes, sparkline
 
-__all__ = ["COLOURS", "RunDisplay", "View", "render_html", "render_text"]
+__all__ = ["COLOURS", "MemberView", "RunDisplay", "View", "render_html", "render_text"]
 
+#: The empty part of a bar: grey seen through, on light and dark themes alike.
+_TRACK = "rgba(128,128,128,0.25)"
 MAX_RATE = 4.0  # refreshes a second for progress, well under the 10 allowed
 HARD_RATE = 10.0  # refreshes a second at most, even when the state changes
+
+
+@dataclass(frozen=True)
+class MemberView:
+    """One worker (or rank) of the run, as a small bar under the run's."""
+
+    label: str  # "ForkPoolWorker-2, pid 812", "rank 3, pid 812"
+    step: int
+    state: str  # running, ended, failed, crashed
+    straggler: bool = False  # the one the others wait for: highlighted
+    note: str | None = None  # how it ended, if it did
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,7 @@ class View:
     watcher: str | None = None  # "pid 123" when a standalone watcher runs
     note: str | None = None  # the latest warning, if any
     ended: bool = False
+    members: tuple[MemberView, ...] = ()  # the run's multiprocessing workers
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -71,9 +85,61 @@ def _bar(view: View) -> str:
     share = max(0.0, min(1.0, view.step / view.total))
     colour = COLOURS.get(view.state, "#616161")
     return (
-        '<div style="background:#e0e0e0;border-radius:4px;height:8px;margin:4px 0;max-width:480px">'
+        f'<div style="background:{_TRACK};border-radius:4px;height:8px;margin:4px 0;max-width:480px">'
         f'<div style="background:{colour};width:{share * 100:.1f}%;height:8px;border-radius:4px"></div></div>'
     )
+
+
+_MEMBERS_SHOWN = 16
+_MEMBER_COLOURS = {"running": COLOURS["running"], "ended": COLOURS["finished"]}
+
+
+def _members_html(view: View) -> str:
+    """A small bar per worker, the straggler marked: how far each got, next to the others."""
+    if not view.members:
+        return ""
+    top = max([view.total or 0, *(m.step for m in view.members)]) or 1
+    rows = []
+    for member in view.members[:_MEMBERS_SHOWN]:
+        colour = (
+            COLOURS["stalled"] if member.straggler else _MEMBER_COLOURS.get(member.state, COLOURS["failed"])
+        )
+        share = max(0.0, min(1.0, member.step / top))
+        tail = f"step {member.step}"
+        if member.straggler:
+            tail += " · slowest"
+        if member.state != "running":
+            tail += f" · {member.state}" + (f": {member.note}" if member.note else "")
+        rows.append(
+            f'<div class="nbm-member" data-state="{_esc(member.state)}" '
+            f'data-straggler="{int(member.straggler)}" '
+            'style="display:flex;align-items:center;gap:8px;font-size:0.85em">'
+            '<span style="font-family:monospace;min-width:14em;overflow:hidden;text-overflow:ellipsis;'
+            f'white-space:nowrap">{_esc(member.label)}</span>'
+            f'<span style="background:{_TRACK};border-radius:2px;height:4px;width:160px;flex:none">'
+            f'<span style="display:block;background:{colour};width:{share * 100:.1f}%;height:4px;'
+            'border-radius:2px"></span></span>'
+            f'<span style="color:{colour if member.straggler or member.state != "running" else "inherit"}">'
+            f"{_esc(tail)}</span></div>"
+        )
+    if len(view.members) > _MEMBERS_SHOWN:
+        more = len(view.members) - _MEMBERS_SHOWN
+        rows.append(f'<div style="font-size:0.85em;color:#757575">and {more} more workers</div>')
+    return f'<div class="nbm-members" style="margin:2px 0 4px">{"".join(rows)}</div>'
+
+
+def _members_text(view: View) -> list[str]:
+    lines = []
+    for member in view.members[:_MEMBERS_SHOWN]:
+        line = f"  {member.label}: step {member.step}"
+        if member.straggler:
+            line += ", slowest"
+        if member.state != "running":
+            line += f", {member.state}" + (f": {member.note}" if member.note else "")
+        lines.append(line)
+    if len(view.members) > _MEMBERS_SHOWN:
+        lines.append(f"  and {len(view.members) - _MEMBERS_SHOWN} more workers")
+    return lines
 
 
 def _progress(view: View) -> str:
@@ -142,6 +208,7 @@ def render_html(view: View) -> str:
     """The display as HTML: a badge, the name, a bar, progress, the promise, usage, the watcher."""
     parts = [f'<div>{_badge(view.state)} <b class="nbm-name">{_esc(view.name)}</b></div>', _bar(view)]
     parts.append(f"<div>{_esc(_progress(view))}</div>")
+    parts.append(_members_html(view))
     if view.error:
         parts.append(f'<div style="color:{COLOURS["failed"]}">{_esc(view.error)}</div>')
     for line in (_promise(view), *_usage_lines(view)):
@@ -158,7 +225,7 @@ def render_html(view: View) -> str:
 
 def render_text(view: View) -> str:
     """The display as plain text, for terminals, viewers and logs."""
-    lines = [f"nbmonitor · {view.name} · {view.state} · {_progress(view)}"]
+    lines = [f"nbmonitor · {view.name} · {view.state} · {_progress(view)}", *_members_text(view)]
     if view.error:
         lines.append(view.error)
     lines += [line for line in (_promise(view), *_usage_lines(view)) if line]

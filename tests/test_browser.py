@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -69,6 +70,7 @@ class Lab:
                 sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
                 f"--port={self.port}", f"--IdentityProvider.token={self.token}",
                 f"--ServerApp.root_dir={self.root}", f"--LabApp.user_settings_dir={work / 'settings'}",
+                "--LabApp.expose_app_in_browser=True",
             ],
             env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -210,3 +212,83 @@ def follow_a_stalling_cell(lab: Lab, page: Any) -> None:
     lab.stop()  # the server goes away: the panel and the status bar say so
     page.locator(".nbm-offline").wait_for(state="visible", timeout=30_000)
     wait_until(lambda: status.inner_text() == "nbmonitor offline", 30, "the status bar to say offline")
+
+
+def test_a_group_and_a_cells_workers_in_the_panel_and_the_cell(lab: Lab, page: Any) -> None:
+    try:
+        show_a_group_and_workers(lab, page)
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "failure-group.png"))
+        raise
+
+
+def write_group(repo: Path) -> None:
+    """A torchrun job of four ranks of this (live) process: rank 2 stopped first, the rest wait."""
+    from nbmonitor.record import GroupField
+
+    now, host = time.time(), os.uname().nodename
+    for rank in range(4):
+        Repo(repo).write_run(
+            sample(id=f"{rank + 1:032x}", name="ddp-resnet", host=host, pid=os.getpid(), process_start=None,
+                   boot_id=None, eta=2.0, step=1200 if rank == 2 else 1240, total=5000,
+                   last_progress_at=now - (95 if rank == 2 else 80), started_at=now - 600,
+                   waiting=None if rank == 2 else "all_reduce",
+                   group=GroupField("c3a1f09e-77b2-4d1c-9e0a-1f2e3d4c5b6a", "torchrun", rank, 4, rank))
+        )  # fmt: skip
+
+
+def show_a_group_and_workers(lab: Lab, page: Any) -> None:
+    write_group(Path(lab.repo))
+    page.goto(lab.url("lab/tree/quickstart.ipynb"))
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=60_000)
+    first = page.locator(".jp-Notebook .jp-CodeCell").first
+    first.locator(".jp-InputArea-prompt").click()
+    run_active_cell(page)
+    first.locator(".jp-InputArea-prompt", has_text="[1]").wait_for(timeout=60_000)
+    run_cell(
+        page,
+        [
+            "%%watch --eta 30 --name pooled-cell --no-usage",
+            "import multiprocessing as mp, os, time, nbmonitor",
+            "go = lambda: os.path.exists(os.environ['NBM_GO'])",
+            "def shard(n): [time.sleep(0.05) for _ in nbmonitor.track(range(n))]; "
+            "[time.sleep(0.05) for _ in iter(go, True)]",
+            "with mp.get_context('fork').Pool(3) as pool: pool.map(shard, [10, 20, 30])",
+        ],
+    )
+    page.locator(".jp-SideBar .lm-TabBar-tab", has_text="Runs").first.click()
+    group = page.locator('.nbm-group[data-status="stalled"]', has_text="ddp-resnet")
+    group.wait_for(timeout=60_000)
+    assert group.locator(".nbm-member").count() == 4
+    blamed = group.locator(".nbm-member.nbm-blamed")
+    assert blamed.count() == 1
+    assert "rank 2" in blamed.inner_text()
+    assert "to blame" in blamed.inner_text()
+    assert "rank 2 on" in group.locator(".nbm-blame").inner_text()
+    page.get_by_text("ddp-resnet stalled: rank 2 on").first.wait_for(timeout=10_000)  # one toast, the group's
+    pooled = page.locator(".nbm-run", has_text="pooled-cell")
+    wait_until(
+        lambda: pooled.locator(".nbm-workers .nbm-member").count() == 3, 30, "the cell's three workers"
+    )
+    cell = page.locator(".jp-Notebook .jp-CodeCell").nth(1)
+    wait_until(lambda: cell.locator(".nbm-member").count() == 3, 30, "a small bar per worker in the cell")
+    wait_until(lambda: "step 60" in cell.inner_text(), 30, "the workers' steps added up")
+    panel = page.locator("#nbmonitor-runs")
+    panel.screenshot(path=str(ARTIFACTS / "runs-panel-group.png"))
+    cell.screenshot(path=str(ARTIFACTS / "cell-workers.png"))
+    page.set_viewport_size({"width": 760, "height": 900})  # narrow
+    panel.screenshot(path=str(ARTIFACTS / "runs-panel-group-narrow.png"))
+    page.set_viewport_size({"width": 1400, "height": 900})
+    page.evaluate("window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})")
+    page.wait_for_selector('body[data-jp-theme-light="false"]', state="attached", timeout=30_000)
+    # The theme's styles load after the attribute changes: wait until the panel's text is light.
+    text = "getComputedStyle(document.querySelector('.nbm-panel .nbm-name')).color"
+    wait_until(lambda: sum(map(int, re.findall(r"\d+", page.evaluate(text))[:3])) > 450, 30, "dark styles")
+    panel.screenshot(path=str(ARTIFACTS / "runs-panel-group-dark.png"))
+    cell.screenshot(path=str(ARTIFACTS / "cell-workers-dark.png"))
+    page.screenshot(path=str(ARTIFACTS / "lab-group-dark.png"))
+    lab.go.touch()
+    page.locator('.nbm-run[data-status="running"]', has_text="pooled-cell").wait_for(
+        state="detached", timeout=30_000
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -120,6 +121,35 @@ def test_status_lists_runs_with_their_state(repo: Repo) -> None:
     assert "40/100" in stuck
     assert "10 min" in stuck
     assert any(line.startswith("done") and "finished" in line for line in lines)
+
+
+def test_status_shows_a_group_as_one_row_with_its_members_under_it(repo: Repo) -> None:
+    import time
+
+    from nbmonitor.record import GroupField, WorkerField
+
+    now, host = time.time(), os.uname().nodename
+    live = {"pid": os.getpid(), "process_start": None, "boot_id": None, "host": host, "started_at": now - 60}
+    for rank, step in enumerate((120, 80, 120)):
+        repo.write_run(
+            sample(
+                id=f"{rank + 1:032x}", name="ddp", eta=1.0, step=step, total=None,
+                last_progress_at=now - (95 if rank == 1 else 90), waiting=None if rank == 1 else "all_reduce",
+                group=GroupField("job-1", "torchrun", rank, 3, rank), **live,
+            )
+        )  # fmt: skip
+    workers = (WorkerField(4242, "ForkPoolWorker-1", 7, state="crashed", exit="killed by SIGKILL"),)
+    repo.write_run(sample(id="f" * 32, name="pooled", eta=None, workers=workers, **live))
+    lines = nbw(repo, "status").stdout.splitlines()
+    group = next(i for i, line in enumerate(lines) if line.startswith("ddp [torchrun job job-1, 3 ranks]"))
+    assert re.search(r" stalled +80 +1 min 35 s ", lines[group])  # the slowest rank's step and silence
+    members = lines[group + 1 : group + 4]
+    assert [line.split(",")[0].strip() for line in members] == [f"rank {r} on {host}" for r in range(3)]
+    assert "(to blame)" in members[1]
+    assert "(in all_reduce)" in members[0]
+    pooled = next(i for i, line in enumerate(lines) if line.startswith("pooled"))
+    assert lines[pooled + 1].startswith("  ForkPoolWorker-1, pid 4242")
+    assert "crashed: killed by SIGKILL" in lines[pooled + 1]
 
 
 def test_status_of_an_empty_repo(repo: Repo) -> None:

@@ -421,7 +421,7 @@ def test_events_are_checked(events: Any, message: str) -> None:
 
 def test_default_events_leave_finished_and_interrupted_opt_in() -> None:
     config = NotifierConfig.create("logger")
-    assert config.events == ("stalled", "crashed", "failed", "recovered")
+    assert config.events == ("stalled", "crashed", "lost", "failed", "recovered")
     assert not config.wants("finished")
     assert NotifierConfig.create("logger", events="finished").wants("finished")
 

@@ -103,6 +103,7 @@ def test_every_readme_example_runs(tmp_path: Path) -> None:
     assert (runs["fit"].status, runs["fit"].progress) == ("finished", 1000)
     assert runs["aim-style"].status == "finished"
     assert runs["gives-up"].status == "failed"
+    assert (runs["shards"].status, runs["shards"].progress) == ("finished", 2000)
 
 
 def test_binder_installs_nbmonitor_with_node_for_its_lab_extension() -> None:

@@ -69,14 +69,18 @@ def test_a_busy_run_is_written_at_most_once_a_second(
     assert 10 <= counting.writes <= 11
 
 
-def test_an_idle_run_is_not_rewritten(
+def test_an_idle_run_is_rewritten_only_once_a_heartbeat(
     monitor: _writer.Writer, counting: CountingRepo, clock: FakeClock
 ) -> None:
-    nbmonitor.Run(repo=counting)
-    for _ in range(50):
+    run = nbmonitor.Run(repo=counting)
+    stamps = []
+    for _ in range(50):  # fifty seconds, no progress: written at 0, 10, 20, 30 and 40 s
         monitor.tick()
+        stamps.append(counting.read_run(run.id).updated_at)
         clock.advance(1.0)
-    assert counting.writes == 1
+    assert counting.writes == 5
+    assert len(set(stamps)) == 5  # each rewrite is a sign of life: a new stamp
+    assert counting.read_run(run.id).heartbeat == 10.0
 
 
 def test_progress_is_stamped_at_the_tick_that_sees_it(

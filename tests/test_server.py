@@ -73,6 +73,33 @@ async def test_runs_lists_what_the_repo_holds(jp_fetch: Any, repo: Repo) -> None
     assert stuck["usage"] is None
 
 
+async def test_a_group_is_listed_once_with_its_members_and_whom_to_blame(jp_fetch: Any, repo: Repo) -> None:
+    from nbmonitor.membership import group_id
+    from nbmonitor.record import GroupField, WorkerField
+
+    now, host = time.time(), os.uname().nodename
+    live = {"pid": os.getpid(), "process_start": None, "boot_id": None, "host": host}
+    for rank in range(2):
+        repo.write_run(
+            sample(id=f"{rank + 1:032x}", name="ddp", eta=1.0, step=10 - rank, started_at=now - 100,
+                   last_progress_at=now - 60 - rank, group=GroupField("job-1", "torchrun", rank, 2), **live)
+        )  # fmt: skip
+    workers = (WorkerField(77, "SpawnPoolWorker-1", 5, step=5),)
+    repo.write_run(sample(id="c" * 32, name="<i>pool</i>", workers=workers, **live))
+    body = await get(jp_fetch, "runs")
+    assert [r["id"][0] for r in body["runs"]] == ["c"]  # members are listed under their group only
+    assert body["runs"][0]["workers"] == [
+        {"name": "SpawnPoolWorker-1", "pid": 77, "rank": None, "step": 5, "state": "running", "exit": None,
+         "colour": COLOURS["running"]}
+    ]  # fmt: skip
+    (group,) = body["groups"]
+    assert group["id"] == group_id("job-1", "ddp")
+    assert (group["status"], group["step"], group["label"]) == ("stalled", 9, "torchrun job job-1, 2 ranks")
+    assert [m["group"]["role"] for m in group["members"]] == ["rank 0", "rank 1"]
+    assert [m["blamed"] for m in group["members"]] == [False, True]
+    assert group["blame"].startswith(f"rank 1 on {host}, pid {os.getpid()}: step 9")
+
+
 async def test_a_corrupt_run_file_does_not_break_the_listing(jp_fetch: Any, repo: Repo) -> None:
     write_runs(repo)
     (repo.runs_dir / f"{'c' * 32}.json").write_text('{"format": 1, "id": "cc')

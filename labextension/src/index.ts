@@ -1,6 +1,9 @@
 /**
  * nbmonitor in JupyterLab: a "Runs" panel in the left sidebar, a status bar
- * item, and a notification when a run stalls, crashes or fails.
+ * item, and a notification when a run stalls, crashes or fails. A group (the
+ * ranks of one torchrun, SLURM or MPI job) is one row with its members under
+ * it, the ones to blame marked; a run's multiprocessing workers are listed
+ * under it.
  *
  * It polls the server extension's REST API (nbmonitor/api/runs) every two
  * seconds with Lumino's Poll: backing off while the server is unreachable
@@ -23,7 +26,7 @@ import { Widget } from '@lumino/widgets';
 
 const POLL_MS = 2000;
 const MAX_BACKOFF_MS = 30000;
-const PROBLEMS = new Set(['stalled', 'crashed', 'failed']);
+const PROBLEMS = new Set(['stalled', 'crashed', 'lost', 'failed']);
 const ACTIVE = new Set(['running', 'late', 'stalled']);
 
 /** One run as the REST API returns it. */
@@ -52,6 +55,44 @@ export interface IRun {
   ended_at: number | null;
   last_progress_at: number;
   usage: { cpu_percent: number; rss: number; gpu_memory: number | null } | null;
+  /** The torch.distributed call a group member was last seen waiting in. */
+  waiting: string | null;
+  workers: IWorker[];
+}
+
+/** A multiprocessing worker that reports progress for a run. */
+export interface IWorker {
+  name: string;
+  pid: number;
+  rank: number | null;
+  step: number;
+  state: string;
+  exit: string | null;
+  colour: string;
+}
+
+/** A member of a group: a run, with whether the group's incident is its doing. */
+export interface IMember extends IRun {
+  group: { id: string; role: string };
+  blamed: boolean;
+}
+
+/** The ranks of one job, as one: its state, step and whom to blame. */
+export interface IGroup {
+  id: string;
+  name: string;
+  /** "torchrun job 1a2b3c4d…, 8 ranks" */
+  label: string;
+  status: string;
+  colour: string;
+  step: number;
+  total: number | null;
+  since_progress_text: string | null;
+  started_at: number;
+  /** "rank 5 on node3, pid 812: step 1200, 40 behind the median, ..." */
+  blame: string | null;
+  problems: string[];
+  members: IMember[];
 }
 
 function bytes(n: number): string {
@@ -75,6 +116,14 @@ function current(run: IRun): boolean {
   return PROBLEMS.has(run.status) && Date.now() / 1000 - at < RECENT_S;
 }
 
+/** A group deserves attention when it is active, or one of its members does. */
+function currentGroup(group: IGroup): boolean {
+  if (ACTIVE.has(group.status)) {
+    return true;
+  }
+  return PROBLEMS.has(group.status) && group.members.some(current);
+}
+
 function el(tag: string, className: string, text?: string): HTMLElement {
   const node = document.createElement(tag);
   node.className = className;
@@ -87,6 +136,7 @@ function el(tag: string, className: string, text?: string): HTMLElement {
 /** The runs the server reports, polled with backoff; ``changed`` after each look. */
 class RunsModel {
   runs: IRun[] = [];
+  groups: IGroup[] = [];
   offline = false;
   /** What is wrong with the repo the server reads (a file in its place, ...), if anything. */
   problem: string | null = null;
@@ -126,9 +176,11 @@ class RunsModel {
       }
       const body = (await response.json()) as {
         runs: IRun[];
+        groups?: IGroup[];
         error?: string | null;
       };
       this.runs = body.runs;
+      this.groups = body.groups ?? [];
       this.problem = body.error ?? null;
       this.offline = false;
     } catch (reason) {
@@ -198,9 +250,15 @@ class RunsPanel extends Widget {
     const problem = this._model.offline ? null : this._model.problem;
     this._problem.style.display = problem ? 'block' : 'none';
     this._problem.textContent = problem ? `repo problem: ${problem}` : '';
-    const shown = this._model.runs.filter(r => this._showAll || current(r));
-    this._list.replaceChildren(...shown.map(run => this._row(run)));
-    if (shown.length === 0) {
+    const runs = this._model.runs.filter(r => this._showAll || current(r));
+    const groups = this._model.groups.filter(
+      g => this._showAll || currentGroup(g)
+    );
+    this._list.replaceChildren(
+      ...groups.map(group => this._groupRow(group)),
+      ...runs.map(run => this._row(run))
+    );
+    if (runs.length + groups.length === 0) {
       this._list.appendChild(
         el('li', 'nbm-empty', this._showAll ? 'no runs yet' : 'no active runs')
       );
@@ -235,6 +293,9 @@ class RunsPanel extends Widget {
     if (run.error) {
       row.appendChild(el('div', 'nbm-error', run.error));
     }
+    if (run.workers.length > 0 && (ACTIVE.has(run.status) || this._showAll)) {
+      row.appendChild(this._workers(run.workers));
+    }
     if (run.origin.lab_path) {
       const path = run.origin.lab_path;
       row.classList.add('nbm-openable');
@@ -242,6 +303,86 @@ class RunsPanel extends Widget {
       row.onclick = () => this._open(path);
     }
     return row;
+  }
+
+  /** A group's row: its state and step, whom to blame, then a line per member. */
+  private _groupRow(group: IGroup): HTMLElement {
+    const row = el('li', `nbm-run nbm-group nbm-status-${group.status}`);
+    row.dataset.groupId = group.id;
+    row.dataset.status = group.status;
+    const top = el('div', 'nbm-line');
+    const dot = top.appendChild(el('span', 'nbm-dot', '●'));
+    top.appendChild(el('span', 'nbm-name', group.name));
+    const state = top.appendChild(el('span', 'nbm-state', group.status));
+    dot.style.color = state.style.color = group.colour;
+    row.appendChild(top);
+    const steps =
+      group.total !== null ? `${group.step}/${group.total}` : `${group.step}`;
+    const since = group.since_progress_text
+      ? ` · last progress ${group.since_progress_text} ago`
+      : '';
+    row.appendChild(
+      el('div', 'nbm-detail', `${group.label} · step ${steps}${since}`)
+    );
+    if (group.blame) {
+      row.appendChild(el('div', 'nbm-error nbm-blame', group.blame));
+    }
+    for (const problem of group.problems) {
+      row.appendChild(el('div', 'nbm-detail nbm-warning', problem));
+    }
+    const members = el('ul', 'nbm-members');
+    for (const member of group.members) {
+      const item = el('li', 'nbm-member');
+      item.dataset.runId = member.id;
+      item.dataset.status = member.status;
+      item.classList.toggle('nbm-blamed', member.blamed);
+      const mark = item.appendChild(el('span', 'nbm-dot', '●'));
+      mark.style.color = member.colour;
+      const where = `${member.group.role} · ${member.host} · pid ${member.pid}`;
+      item.appendChild(el('span', 'nbm-member-name', where));
+      const waiting =
+        member.waiting && ACTIVE.has(member.status)
+          ? ` · in ${member.waiting}`
+          : '';
+      const text = `step ${member.step} · ${member.status}${waiting}`;
+      item.appendChild(el('span', 'nbm-member-state', text));
+      if (member.blamed) {
+        item.appendChild(el('span', 'nbm-blamed-mark', 'to blame'));
+      }
+      item.title = member.error ?? member.origin.text;
+      members.appendChild(item);
+    }
+    row.appendChild(members);
+    const path = group.members.find(m => m.origin.lab_path)?.origin.lab_path;
+    if (path) {
+      row.classList.add('nbm-openable');
+      row.title = `open ${path}`;
+      row.onclick = () => this._open(path);
+    }
+    return row;
+  }
+
+  /** A run's workers, a line each: name or rank, pid, step, and how it ended. */
+  private _workers(workers: IWorker[]): HTMLElement {
+    const list = el('ul', 'nbm-members nbm-workers');
+    for (const worker of workers) {
+      const item = el('li', 'nbm-member');
+      item.dataset.status = worker.state;
+      const mark = item.appendChild(el('span', 'nbm-dot', '●'));
+      mark.style.color = worker.colour;
+      const who = worker.rank !== null ? `rank ${worker.rank}` : worker.name;
+      item.appendChild(
+        el('span', 'nbm-member-name', `${who} · pid ${worker.pid}`)
+      );
+      const how = worker.exit ? `: ${worker.exit}` : '';
+      const state =
+        worker.state === 'running' ? '' : ` · ${worker.state}${how}`;
+      item.appendChild(
+        el('span', 'nbm-member-state', `step ${worker.step}${state}`)
+      );
+      list.appendChild(item);
+    }
+    return list;
   }
 }
 
@@ -260,11 +401,22 @@ class RunsStatus extends Widget {
 
   render(): void {
     const counts = new Map<string, number>();
-    for (const run of this._model.runs.filter(current)) {
-      counts.set(run.status, (counts.get(run.status) ?? 0) + 1);
+    const entries = [
+      ...this._model.runs.filter(current),
+      ...this._model.groups.filter(currentGroup)
+    ];
+    for (const entry of entries) {
+      counts.set(entry.status, (counts.get(entry.status) ?? 0) + 1);
     }
     const parts: string[] = [];
-    for (const status of ['running', 'late', 'stalled', 'crashed', 'failed']) {
+    for (const status of [
+      'running',
+      'late',
+      'stalled',
+      'crashed',
+      'lost',
+      'failed'
+    ]) {
       const n = counts.get(status) ?? 0;
       if (n > 0) {
         parts.push(`${n} ${status}`);
@@ -283,6 +435,15 @@ class RunsStatus extends Widget {
   }
 }
 
+/** A run or a group whose state may be news. */
+interface IIncident {
+  id: string;
+  name: string;
+  status: string;
+  current: boolean;
+  text: string;
+}
+
 /** One toast (and one browser notification) per incident; a recovery updates the toast. */
 class Alerts {
   private _seen = new Map<string, string>();
@@ -297,47 +458,64 @@ class Alerts {
     if (this._model.offline) {
       return;
     }
-    for (const run of this._model.runs) {
-      const before = this._seen.get(run.id);
-      this._seen.set(run.id, run.status);
-      if (before === run.status) {
+    const incidents: IIncident[] = [
+      ...this._model.runs.map(run => ({
+        id: run.id,
+        name: run.name,
+        status: run.status,
+        current: current(run),
+        text: run.error ?? run.origin.text
+      })),
+      // A group's members raise nothing of their own: the group's state is the incident.
+      ...this._model.groups.map(group => ({
+        id: group.id,
+        name: group.name,
+        status: group.status,
+        current: currentGroup(group),
+        text: group.blame ?? group.label
+      }))
+    ];
+    for (const incident of incidents) {
+      const before = this._seen.get(incident.id);
+      this._seen.set(incident.id, incident.status);
+      if (before === incident.status) {
         continue;
       }
       // On the first look only what is stuck right now is news; old failures are not.
       const news =
-        PROBLEMS.has(run.status) &&
-        current(run) &&
-        (!this._first || run.status === 'stalled');
+        PROBLEMS.has(incident.status) &&
+        incident.current &&
+        (!this._first || incident.status === 'stalled');
       if (news) {
-        this._raise(run);
-      } else if (before === 'stalled' && this._toasts.has(run.id)) {
+        this._raise(incident);
+      } else if (before === 'stalled' && this._toasts.has(incident.id)) {
         Notification.update({
-          id: this._toasts.get(run.id)!,
-          message: `${run.name} recovered (${run.status})`,
+          id: this._toasts.get(incident.id)!,
+          message: `${incident.name} recovered (${incident.status})`,
           type: 'success',
           autoClose: 5000
         });
-        this._toasts.delete(run.id);
+        this._toasts.delete(incident.id);
       }
     }
     this._first = false;
   }
 
-  private _raise(run: IRun): void {
-    const what = run.status === 'stalled' ? 'stalled' : run.status;
-    const text = `${run.name} ${what}: ${run.error ?? run.origin.text}`;
+  private _raise(incident: IIncident): void {
+    const what = incident.status;
+    const text = `${incident.name} ${what}: ${incident.text}`;
     const id =
-      run.status === 'stalled'
+      incident.status === 'stalled'
         ? Notification.warning(text, { autoClose: false })
         : Notification.error(text, { autoClose: false });
-    this._toasts.set(run.id, id);
+    this._toasts.set(incident.id, id);
     if (
       'Notification' in window &&
       window.Notification.permission === 'granted'
     ) {
-      new window.Notification(`nbmonitor: ${run.name} ${what}`, {
-        body: run.origin.text,
-        tag: `${run.id}-${what}`
+      new window.Notification(`nbmonitor: ${incident.name} ${what}`, {
+        body: incident.text,
+        tag: `${incident.id}-${what}`
       });
     }
   }

@@ -1,0 +1,225 @@
+"""The real torchrun: ranks on CPU with gloo, all-reducing every step, watched as one group by a
+real nbmonitor-watcher. One rank hangs, one is killed: one alarm each, naming that rank."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nbmonitor.membership import group_id
+from nbmonitor.record import RunRecord
+from nbmonitor.repo import Repo
+from nbmonitor.rules import EVENTS
+
+from .helpers import Proc, child_env, wait_until
+
+pytest.importorskip("torch", reason="torch is installed by the README's test command")
+
+POLL = 0.2
+RANKS = 3
+
+# Each rank all-reduces every step; rank HANG waits for the go file before step AT.
+TRAIN = """
+import os, sys, time
+import torch, torch.distributed as dist
+import nbmonitor
+
+eta, go = float(sys.argv[1]), sys.argv[5]
+steps, hang, at = (int(arg) for arg in sys.argv[2:5])
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+with nbmonitor.watch(eta=eta, grace=1.0, name="ddp") as run:
+    for step in range(steps):
+        if rank == hang and step == at:
+            print("hanging", rank, os.getpid(), flush=True)
+            while not os.path.exists(go):
+                time.sleep(0.02)
+        value = torch.ones(1)
+        dist.all_reduce(value)
+        run.report_progress(step=step + 1)
+dist.destroy_process_group()
+"""
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repo:
+    return Repo(tmp_path / "repo")
+
+
+@pytest.fixture
+def watcher(repo: Repo) -> Iterator[Proc]:
+    proc = Proc.watcher(repo.path, "--interval", str(POLL))
+    try:
+        proc.wait_for("watching", timeout=30)
+        yield proc
+    finally:
+        proc.stop()
+
+
+def torchrun(tmp_path: Path, repo: Repo, *args: str) -> Proc:
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={RANKS}"]
+    return Proc([*command, str(script), *args], repo.path, env={"OMP_NUM_THREADS": "1"})
+
+
+def members(repo: Repo) -> dict[int, RunRecord]:
+    found = {}
+    for run in repo.runs():
+        assert run.group is not None
+        assert run.group.launcher == "torchrun"
+        assert run.group.rank is not None
+        found[run.group.rank] = run
+    return found
+
+
+def events(watcher: Proc) -> list[str]:
+    """The watcher's event lines: ``<date> <time> STALLED ...``."""
+    kinds = {kind.upper() for kind in EVENTS}
+    return [line for _, line in watcher.lines if line.split()[2:3] and line.split()[2] in kinds]
+
+
+def quiet(watcher: Proc, seconds: float) -> None:
+    """No new event line for ``seconds`` (several polls)."""
+    before = len(events(watcher))
+    with pytest.raises(AssertionError, match="timed out"):
+        wait_until(lambda: len(events(watcher)) > before, seconds, "another event")
+
+
+def test_a_hung_rank_is_one_stalled_alarm_naming_it_then_one_recovered(
+    tmp_path: Path, repo: Repo, watcher: Proc
+) -> None:
+    go = tmp_path / "go"
+    job = torchrun(tmp_path, repo, "1.0", "40", "1", "10", str(go))
+    try:
+        hung_at = job.wait_for("hanging 1", timeout=120)
+        pid = int(job.matching("hanging 1")[0].split()[2])
+        stalled_at = watcher.wait_for("STALLED", timeout=30)
+        # ETA 1 s + grace 1 s + a poll, and a second for the file and the start of the hang.
+        assert stalled_at - hung_at < 1.0 + 1.0 + POLL + 1.5
+        (stalled,) = watcher.matching("STALLED")
+        assert f"rank 1 on {os.uname().nodename}, pid {pid}: step 10" in stalled
+        assert "torchrun job" in stalled
+        assert "3 ranks" in stalled
+        go.touch()
+        watcher.wait_for("RECOVERED", timeout=30)
+        assert job.wait_exit(timeout=120) == 0, job.text
+        watcher.wait_for("FINISHED", timeout=30)
+    finally:
+        go.touch()
+        job.stop()
+    assert [line.split()[2] for line in events(watcher)] == ["STALLED", "RECOVERED", "FINISHED"]
+    ranks = members(repo)
+    assert sorted(ranks) == [0, 1, 2]
+    assert all(r.status == "finished" and r.step == 40 for r in ranks.values())
+    group = group_id(ranks[0].group.job, "ddp")  # type: ignore[union-attr]  # checked in members()
+    assert len(repo.claims(group)) == 3
+    assert all(repo.claims(r.id) == set() for r in ranks.values())  # no alarm of a rank's own
+
+
+def test_a_killed_rank_is_one_crashed_alarm_naming_it_as_torchrun_tears_the_rest_down(
+    tmp_path: Path, repo: Repo, watcher: Proc
+) -> None:
+    job = torchrun(tmp_path, repo, "60", "40", "1", "5", str(tmp_path / "never"))
+    try:
+        job.wait_for("hanging 1", timeout=120)
+
+        def others_wait_in_all_reduce() -> bool:
+            ranks = members(repo)
+            return len(ranks) == RANKS and all(ranks[r].waiting == "all_reduce" for r in (0, 2))
+
+        wait_until(others_wait_in_all_reduce, 30, "ranks 0 and 2 waiting for rank 1 in all_reduce")
+        victim = members(repo)[1]
+        assert victim.waiting is None
+        os.kill(victim.pid, signal.SIGKILL)
+        watcher.wait_for("CRASHED", timeout=30)
+        assert job.wait_exit(timeout=120) != 0
+        quiet(watcher, 10 * POLL)  # every rank is gone now, and the one alarm is all there is
+        status = Proc([sys.executable, "-m", "nbmonitor", "--repo", str(repo.path), "status"], repo.path)
+        assert status.wait_exit(30) == 0
+        assert "crashed" in status.matching("ddp [torchrun job")[0]
+        assert "(to blame)" in status.matching(f"pid {victim.pid}")[0]
+    finally:
+        job.stop()
+    (crashed,) = events(watcher)
+    assert "CRASHED" in crashed
+    assert f"rank 1 on {victim.host}, pid {victim.pid}: step 5" in crashed
+
+
+SPAWN = """
+import json, os, sys
+import torch, torch.distributed as dist, torch.multiprocessing as mp
+import nbmonitor
+
+def train(rank, world, steps):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2])
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    for step in range(steps):
+        value = torch.ones(1)
+        dist.all_reduce(value)
+        nbmonitor.report_progress(step=step + 1)
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    with nbmonitor.watch(name="spawned", repo=sys.argv[1]) as run:
+        mp.spawn(train, args=(2, 25), nprocs=2)
+    record = run.record()
+    print(json.dumps({"step": record.step, "progress": record.progress,
+                      "ranks": sorted(w.rank for w in record.workers)}), flush=True)
+"""
+
+
+def test_ranks_started_by_torch_multiprocessing_spawn_count_for_the_block_as_lockstep(tmp_path: Path) -> None:
+    from .servers import free_port
+
+    script = tmp_path / "spawned.py"
+    script.write_text(SPAWN)
+    repo = tmp_path / "repo"
+    proc = Proc(
+        [sys.executable, str(script), str(repo), str(free_port())], repo, env={"OMP_NUM_THREADS": "1"}
+    )
+    assert proc.wait_exit(timeout=120) == 0, proc.text
+    result = json.loads(proc.text.splitlines()[-1])
+    # Ranks walk the same steps: the run is at the slowest rank's step, its progress theirs added up.
+    assert result == {"step": 25, "progress": 50, "ranks": [0, 1]}
+
+
+def test_child_env_has_no_launcher_variables() -> None:
+    # The test process itself is no rank: runs made by tests are no members of a job.
+    assert not {"TORCHELASTIC_RUN_ID", "RANK", "SLURM_STEP_ID"} & set(child_env(Path("/tmp")))
+
+
+LOADER = """
+import json, sys
+import torch, nbmonitor
+from torch.utils.data import DataLoader, Dataset
+
+class Items(Dataset):
+    def __len__(self):
+        return 24
+
+    def __getitem__(self, i):
+        nbmonitor.report_progress()  # in a DataLoader worker
+        return torch.tensor([i])
+
+if __name__ == "__main__":
+    with nbmonitor.watch(name="loader", repo=sys.argv[1]) as run:
+        for batch in DataLoader(Items(), batch_size=4, num_workers=2):
+            pass
+    record = run.record()
+    print(json.dumps({"progress": record.progress, "workers": sorted(w.state for w in record.workers)}))
+"""
+
+
+def test_progress_reported_in_dataloader_workers_counts_for_the_block(tmp_path: Path) -> None:
+    script = tmp_path / "loader.py"
+    script.write_text(LOADER)
+    proc = Proc([sys.executable, str(script), str(tmp_path / "repo")], tmp_path / "repo")
+    assert proc.wait_exit(timeout=120) == 0, proc.text
+    assert json.loads(proc.text.splitlines()[-1]) == {"progress": 24, "workers": ["ended", "ended"]}
