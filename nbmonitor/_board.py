@@ -31,7 +31,6 @@ import mmap
 import os
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -87,6 +86,8 @@ class SlotView:
 
 def directory() -> Path:
     """Where boards live: shared memory if there is some, for this user alone."""
+    import tempfile  # here: only a block's first board needs it
+
     for base in ("/dev/shm", os.environ.get("XDG_RUNTIME_DIR"), tempfile.gettempdir()):
         if base and os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK):
             return Path(base) / f"nbmonitor-{os.getuid()}"

@@ -109,7 +109,8 @@ class Crew:
     def step(self, lockstep: bool) -> int | None:
         """The run's step from its workers: the slowest running one's (lockstep), or theirs added
         up (sharded), the gone ones' too; None before any worker reported."""
-        steps = [m.step if m.step is not None else m.progress for m in self.members.values()]
+        members = list(self.members.values())  # one C call: the collector may add one meanwhile
+        steps = [m.step if m.step is not None else m.progress for m in members]
         if lockstep:  # once none runs, where the last of them stopped
             steps = steps or list(self.finals.values())
             return min(steps) if steps else None

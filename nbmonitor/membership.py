@@ -13,7 +13,6 @@ said in one warning, and the run is watched as a run of its own.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from typing import Literal
 
@@ -32,6 +31,8 @@ _SLURM_NOT_A_STEP = {"batch", "extern", "interactive", "4294967294", "4294967291
 
 def group_id(job: str, name: str) -> str:
     """The group's id (32 hex digits, like a run id): its events are claimed under it."""
+    import hashlib  # here: OpenSSL takes milliseconds to load, and only readers need it
+
     return hashlib.sha256(f"{job}\0{name}".encode()).hexdigest()[:32]
 
 

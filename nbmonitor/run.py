@@ -22,13 +22,16 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from . import _board, _process, _values, _workers, _writer, membership
+from . import _board, _process, _values, _writer
 from ._once import Trouble
 from .errors import RepoError
 from .record import ErrorInfo, GroupField, Origin, RunRecord, RunUsage, clip
 from .repo import Repo
+
+if TYPE_CHECKING:
+    from . import _board, _workers, membership
 
 __all__ = ["Run", "cell_number", "current_run", "report_progress", "track", "watch"]
 
@@ -145,7 +148,7 @@ class Run:
         self._track: _Track | None = None
         self._probe: Callable[[], int] | None = None
         self._usage: RunUsage | None = None  # set by a kernel that samples usage
-        self._crew = _workers.Crew()  # multiprocessing workers reporting for this run
+        self._crew: _workers.Crew | None = None  # multiprocessing workers reporting for this run
         self._waiting: str | None = None  # the collective call its thread was last seen in
         self._waiting_at = -math.inf
         self._seen = 0
@@ -315,7 +318,7 @@ class Run:
             progress += self._probe()
         own = done if track is not None else progress
         crew = self._crew
-        if crew:
+        if crew is not None and crew:
             progress += crew.progress
             if self._step is None:
                 # Ranked workers walk the same steps (lockstep); others share the work (sharded).
@@ -351,7 +354,7 @@ class Run:
                 self._eta,
                 self._name,
                 self._usage,
-                self._crew.version,
+                self._crew.version if self._crew is not None else 0,
                 self._waiting,
             )
             final = self._status != "running"
@@ -419,7 +422,7 @@ class Run:
             write_lag=self._writer.WRITE_LAG,
             group=self._group,
             heartbeat=_heartbeat(),
-            workers=self._crew.fields(),
+            workers=self._crew.fields() if self._crew is not None else (),
             waiting=self._waiting,
         )
 
@@ -661,6 +664,7 @@ def _checked(expect_next_in: float | None, step: int | None) -> tuple[float | No
 
 # -- the board: workers' progress counted for this process's blocks ----------------------
 
+
 _collector: _workers.Collector[Run] | None = None
 
 
@@ -676,6 +680,8 @@ def _blocks_changed() -> None:
     newest = _open_blocks[-1] if _open_blocks else None
     board.blocks(len(_open_blocks), newest.id if newest else None, newest.name if newest else "")
     if _collector is None:
+        from . import _workers  # here: a process with no block never needs it
+
         _collector = _workers.Collector(board, _open_runs, _newest_block, _crew_of, _promise)
         _writer.get().before_tick.append(_collector)
 
@@ -690,7 +696,11 @@ def _newest_block() -> Run | None:
 
 
 def _crew_of(run: Run) -> _workers.Crew:
-    return run._crew  # noqa: SLF001  # this module's Run
+    from . import _workers
+
+    if run._crew is None:  # noqa: SLF001  # this module's Run
+        run._crew = _workers.Crew()  # noqa: SLF001
+    return run._crew  # noqa: SLF001
 
 
 def _promise(run: Run, eta: float) -> None:
@@ -733,6 +743,8 @@ def _membership(
     group: str | None, rank: int | None, world_size: int | None, mode: membership.Mode | None
 ) -> GroupField | None:
     """The group a new run is a member of: the one given, else its launcher's, else none."""
+    from . import membership  # here: only runs made need it, not the import of nbmonitor
+
     if mode is not None and mode not in membership.MODES:
         raise ValueError(f"mode must be one of {', '.join(membership.MODES)}, got {mode!r}")
     if group is not None:
@@ -753,6 +765,8 @@ def _launched() -> GroupField | None:
     said once). A notebook's kernel is never a rank, whatever it inherited."""
     pid = os.getpid()
     if pid not in _launch_cache:
+        from . import membership
+
         found, warning = (None, None) if kernel_id() else membership.from_environment(os.environ)
         if warning:
             _writer.log.warning("%s", warning)
