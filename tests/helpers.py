@@ -3,12 +3,13 @@ watcher, the command line) whose output is read as it comes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -127,6 +128,25 @@ class Proc:
                 self.popen.kill()
                 self.popen.wait(5)
         self._reader.join(5)
+
+
+@contextlib.contextmanager
+def watching(repo: Path, interval: float) -> Iterator[Proc]:
+    """A real ``nbmonitor-watcher start`` on ``repo``, polling every ``interval`` s, for the block."""
+    proc = Proc.watcher(repo, "--interval", str(interval))
+    try:
+        proc.wait_for("watching", timeout=30)
+        yield proc
+    finally:
+        proc.stop()
+
+
+def event_lines(watcher: Proc) -> list[str]:
+    """The watcher's event lines (``<date> <time> STALLED ...``), in order."""
+    from nbmonitor.rules import EVENTS
+
+    kinds = {kind.upper() for kind in EVENTS}
+    return [line for _, line in watcher.lines if line.split()[2:3] and line.split()[2] in kinds]
 
 
 def ipython_shell() -> Any:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from nbmonitor.repo import Repo
-from nbmonitor.rules import EVENTS, HEARTBEATS_MISSED
+from nbmonitor.rules import HEARTBEATS_MISSED
 
-from .helpers import Proc, wait_until
+from .helpers import Proc, event_lines, wait_until, watching
 
 POLL = 0.2
 HEARTBEAT = 0.3
@@ -52,18 +52,9 @@ print("done", flush=True)
 
 
 @pytest.fixture
-def repo(tmp_path: Path) -> Repo:
-    return Repo(tmp_path / "repo")
-
-
-@pytest.fixture
 def watcher(repo: Repo) -> Iterator[Proc]:
-    proc = Proc.watcher(repo.path, "--interval", str(POLL))
-    try:
-        proc.wait_for("watching", timeout=30)
+    with watching(repo.path, POLL) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def member(
@@ -78,9 +69,8 @@ def member(
     return Proc(command, repo.path, env={"NBMONITOR_HEARTBEAT": str(HEARTBEAT)})
 
 
-def events(watcher: Proc) -> list[str]:
-    kinds = {kind.upper() for kind in EVENTS}
-    return [line.split()[2] for _, line in watcher.lines if line.split()[2:3] and line.split()[2] in kinds]
+def kinds(watcher: Proc) -> list[str]:
+    return [line.split()[2] for line in event_lines(watcher)]
 
 
 def test_a_live_member_on_another_host_is_never_called_crashed_or_lost(
@@ -95,7 +85,7 @@ def test_a_live_member_on_another_host_is_never_called_crashed_or_lost(
     finally:
         local.stop()
         remote.stop()
-    assert events(watcher) == ["FINISHED"]
+    assert kinds(watcher) == ["FINISHED"]
     hosts = {run.group.rank: (run.host, run.pid) for run in repo.runs() if run.group}
     assert hosts[1][0] == "node-b"
     assert hosts[1][1] < 10  # a pid of its own namespace, which the watcher cannot look up
@@ -122,7 +112,7 @@ def test_a_member_on_another_host_that_is_killed_is_lost_within_three_heartbeats
     finally:
         local.stop()
         remote.stop()
-    assert events(watcher) == ["LOST"]
+    assert kinds(watcher) == ["LOST"]
 
 
 def test_a_member_whose_clock_is_an_hour_off_raises_no_false_alarm(
@@ -137,6 +127,6 @@ def test_a_member_whose_clock_is_an_hour_off_raises_no_false_alarm(
     finally:
         local.stop()
         ahead.stop()
-    assert events(watcher) == ["FINISHED"]
+    assert kinds(watcher) == ["FINISHED"]
     remote = next(r for r in repo.runs() if r.host == "node-c")
     assert remote.started_at > time.time() + 3000  # its own clock, as written

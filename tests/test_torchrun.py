@@ -15,9 +15,8 @@ import pytest
 from nbmonitor.membership import group_id
 from nbmonitor.record import RunRecord
 from nbmonitor.repo import Repo
-from nbmonitor.rules import EVENTS
 
-from .helpers import Proc, child_env, wait_until
+from .helpers import Proc, child_env, event_lines, wait_until, watching
 
 pytest.importorskip("torch", reason="torch is installed by the README's test command")
 
@@ -48,18 +47,9 @@ dist.destroy_process_group()
 
 
 @pytest.fixture
-def repo(tmp_path: Path) -> Repo:
-    return Repo(tmp_path / "repo")
-
-
-@pytest.fixture
 def watcher(repo: Repo) -> Iterator[Proc]:
-    proc = Proc.watcher(repo.path, "--interval", str(POLL))
-    try:
-        proc.wait_for("watching", timeout=30)
+    with watching(repo.path, POLL) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def torchrun(tmp_path: Path, repo: Repo, *args: str) -> Proc:
@@ -79,17 +69,11 @@ def members(repo: Repo) -> dict[int, RunRecord]:
     return found
 
 
-def events(watcher: Proc) -> list[str]:
-    """The watcher's event lines: ``<date> <time> STALLED ...``."""
-    kinds = {kind.upper() for kind in EVENTS}
-    return [line for _, line in watcher.lines if line.split()[2:3] and line.split()[2] in kinds]
-
-
 def quiet(watcher: Proc, seconds: float) -> None:
     """No new event line for ``seconds`` (several polls)."""
-    before = len(events(watcher))
+    before = len(event_lines(watcher))
     with pytest.raises(AssertionError, match="timed out"):
-        wait_until(lambda: len(events(watcher)) > before, seconds, "another event")
+        wait_until(lambda: len(event_lines(watcher)) > before, seconds, "another event")
 
 
 def test_a_hung_rank_is_one_stalled_alarm_naming_it_then_one_recovered(
@@ -114,7 +98,7 @@ def test_a_hung_rank_is_one_stalled_alarm_naming_it_then_one_recovered(
     finally:
         go.touch()
         job.stop()
-    assert [line.split()[2] for line in events(watcher)] == ["STALLED", "RECOVERED", "FINISHED"]
+    assert [line.split()[2] for line in event_lines(watcher)] == ["STALLED", "RECOVERED", "FINISHED"]
     ranks = members(repo)
     assert sorted(ranks) == [0, 1, 2]
     assert all(r.status == "finished" and r.step == 40 for r in ranks.values())
@@ -147,7 +131,7 @@ def test_a_killed_rank_is_one_crashed_alarm_naming_it_as_torchrun_tears_the_rest
         assert "(to blame)" in status.matching(f"pid {victim.pid}")[0]
     finally:
         job.stop()
-    (crashed,) = events(watcher)
+    (crashed,) = event_lines(watcher)
     assert "CRASHED" in crashed
     assert f"rank 1 on {victim.host}, pid {victim.pid}: step 5" in crashed
 

@@ -133,6 +133,35 @@ function el(tag: string, className: string, text?: string): HTMLElement {
   return node;
 }
 
+/** What a run's and a group's rows start with. */
+interface IHeaded {
+  name: string;
+  status: string;
+  colour: string;
+  step: number;
+  total: number | null;
+  since_progress_text: string | null;
+}
+
+/** A row's first two lines: dot, name and state; where it runs, its step, its last progress. */
+function head(className: string, item: IHeaded, where: string): HTMLElement {
+  const row = el('li', `${className} nbm-status-${item.status}`);
+  row.dataset.status = item.status;
+  const top = el('div', 'nbm-line');
+  const dot = top.appendChild(el('span', 'nbm-dot', '●'));
+  top.appendChild(el('span', 'nbm-name', item.name));
+  const state = top.appendChild(el('span', 'nbm-state', item.status));
+  dot.style.color = state.style.color = item.colour;
+  row.appendChild(top);
+  const steps =
+    item.total !== null ? `${item.step}/${item.total}` : `${item.step}`;
+  const since = item.since_progress_text
+    ? ` · last progress ${item.since_progress_text} ago`
+    : '';
+  row.appendChild(el('div', 'nbm-detail', `${where} · step ${steps}${since}`));
+  return row;
+}
+
 /** The runs the server reports, polled with backoff; ``changed`` after each look. */
 class RunsModel {
   runs: IRun[] = [];
@@ -266,23 +295,8 @@ class RunsPanel extends Widget {
   }
 
   private _row(run: IRun): HTMLElement {
-    const row = el('li', `nbm-run nbm-status-${run.status}`);
+    const row = head('nbm-run', run, run.origin.text);
     row.dataset.runId = run.id;
-    row.dataset.status = run.status;
-    const top = el('div', 'nbm-line');
-    const dot = top.appendChild(el('span', 'nbm-dot', '●'));
-    top.appendChild(el('span', 'nbm-name', run.name));
-    const state = top.appendChild(el('span', 'nbm-state', run.status));
-    dot.style.color = state.style.color = run.colour;
-    row.appendChild(top);
-    const steps =
-      run.total !== null ? `${run.step}/${run.total}` : `${run.step}`;
-    const since = run.since_progress_text
-      ? ` · last progress ${run.since_progress_text} ago`
-      : '';
-    row.appendChild(
-      el('div', 'nbm-detail', `${run.origin.text} · step ${steps}${since}`)
-    );
     if (run.usage && ACTIVE.has(run.status)) {
       const gpu = run.usage.gpu_memory
         ? ` · GPU ${bytes(run.usage.gpu_memory)}`
@@ -307,23 +321,8 @@ class RunsPanel extends Widget {
 
   /** A group's row: its state and step, whom to blame, then a line per member. */
   private _groupRow(group: IGroup): HTMLElement {
-    const row = el('li', `nbm-run nbm-group nbm-status-${group.status}`);
+    const row = head('nbm-run nbm-group', group, group.label);
     row.dataset.groupId = group.id;
-    row.dataset.status = group.status;
-    const top = el('div', 'nbm-line');
-    const dot = top.appendChild(el('span', 'nbm-dot', '●'));
-    top.appendChild(el('span', 'nbm-name', group.name));
-    const state = top.appendChild(el('span', 'nbm-state', group.status));
-    dot.style.color = state.style.color = group.colour;
-    row.appendChild(top);
-    const steps =
-      group.total !== null ? `${group.step}/${group.total}` : `${group.step}`;
-    const since = group.since_progress_text
-      ? ` · last progress ${group.since_progress_text} ago`
-      : '';
-    row.appendChild(
-      el('div', 'nbm-detail', `${group.label} · step ${steps}${since}`)
-    );
     if (group.blame) {
       row.appendChild(el('div', 'nbm-error nbm-blame', group.blame));
     }
