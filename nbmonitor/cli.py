@@ -16,9 +16,11 @@ from typing import Any, TextIO
 from . import _format, _notifiers_cli, _process
 from ._values import seconds_arg
 from ._version import version
-from .errors import NbmonitorError
+from .errors import CorruptRecordError, NbmonitorError
 from .groups import GroupObservation, gather, role
+from .history import History
 from .observe import Observation, Observer, watcher_info
+from .record import RunRecord
 from .repo import Repo, make_private
 from .rules import TERMINAL
 from .templates import job_label
@@ -90,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="say whether a watcher runs, and list the runs")
     status.add_argument("--all", action="store_true", help="list every ended run, not only the latest")
     status.set_defaults(func=_status)
+    usage = commands.add_parser(
+        "usage", help="a run's usage per process: peaks and means, or an interactive page (--html)"
+    )
+    usage.add_argument("run", metavar="RUN", help="a run or group: its id (or the first 8 of it) or its name")
+    usage.add_argument("--html", metavar="FILE", help="write one self-contained page with the plot")
+    usage.set_defaults(func=_usage)
     _notifiers_cli.add_parser(commands)
     return parser
 
@@ -213,6 +221,80 @@ def _status(repo: Repo, args: argparse.Namespace) -> int:
     if hidden > 0 and not args.all:
         print(f"({hidden} older ended runs not shown; --all lists them)")
     return 0
+
+
+def _usage(repo: Repo, args: argparse.Namespace) -> int:
+    logging.basicConfig(format="%(levelname)s %(message)s", stream=sys.stderr)
+    from . import plot
+    from .history import combine
+
+    label, members = _find(repo, args.run)
+    histories: list[tuple[str, History]] = []
+    for tag, record in members:
+        try:
+            histories.append((tag, repo.read_usage(record.id)))
+        except FileNotFoundError:
+            continue
+        except CorruptRecordError as e:
+            print(f"{PROG}: warning: left out {e}", file=sys.stderr)
+    if not histories:
+        raise NbmonitorError(
+            f"{label} has no usage history (a run made with usage=False, or by an older nbmonitor)"
+        )
+    kept = histories[0][1] if len(members) == 1 else combine(histories)
+    kept.name = label
+    if args.html:
+        page = plot.report_html(kept, title=label)
+        try:
+            with open(args.html, "w", encoding="utf-8") as f:
+                f.write(page)
+        except OSError as e:
+            raise NbmonitorError(f"cannot write {args.html}: {e.strerror}") from None
+        print(f"wrote {args.html}: the usage of {_format.one_line(label)}, {len(kept.processes)} processes")
+        return 0
+    print(f"{_format.one_line(label)}: {_format.duration(kept.duration)} of usage")
+    for line in plot.peak_lines(kept):
+        print(_format.one_line(line))
+    rows: list[tuple[str, ...]] = [
+        ("PROCESS", "PID", "MEAN CPU", "PEAK CPU", "MEAN MEMORY", "PEAK MEMORY", "PEAK GPU")
+    ]
+    for p in plot.summary(kept):
+        rows.append(
+            (
+                _format.clip(_format.one_line(p.name), 40),
+                str(p.pid),
+                f"{p.cpu_mean:.0f}%",
+                f"{p.cpu_peak:.0f}%",
+                _format.human_bytes(p.memory_mean),
+                _format.human_bytes(p.memory_peak),
+                _format.human_bytes(p.gpu_peak) if p.gpu_peak else "-",
+            )
+        )
+    print(_format.table(rows))
+    marks = [m for m in kept.marks if m.by == "user"]
+    if marks:
+        print("marks: " + ", ".join(f"{_format.one_line(m.text)} at {_format.duration(m.t)}" for m in marks))
+    return 0
+
+
+def _find(repo: Repo, wanted: str) -> tuple[str, list[tuple[str, RunRecord]]]:
+    """The runs ``wanted`` names (a run id, its first 8 or more digits, a name, a group id):
+    a label and (member label, record) for each, by rank for a group."""
+    records = repo.runs()  # newest first
+    _, groups = gather(Observer(repo).glance())
+    for group in groups:
+        if group.id == wanted or (len(wanted) >= 8 and group.id.startswith(wanted)) or group.name == wanted:
+            tagged = [
+                (f"rank {m.run.group.rank}" if m.run.group else m.run.name, m.run) for m in group.members
+            ]
+            return f"{group.name} (group of {len(tagged)})", tagged
+    exact = [r for r in records if r.id == wanted]
+    prefixed = [r for r in records if len(wanted) >= 8 and r.id.startswith(wanted)]
+    named = [r for r in records if r.name == wanted]
+    for found in (exact, prefixed, named):
+        if found:
+            return found[0].name, [("", found[0])]
+    raise NbmonitorError(f"no run or group {wanted!r} in {repo.path}; '{PROG} status' lists them")
 
 
 def _started(entry: Observation | GroupObservation) -> float:

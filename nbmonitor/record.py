@@ -22,6 +22,7 @@ __all__ = [
     "Origin",
     "RunRecord",
     "RunUsage",
+    "UsagePeak",
     "WorkerField",
     "is_run_id",
 ]
@@ -86,12 +87,23 @@ class ErrorInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class UsagePeak:
+    """The run's highest use of one resource so far, and the process that held most of it."""
+
+    resource: str  # "cpu" (percent of one core), "memory" or "gpu_memory" (bytes)
+    total: float  # the whole tree's highest reading
+    process: str  # the process with the highest reading of its own ("DataLoader worker 2")
+    process_value: float  # that reading
+
+
+@dataclass(frozen=True, slots=True)
 class RunUsage:
-    """The latest resource reading of a run's process tree, where its owner samples it (a kernel)."""
+    """The latest resource reading of a run's process tree, and its peaks so far."""
 
     cpu_percent: float  # 100 = one core
     rss: int  # bytes
     gpu_memory: int | None = None  # bytes on GPUs, when NVML sees any
+    peaks: tuple[UsagePeak, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +182,8 @@ class RunRecord:
         data = asdict(self)
         data["origin"]["argv"] = list(self.origin.argv)
         data["workers"] = [asdict(w) for w in self.workers]
+        if self.usage is not None:
+            data["usage"]["peaks"] = [asdict(p) for p in self.usage.peaks]
         return data
 
     def with_changes(self, **changes: Any) -> RunRecord:
@@ -328,10 +342,23 @@ def _usage(data: object) -> RunUsage | None:
     if not isinstance(data, dict):
         raise ValueError(f"field 'usage' must be an object or null, got {_kind(data)}")
     get = _Fields(data, "usage.")
+    peaks = data.get("peaks") or []
+    if not isinstance(peaks, list):
+        raise ValueError(f"field 'usage.peaks' must be a list, got {_kind(peaks)}")
     return RunUsage(
         cpu_percent=get.number("cpu_percent"),
         rss=get.integer("rss"),
         gpu_memory=get.opt_integer("gpu_memory"),
+        peaks=tuple(_peak(p) for p in peaks),
+    )
+
+
+def _peak(data: object) -> UsagePeak:
+    if not isinstance(data, dict):
+        raise ValueError(f"field 'usage.peaks' must hold objects, got {_kind(data)}")
+    get = _Fields(data, "usage.peaks.")
+    return UsagePeak(
+        get.text("resource"), get.number("total"), get.text("process"), get.number("process_value")
     )
 
 

@@ -3,6 +3,7 @@
 Layout (docs/repo-format.md is the full contract)::
 
     runs/<run id>.json          one file per run, written only by its owner
+    usage/<run id>.jsonl        the run's usage history and marks (nbmonitor.history)
     events/<run id>/<key>.json  one claim per event, created exclusively
     notifiers.json, .lock       the notifiers (nbmonitor.config)
     outbox/<notifier id>/       pending deliveries, digest records (nbmonitor.outbox)
@@ -31,6 +32,7 @@ from typing import Any
 
 from ._once import Once
 from .errors import CorruptRecordError, RepoError
+from .history import History, parse
 from .record import RunRecord, is_run_id
 from .rules import is_event_key
 
@@ -83,6 +85,7 @@ class Repo:
         self.path = self.path.absolute()
         # Every path of the layout (docs/repo-format.md) is built here and nowhere else.
         self.runs_dir = self.path / "runs"
+        self.usage_dir = self.path / "usage"
         self.events_dir = self.path / "events"
         self.outbox_dir = self.path / "outbox"
         self.deliveries_dir = self.path / "deliveries"
@@ -152,6 +155,69 @@ class Repo:
     def runs(self) -> list[RunRecord]:
         """Every valid run in the repo, newest first; bad files are skipped with a warning."""
         return sorted(Scanner(self).scan(), key=lambda r: r.started_at, reverse=True)
+
+    def usage_path(self, run_id: str) -> Path:
+        """The usage history of run ``run_id`` (docs/repo-format.md); the id is checked."""
+        if not is_run_id(run_id):
+            raise ValueError(f"not a run id: {run_id[:40]!r}")
+        return self.usage_dir / f"{run_id}.jsonl"
+
+    def append_usage(self, run_id: str, text: str) -> None:
+        """Add whole lines to a run's usage history (only the run's own process does), creating
+        it 0600 if it is new. One write() call: a reader sees whole lines, or a torn last one."""
+        path = self.usage_path(run_id)
+        data = text.encode()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except FileNotFoundError:
+            self.ensure()
+            self.usage_dir.mkdir(mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            written = os.write(fd, data)
+            while written < len(data):  # a full disk or a signal: the rest, or an OSError
+                written += os.write(fd, data[written:])
+        finally:
+            os.close(fd)
+
+    def replace_usage(self, run_id: str, text: str) -> None:
+        """Replace a run's usage history whole (a coarser copy of it): readers see the old file
+        or the new one."""
+        path = self.usage_path(run_id)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=self.usage_dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(text.encode())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def read_usage(self, run_id: str) -> History:
+        """A run's usage history. FileNotFoundError when it has none; CorruptRecordError naming
+        the file when it is no history at all. Bad lines are left out with one warning."""
+        path = self.usage_path(run_id)
+        try:
+            text = path.read_bytes().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise CorruptRecordError(str(path), f"unreadable ({e.strerror})") from e
+        try:
+            history = parse(text.splitlines(), run_id)
+        except ValueError as e:
+            raise CorruptRecordError(str(path), str(e)) from e
+        if history.skipped:
+            log.warning(
+                "nbmonitor: left out %d bad line(s) of %s (the first: line %d); the rest is shown",
+                history.skipped,
+                path,
+                history.first_bad,
+            )
+        return history
 
     def claim_path(self, run_id: str, key: str) -> Path:
         """The claim file of one event of a run; ids and keys are checked, so none points elsewhere."""

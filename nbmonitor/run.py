@@ -24,7 +24,7 @@ from itertools import chain
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from . import _board, _process, _values, _writer
+from . import _board, _process, _recorder, _values, _writer, rules
 from ._once import Trouble
 from .errors import RepoError
 from .record import ErrorInfo, GroupField, Origin, RunRecord, RunUsage, clip
@@ -74,6 +74,7 @@ class Run:
         "_folded",
         "_grace",
         "_group",
+        "_history",
         "_id",
         "_last_mono",
         "_last_wall",
@@ -89,8 +90,10 @@ class Run:
         "_probe",
         "_process_start",
         "_process_ticks",
+        "_records_usage",
         "_repo",
         "_seen",
+        "_stalled_at",
         "_started_at",
         "_status",
         "_step",
@@ -118,6 +121,7 @@ class Run:
         rank: int | None = None,
         world_size: int | None = None,
         mode: membership.Mode | None = None,
+        usage: bool = True,
     ) -> None:
         self._eta = _duration("expect_next_in", expect_next_in, zero_ok=False)
         self._grace = _duration("grace", grace, zero_ok=True)
@@ -164,6 +168,14 @@ class Run:
         self._written: tuple[Any, ...] | None = None
         self._written_seen, self._written_mono = -1, self._last_mono
         self._last_write = -math.inf
+        self._stalled_at: float | None = None  # when it missed its promise (a mark was made)
+        self._records_usage = bool(usage)
+        self._history = _recorder.RunHistory(
+            self._repo, self._id, self._name, _process.host(), self._started_at, self._last_mono
+        )
+        self._history.mark("start", None, self._last_mono, by="nbmonitor")
+        if usage:
+            _record_usage(self._writer)
         self._writer.add(self)
 
     # -- what user code calls -------------------------------------------------
@@ -251,6 +263,11 @@ class Run:
         return self._counts()[1]
 
     @property
+    def group(self) -> GroupField | None:
+        """The job this run is a member of (its launcher, rank and size), if any."""
+        return self._group
+
+    @property
     def total(self) -> int | None:
         return self._total
 
@@ -296,6 +313,25 @@ class Run:
         """The latest resource reading of the run's process tree, written into its file."""
         self._usage = usage
 
+    def mark(self, label: str, value: float | int | str | None = None) -> None:
+        """Put a labelled moment on the run's usage history (a vertical line on its plot):
+        ``run.mark("eval")``, ``run.mark("epoch", 3)``. Memory only; written within seconds."""
+        if not isinstance(label, str):
+            raise TypeError(f"a mark's label must be a string, got {type(label).__name__}")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float | str)):
+            raise TypeError(f"a mark's value must be a number, a string or None, got {type(value).__name__}")
+        self._history.mark(label, value, self._writer.mono())
+
+    @property
+    def usage_history(self) -> _recorder.RunHistory | None:
+        """The run's usage history as it is recorded (None when it records no usage)."""
+        return self._history if self._records_usage else None
+
+    @property
+    def history(self) -> _recorder.RunHistory:
+        """The run's history: its marks, and its usage when it records usage."""
+        return self._history
+
     def end_as(self, exc: BaseException | None) -> None:
         """End the run as ``exc`` says: None finishes it, KeyboardInterrupt interrupts it,
         ``sys.exit()`` finishes or fails it by its status, any other exception fails it."""
@@ -339,6 +375,15 @@ class Run:
             progress, step = self._counts()
             if progress != self._seen:
                 self._seen, self._last_wall, self._last_mono = progress, now_wall, now_mono
+                if self._stalled_at is not None:
+                    self._stalled_at = None
+                    self._history.mark("recovered", None, now_mono, by="nbmonitor")
+            elif self._eta is not None and self._stalled_at is None and self._status == "running":
+                deadline = self._eta + rules.grace_for(self._eta, self._grace)
+                if now_mono - self._last_mono > deadline:
+                    self._stalled_at = self._last_mono + deadline
+                    self._history.mark("stalled", None, self._stalled_at, by="nbmonitor")
+            self._history.flush(now_mono, force=self._status != "running")
             if self._abandoned and self._status == "running":
                 if self._abandoned_at is None:
                     self._abandoned_at = now_mono
@@ -353,7 +398,7 @@ class Run:
                 self._total,
                 self._eta,
                 self._name,
-                self._usage,
+                # Not the usage: it changes every second, and rides along with the next write.
                 self._crew.version if self._crew is not None else 0,
                 self._waiting,
             )
@@ -428,6 +473,7 @@ class Run:
 
     def _set_end(self, status: str, error: ErrorInfo | None, now_wall: float) -> None:
         self._status, self._error, self._ended_at = status, error, now_wall
+        self._history.mark(status, None, self._writer.mono(), by="nbmonitor")
 
     def end(self, status: str, exc: BaseException | None = None, error: ErrorInfo | None = None) -> None:
         """End the run (once) as ``status`` (finished, failed or interrupted), the error from
@@ -471,6 +517,7 @@ class Run:
         write the run as still running, then never again, so its end is "crashed" for everyone."""
         self.tick(self._writer.wall(), self._writer.mono(), force=True)
         with self._lock:
+            self._history.flush(self._writer.mono(), force=True)
             self._cut_off = True
 
 
@@ -727,6 +774,20 @@ HEARTBEAT = 10.0
 
 
 @functools.cache
+def _record_usage(writer: _writer.Writer) -> None:
+    """Sample this process's tree for its runs that record usage (once per writer)."""
+    if not any(isinstance(hook, _recorder.Recorder) for hook in writer.before_tick):
+        writer.before_tick.append(_recorder.Recorder(writer.runs, _own_label))
+
+
+def _own_label(run: Any) -> str:
+    """What a run's own process is called on its plot: its rank in a group, else "main"."""
+    group = run.group
+    if group is not None and group.rank is not None:
+        return f"rank {group.rank}"
+    return "kernel" if sys.modules.get("ipykernel") is not None and "ipykernel" in sys.argv[0] else "main"
+
+
 def _heartbeat() -> float:
     """The heartbeat, from ``NBMONITOR_HEARTBEAT`` if set (said once if it is no good)."""
     text = os.environ.get("NBMONITOR_HEARTBEAT")

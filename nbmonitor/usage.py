@@ -10,12 +10,25 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["GpuUsage", "History", "Sampler", "Usage", "human_bytes", "sparkline"]
+from ._format import human_bytes
+
+__all__ = [
+    "GpuUsage",
+    "History",
+    "ProcessUsage",
+    "Sampler",
+    "Usage",
+    "command_name",
+    "human_bytes",
+    "sparkline",
+]
+
+K = TypeVar("K", bound=Hashable)
 
 _BLOCKS = "▁▂▃▄▅▆▇█"
 
@@ -42,15 +55,19 @@ class Usage:
     processes: int  # this one plus live children
     gpus: tuple[GpuUsage, ...] = ()
     gpu_error: str | None = None  # why there are no GPU readings ("no GPU", ...)
+    each: tuple[ProcessUsage, ...] = ()  # the same, process by process
 
 
-def human_bytes(n: float) -> str:
-    """``512 B``, ``3.4 MB``, ``1.2 GB`` (powers of 1024, as top and nvidia-smi show them)."""
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+@dataclass(frozen=True, slots=True)
+class ProcessUsage:
+    """One process of the tree in one sample."""
+
+    pid: int
+    started: float  # its start time (psutil's create_time): a pid with another start is another process
+    cpu_percent: float
+    rss: int
+    pss: int | None
+    gpu_memory: int | None  # bytes on all GPUs; None when GPUs cannot say
 
 
 def sparkline(values: Sequence[float], width: int = 30, top: float | None = None) -> str:
@@ -73,7 +90,7 @@ def _buckets(values: list[float], width: int) -> list[float]:
     return [sum(values[a:b]) / (b - a) for a, b in pairwise(edges)]
 
 
-def cpu_percent(previous: dict[int, float], current: dict[int, float], seconds: float) -> float:
+def cpu_percent(previous: Mapping[K, float], current: Mapping[K, float], seconds: float) -> float:
     """CPU use over an interval from per-process CPU seconds; a process new in ``current`` counts
     in full (it started within the interval), one gone from it counts nothing more."""
     if seconds <= 0:
@@ -123,7 +140,7 @@ class Sampler:
 
         self._psutil = psutil
         self._process = psutil.Process(pid if pid is not None else os.getpid())
-        self._cpu: dict[int, float] = {}
+        self._previous_cpu: dict[tuple[int, float], float] = {}
         self._last_at: float | None = None
         self._nvml: Any = None
         self._gpu_error: str | None = None
@@ -135,41 +152,66 @@ class Sampler:
         processes = [self._process]
         with contextlib.suppress(psutil.Error):  # a child may exit while being listed
             processes += self._process.children(recursive=True)
-        cpu: dict[int, float] = {}
-        rss, pss, pss_known = 0, 0, True
+        cpu: dict[tuple[int, float], float] = {}
+        read: list[tuple[int, float, float, int, int | None]] = []
         for proc in processes:
             try:
                 with proc.oneshot():
+                    if proc.status() == psutil.STATUS_ZOMBIE:
+                        continue  # it has ended; its parent has not reaped it yet
+                    started = proc.create_time()
                     times = proc.cpu_times()
-                    # Not children_*: a reaped child's time would then count twice, live and reaped.
-                    cpu[proc.pid] = times.user + times.system
                     info = proc.memory_info()
-                    rss += info.rss
                     full = _pss(proc)
-                    if full is None:
-                        pss_known = False
-                    else:
-                        pss += full
             except psutil.Error:
                 continue
-        percent = 0.0
-        if self._last_at is not None:
-            percent = cpu_percent(self._cpu, cpu, now - self._last_at)
-        self._cpu, self._last_at = cpu, now
-        gpus = self._gpus({p.pid for p in processes})
-        return Usage(percent, rss, pss if pss_known else None, len(cpu), gpus, self._gpu_error)
+            # Not children_*: a reaped child's time would then count twice, live and reaped.
+            cpu[(proc.pid, started)] = times.user + times.system
+            read.append((proc.pid, started, times.user + times.system, info.rss, full))
+        seconds = now - self._last_at if self._last_at is not None else 0.0
+        first = self._last_at is None
+        previous, self._previous_cpu, self._last_at = self._previous_cpu, cpu, now
+        gpus, per_pid = self._gpus({pid for pid, *_ in read})
+        each = tuple(
+            ProcessUsage(
+                pid,
+                started,
+                0.0 if first else cpu_percent(previous, {(pid, started): used}, seconds),
+                rss,
+                pss,
+                per_pid.get(pid, 0) if per_pid is not None else None,
+            )
+            for pid, started, used, rss, pss in read
+        )
+        pss_known = all(p.pss is not None for p in each)
+        return Usage(
+            sum(p.cpu_percent for p in each),
+            sum(p.rss for p in each),
+            sum(p.pss or 0 for p in each) if pss_known else None,
+            len(each),
+            gpus,
+            self._gpu_error,
+            each,
+        )
 
-    def _gpus(self, pids: set[int]) -> tuple[GpuUsage, ...]:
+    def _gpus(self, pids: set[int]) -> tuple[tuple[GpuUsage, ...], dict[int, int] | None]:
         nvml = self._nvml_handle()
         if nvml is None:
-            return ()
+            return (), None
         found = []
+        per_pid: dict[int, int] | None = {}
         try:
             for index in range(nvml.nvmlDeviceGetCount()):
                 handle = nvml.nvmlDeviceGetHandleByIndex(index)
                 name = nvml.nvmlDeviceGetName(handle)
                 memory = nvml.nvmlDeviceGetMemoryInfo(handle)
                 busy = nvml.nvmlDeviceGetUtilizationRates(handle).gpu
+                mine = _process_gpu_memory(nvml, handle, pids)
+                if mine is None:
+                    per_pid = None
+                elif per_pid is not None:
+                    for pid, used in mine.items():
+                        per_pid[pid] = per_pid.get(pid, 0) + used
                 found.append(
                     GpuUsage(
                         index,
@@ -177,13 +219,13 @@ class Sampler:
                         float(busy),
                         int(memory.used),
                         int(memory.total),
-                        _process_gpu_memory(nvml, handle, pids),
+                        None if mine is None else sum(mine.values()),
                     )
                 )
         except nvml.NVMLError as e:
             self._gpu_error = f"GPU readings failed: {e}"
-            return ()
-        return tuple(found)
+            return (), None
+        return tuple(found), per_pid
 
     def _nvml_handle(self) -> Any:
         if self._nvml_tried:
@@ -217,12 +259,33 @@ def _pss(proc: Any) -> int | None:
         return None
 
 
-def _process_gpu_memory(nvml: Any, handle: Any, pids: Iterable[int]) -> int | None:
+def _process_gpu_memory(nvml: Any, handle: Any, pids: Iterable[int]) -> dict[int, int] | None:
+    """GPU memory each of ``pids`` uses on one device (NVML's running-process lists); None when
+    the driver does not say (some containers hide other processes' use)."""
     wanted = set(pids)
     try:
         running = list(nvml.nvmlDeviceGetComputeRunningProcesses(handle))
         running += list(nvml.nvmlDeviceGetGraphicsRunningProcesses(handle))
     except nvml.NVMLError:
         return None
-    used = [p.usedGpuMemory for p in running if p.pid in wanted and p.usedGpuMemory is not None]
-    return int(sum(used)) if used else 0
+    used: dict[int, int] = {}
+    for p in running:
+        if p.pid in wanted and p.usedGpuMemory is not None:
+            used[p.pid] = used.get(p.pid, 0) + int(p.usedGpuMemory)
+    return used
+
+
+def command_name(cmdline: Sequence[str], fallback: str) -> str:
+    """A process as a person recognises it from its command line: ``python prep.py``,
+    ``torchrun train.py``, ``sleep``; ``fallback`` (its name) when there is none."""
+    if not cmdline:
+        return fallback
+    program = os.path.basename(cmdline[0]) or fallback
+    rest = [a for a in cmdline[1:] if a and not a.startswith("-")]
+    if program.startswith("python") and len(cmdline) > 2 and cmdline[1] == "-m":
+        return f"python -m {cmdline[2]}"
+    if "-c" in cmdline[1:2]:
+        return f"{program} -c"  # the code itself is no name
+    if rest and (program.startswith(("python", "bash", "sh", "node", "ruby", "perl")) or "/" in rest[0]):
+        return f"{program} {os.path.basename(rest[0])}"
+    return program
