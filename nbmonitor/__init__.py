@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import CorruptRecordError, NbmonitorError, RepoError, WatcherError
 from .repo import Repo
-from .run import Run, current_run, report_progress, track, watch
+from .run import Run, current_run, mark, report_progress, track, watch
 
 __all__ = [
     "CorruptRecordError",
@@ -23,6 +23,7 @@ __all__ = [
     "__version__",
     "configure",
     "current_run",
+    "mark",
     "report_progress",
     "track",
     "watch",

@@ -65,6 +65,8 @@ class RunHistory:
         self._compacted_at = start_mono
         self._peaks = {"cpu": _Peak(), "memory": _Peak(), "gpu_memory": _Peak()}
         self.trouble: str | None = None  # why the file cannot be written, while it cannot
+        self.latest: Usage | None = None  # the last sample of the tree
+        self.samples = 0  # how many so far
 
     def t(self, now_mono: float) -> float:
         return max(0.0, now_mono - self.start_mono)
@@ -98,6 +100,7 @@ class RunHistory:
                 GpuReading(g.index, g.utilization, g.memory_used, g.memory_total) for g in sample.gpus
             )
             row = Row(t, 1.0, readings, gpus)
+            self.latest, self.samples = sample, self.samples + 1
             self.recent.append(row)
             self._pending.append(history.encode_row(row))
             self._note_peaks(row)

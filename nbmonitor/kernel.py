@@ -24,20 +24,20 @@ from ._auto import Auto
 from ._notes import Notes
 from ._shutdown import ShutdownHook
 from .claims import Claimer
+from .errors import CorruptRecordError
 from .events import Event
 from .observe import Observation, Observer, watcher_info
 from .outbox import Sender
-from .record import RunRecord, RunUsage
+from .record import RunRecord
 from .repo import Repo
 from .rules import State
 from .run import Run
-from .usage import History, Sampler
+from .usage import History
 from .views import CellRun, view
-from .widget import RunDisplay, View
+from .widget import RunDisplay, UsagePlot, View
 
 __all__ = ["KernelAgent"]
 
-USAGE_EVERY = 1.0  # seconds between usage samples
 WATCHER_EVERY = 5.0  # seconds between looks for a standalone watcher
 
 
@@ -73,8 +73,6 @@ class KernelAgent:
         self.executing = False
         self.shutdown = ShutdownHook(self.writer, lambda: self.executing, self._crashed)
         self._repos: dict[str, _Repo] = {}
-        self._sampler: Sampler | None = None
-        self._last_usage = float("-inf")
         self._last_watcher_look = float("-inf")
         self._lock = threading.Lock()
         self._claim_lock = threading.Lock()
@@ -121,15 +119,15 @@ class KernelAgent:
     def start_cell(self, run: Run, *, show: bool, usage: bool) -> CellRun:
         """Watch a cell's run; show its display unless ``show`` is false."""
         self._repo(run.repo)
-        history = History() if usage else None
-        if usage and self._sampler is None:
-            self._sampler = Sampler()
-        display = None
+        history = History() if usage and run.usage_history is not None else None
+        display = plot = None
         if show:
             mode = "widget" if self.widgets else "static"
             first = self._view(CellRun(run, None, history), run.record(), time.monotonic())
             display = RunDisplay(first, mode=mode)
-        cell = CellRun(run, display, history)
+            if history is not None:
+                plot = UsagePlot(run.name, live=mode == "widget")
+        cell = CellRun(run, display, history, plot=plot)
         with self._lock:
             self.cells[run.id] = cell
         return cell
@@ -144,6 +142,8 @@ class KernelAgent:
         cell.state = record.status
         if cell.display is not None:
             cell.display.finish(self._view(cell, record, time.monotonic()))
+        if cell.plot is not None:
+            cell.plot.finish(_whole_history(cell.run))
 
     # -- the writer thread ------------------------------------------------------------
 
@@ -170,19 +170,16 @@ class KernelAgent:
                 cell.display.refresh(self._view(cell, record, now_mono), now_mono)
 
     def _sample_usage(self, cells: list[CellRun], now_mono: float) -> None:
-        if self._sampler is None or now_mono - self._last_usage < USAGE_EVERY:
-            return
-        self._last_usage = now_mono
-        wanted = [c for c in cells if c.usage is not None]
-        if not wanted:
-            return
-        sample = self._sampler.sample(now_mono)
-        gpu = sum(g.process_memory or 0 for g in sample.gpus) if sample.gpus else None
-        summary = RunUsage(round(sample.cpu_percent, 1), sample.rss, gpu)
-        for cell in wanted:
-            assert cell.usage is not None
-            cell.usage.add(sample)
-            cell.run.set_usage(summary)  # into the run file: the lab panel shows it
+        # The run's own recorder samples the tree (nbmonitor._recorder); the display takes
+        # each new sample once, and redraws the plot at most once a second.
+        for cell in cells:
+            kept = cell.run.usage_history
+            if cell.usage is None or kept is None or kept.latest is None or kept.samples == cell.samples:
+                continue
+            cell.samples = kept.samples
+            cell.usage.add(kept.latest)
+            if cell.plot is not None:
+                cell.plot.refresh(kept.snapshot(), now_mono)
 
     def _claim(self, runs: list[tuple[Repo, RunRecord]]) -> dict[str, Observation]:
         """Observe these runs of this kernel and claim what is due; their observations by id."""
@@ -231,3 +228,15 @@ class KernelAgent:
     def _view(self, cell: CellRun, record: RunRecord, now_mono: float) -> View:
         repo = self._repos.get(str(cell.run.repo.path))
         return view(cell, record, now_mono, watcher=repo.watcher if repo else None, note=self.notes.latest)
+
+
+def _whole_history(run: Run) -> Any:
+    """The run's whole usage history from its file (the display showed the last minutes only);
+    what is in memory when the file cannot be read."""
+    kept = run.usage_history
+    if kept is None:
+        return None
+    try:
+        return run.repo.read_usage(run.id)
+    except (OSError, CorruptRecordError):
+        return kept.snapshot()

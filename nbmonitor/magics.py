@@ -115,7 +115,11 @@ class WatchMagics(Magics):
         if self.agent.auto is not None:
             self.agent.auto.cell_started(None)  # this cell has its own run
         run = Run(
-            name=args.name or self._cell_name(), expect_next_in=args.eta, grace=args.grace, total=args.total
+            name=args.name or self._cell_name(),
+            expect_next_in=args.eta,
+            grace=args.grace,
+            total=args.total,
+            usage=not args.no_usage,
         )
         attribute_bars(current_run)  # tqdm bars opened from now on count for the run they were opened in
         run.count_also(TqdmProbe(run, time.time(), current_run))

@@ -33,7 +33,7 @@ from .repo import Repo
 if TYPE_CHECKING:
     from . import _board, _workers, membership
 
-__all__ = ["Run", "cell_number", "current_run", "report_progress", "track", "watch"]
+__all__ = ["Run", "cell_number", "current_run", "mark", "report_progress", "track", "watch"]
 
 T = TypeVar("T")
 
@@ -59,6 +59,9 @@ class Run:
     seconds; a run that misses it by more than ``grace`` counts as stalled.
     Also a context manager: leaving the ``with`` block normally finishes the
     run, an exception fails it, KeyboardInterrupt marks it interrupted.
+    Once a second the writer thread samples CPU, memory and GPU use of the
+    process and its children into the run's usage history (``usage=False``:
+    not), and ``mark()`` puts labelled moments on it.
     """
 
     __slots__ = (
@@ -316,10 +319,7 @@ class Run:
     def mark(self, label: str, value: float | int | str | None = None) -> None:
         """Put a labelled moment on the run's usage history (a vertical line on its plot):
         ``run.mark("eval")``, ``run.mark("epoch", 3)``. Memory only; written within seconds."""
-        if not isinstance(label, str):
-            raise TypeError(f"a mark's label must be a string, got {type(label).__name__}")
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float | str)):
-            raise TypeError(f"a mark's value must be a number, a string or None, got {type(value).__name__}")
+        _check_mark(label, value)
         self._history.mark(label, value, self._writer.mono())
 
     @property
@@ -576,6 +576,7 @@ def watch(
     rank: int | None = None,
     world_size: int | None = None,
     mode: membership.Mode | None = None,
+    usage: bool = True,
 ) -> Run:
     """A run for a ``with`` block: ``with nbmonitor.watch(eta=30) as run: ...``.
 
@@ -583,7 +584,7 @@ def watch(
     message recorded), KeyboardInterrupt marks it interrupted. Progress that
     multiprocessing workers started in the block report counts for it.
     ``group`` (with ``rank`` and ``world_size``) makes it a member of a job
-    watched as one (see ``Run``).
+    watched as one (see ``Run``). ``usage=False``: no CPU, memory and GPU history.
     """
     return Run(
         name=name,
@@ -595,6 +596,7 @@ def watch(
         rank=rank,
         world_size=world_size,
         mode=mode,
+        usage=usage,
     )
 
 
@@ -630,6 +632,22 @@ def current_run() -> Run | None:
     for no later one."""
     blocks = _blocks.get()
     return blocks[-1] if blocks else _adopted()
+
+
+def mark(label: str, value: float | int | str | None = None) -> None:
+    """Put a labelled moment on the current run's usage history: ``nbmonitor.mark("eval")``,
+    ``nbmonitor.mark("epoch", 3)`` (see ``Run.mark``); does nothing outside a run."""
+    _check_mark(label, value)
+    run = current_run()
+    if run is not None:
+        run.mark(label, value)
+
+
+def _check_mark(label: object, value: object) -> None:
+    if not isinstance(label, str):
+        raise TypeError(f"a mark's label must be a string, got {type(label).__name__}")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float | str)):
+        raise TypeError(f"a mark's value must be a number, a string or None, got {type(value).__name__}")
 
 
 def report_progress(expect_next_in: float | None = None, step: int | None = None) -> None:

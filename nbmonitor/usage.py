@@ -12,7 +12,6 @@ import os
 from collections import deque
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
 from typing import Any, TypeVar
 
 from ._format import human_bytes
@@ -25,12 +24,9 @@ __all__ = [
     "Usage",
     "command_name",
     "human_bytes",
-    "sparkline",
 ]
 
 K = TypeVar("K", bound=Hashable)
-
-_BLOCKS = "▁▂▃▄▅▆▇█"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,26 +66,6 @@ class ProcessUsage:
     gpu_memory: int | None  # bytes on all GPUs; None when GPUs cannot say
 
 
-def sparkline(values: Sequence[float], width: int = 30, top: float | None = None) -> str:
-    """``values`` as at most ``width`` block characters (averaged in equal buckets when there are
-    more), scaled to ``top`` (default: their maximum)."""
-    shown = _buckets(list(values), width)
-    if not shown:
-        return ""
-    high = top if top is not None else max(shown)
-    if high <= 0:
-        return _BLOCKS[0] * len(shown)
-    steps = len(_BLOCKS) - 1
-    return "".join(_BLOCKS[max(0, min(steps, round(v / high * steps)))] for v in shown)
-
-
-def _buckets(values: list[float], width: int) -> list[float]:
-    if len(values) <= width:
-        return values
-    edges = [round(i * len(values) / width) for i in range(width + 1)]
-    return [sum(values[a:b]) / (b - a) for a, b in pairwise(edges)]
-
-
 def cpu_percent(previous: Mapping[K, float], current: Mapping[K, float], seconds: float) -> float:
     """CPU use over an interval from per-process CPU seconds; a process new in ``current`` counts
     in full (it started within the interval), one gone from it counts nothing more."""
@@ -121,15 +97,6 @@ class History:
     @property
     def last(self) -> Usage | None:
         return self.samples[-1] if self.samples else None
-
-    def series(self, what: str) -> list[float]:
-        """``cpu``, ``rss`` or ``gpu<i>`` (utilisation of GPU i) over time."""
-        if what == "cpu":
-            return [u.cpu_percent for u in self.samples]
-        if what == "rss":
-            return [float(u.rss) for u in self.samples]
-        index = int(what.removeprefix("gpu"))
-        return [next((g.utilization for g in u.gpus if g.index == index), 0.0) for u in self.samples]
 
 
 class Sampler:

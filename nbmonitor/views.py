@@ -15,7 +15,7 @@ from . import rules
 from .record import RunRecord, WorkerField
 from .run import Run
 from .usage import History
-from .widget import MemberView, RunDisplay, View
+from .widget import MemberView, RunDisplay, UsagePlot, View
 
 __all__ = ["RATE_WINDOW", "CellRun", "members", "view"]
 
@@ -30,6 +30,8 @@ class CellRun:
     display: RunDisplay | None
     usage: History | None
     state: str = "running"
+    plot: UsagePlot | None = None  # the usage plot under the display
+    samples: int = 0  # usage samples taken in so far
     progress: deque[tuple[float, int]] = field(default_factory=deque)
     since_progress: float = 0.0
 

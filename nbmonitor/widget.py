@@ -13,13 +13,16 @@ from __future__ import annotations
 import html
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _format
 from ._format import COLOURS
-from .usage import History, human_bytes, sparkline
+from .usage import History, human_bytes
 
-__all__ = ["COLOURS", "MemberView", "RunDisplay", "View", "render_html", "render_text"]
+if TYPE_CHECKING:
+    from . import history as _history
+
+__all__ = ["COLOURS", "MemberView", "RunDisplay", "UsagePlot", "View", "render_html", "render_text"]
 
 #: The empty part of a bar: grey seen through, on light and dark themes alike.
 _TRACK = "rgba(128,128,128,0.25)"
@@ -178,16 +181,14 @@ def _usage_lines(view: View) -> list[str]:
     memory = f"memory {human_bytes(last.rss)} RSS"
     if last.pss is not None:
         memory += f" ({human_bytes(last.pss)} PSS)"
-    cpu = f"CPU {last.cpu_percent:.0f}% {sparkline(history.series('cpu'), top=max(100.0, history.peak_cpu))}"
     lines = [
-        f"{cpu} · {memory} {sparkline(history.series('rss'))}"
+        f"CPU {last.cpu_percent:.0f}% · {memory}"
         + (f" · {last.processes} processes" if last.processes > 1 else "")
     ]
     for card in last.gpus:
-        mine = f", this kernel {human_bytes(card.process_memory)}" if card.process_memory is not None else ""
-        busy = sparkline(history.series(f"gpu{card.index}"), top=100)
+        mine = f", this run {human_bytes(card.process_memory)}" if card.process_memory is not None else ""
         memory = f"{human_bytes(card.memory_used)} of {human_bytes(card.memory_total)}{mine}"
-        lines.append(f"GPU{card.index} {card.name}: {card.utilization:.0f}% {busy} · {memory}")
+        lines.append(f"GPU{card.index} {card.name}: {card.utilization:.0f}% busy · {memory}")
     if not last.gpus:
         lines.append(last.gpu_error or "no GPU")
     return lines
@@ -292,3 +293,52 @@ class RunDisplay:
             if self.widget is not None:
                 self.widget.close()
                 self.widget = None
+
+
+class UsagePlot:
+    """The run's usage plot, an output of its own under the display: redrawn at most once a
+    second while the run runs (from the writer thread, by display id), and the whole run when
+    it ends. It is an image/svg+xml output, so a saved notebook shows it on GitHub and nbviewer
+    with no kernel and no widget."""
+
+    EVERY = 1.0  # seconds between redraws
+
+    def __init__(self, name: str, *, live: bool, width: int = 640) -> None:
+        from IPython.display import display
+
+        self.name = name
+        self.live = live
+        self.width = width
+        self._lock = threading.Lock()
+        self._last_at = float("-inf")
+        self.updates = 0
+        # Made here, in the cell's own output; the writer thread only updates it.
+        self.handle = display({"text/plain": "usage: measuring..."}, raw=True, display_id=True)  # type: ignore[no-untyped-call]  # IPython
+
+    def refresh(self, history: _history.History, now: float) -> bool:
+        """Redraw with ``history`` if the last redraw is a second old; True if it did."""
+        if not self.live or not history.rows:
+            return False
+        with self._lock:
+            if now - self._last_at < self.EVERY:
+                return False
+            self._last_at = now
+            self._show(history)
+            return True
+
+    def finish(self, history: _history.History | None) -> None:
+        """The run ended: its whole plot, for good (nothing when it recorded nothing)."""
+        with self._lock:
+            self.live = False
+            if history is not None and history.rows:
+                self._show(history)
+            else:
+                self.handle.update({"text/plain": ""}, raw=True)
+
+    def _show(self, history: _history.History) -> None:
+        from . import plot
+
+        picture = plot.svg(history, self.width, title=self.name)
+        text = "\n".join(plot.peak_lines(history)) or "usage"
+        self.handle.update({"image/svg+xml": picture, "text/plain": text}, raw=True)
+        self.updates += 1

@@ -75,3 +75,13 @@ def widget_values(messages: list[dict[str, Any]]) -> list[str]:
 
 def displays(messages: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [m["content"]["data"] for m in messages if m["msg_type"] == kind]
+
+
+def snapshots(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Updates of a run's display (not of its usage plot, the other output a cell has)."""
+    return [d for d in displays(messages, "update_display_data") if "text/html" in d]
+
+
+def plots(messages: list[dict[str, Any]]) -> list[str]:
+    """The usage plots a cell drew, in order (SVG text)."""
+    return [d["image/svg+xml"] for d in displays(messages, "update_display_data") if "image/svg+xml" in d]

@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from xml.etree import ElementTree
 
 import nbformat
 import pytest
@@ -16,7 +17,9 @@ from nbmonitor.config import NotifierConfig, NotifierStore
 from nbmonitor.repo import Repo
 
 from .helpers import ROOT, Proc, wait_until
-from .kernels import WIDGET_MIME, Kernel, displays, widget_values
+from .kernels import WIDGET_MIME, Kernel, displays, plots, snapshots, widget_values
+
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 @pytest.fixture
@@ -70,7 +73,7 @@ def test_a_stuck_cell_turns_stalled_and_is_notified_once_with_a_watcher_watching
     assert states[0] == "running"
     assert "late" in states
     assert "stalled" in states
-    (final,) = displays(messages, "update_display_data")
+    (final,) = snapshots(messages)
     assert 'data-state="finished"' in final["text/html"]
     assert WIDGET_MIME not in final
 
@@ -78,7 +81,7 @@ def test_a_stuck_cell_turns_stalled_and_is_notified_once_with_a_watcher_watching
 def test_an_exception_fails_the_run_in_the_display_and_the_repo(kernel: Kernel, kernel_repo: Path) -> None:
     reply, messages = kernel.run("%%watch --name broken\nraise ValueError('shape mismatch')")
     assert (reply["status"], reply["ename"], reply["evalue"]) == ("error", "ValueError", "shape mismatch")
-    (final,) = displays(messages, "update_display_data")
+    (final,) = snapshots(messages)
     assert 'data-state="failed"' in final["text/html"]
     assert "ValueError: shape mismatch" in final["text/plain"]
     (record,) = Repo(kernel_repo).runs()
@@ -117,7 +120,7 @@ def test_widget_traffic_stays_under_ten_messages_a_second_in_a_million_iteration
     assert seconds > 1.0, "the loop was too short to measure"
     assert len(widget_values(messages)) >= 2, "the widget never updated"
     assert len(updates) <= 10 * seconds + 2  # the close message too
-    (final,) = displays(messages, "update_display_data")
+    (final,) = snapshots(messages)
     assert "step 1000000/1000000 (100%)" in final["text/plain"]
 
 
@@ -152,3 +155,29 @@ def test_a_saved_notebook_shows_the_final_snapshots_without_widgets(
     assert 'data-state="failed"' in bad_display.data["text/html"]
     assert "&lt;b&gt;bad&lt;/b&gt;" in bad_display.data["text/html"]
     assert any(o.output_type == "error" and o.ename == "ZeroDivisionError" for o in bad)
+
+
+def test_a_watched_cell_draws_its_usage_live_and_keeps_the_whole_plot_when_it_ends(kernel: Kernel) -> None:
+    code = (
+        "%%watch --eta 5 --name plotted\n"
+        "import subprocess, sys, time, nbmonitor\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3)'])\n"
+        "nbmonitor.mark('epoch', 1)\n"
+        "for _ in nbmonitor.track(range(30)):\n"
+        "    time.sleep(0.1)\n"
+        "child.wait()"
+    )
+    reply, messages = kernel.run(code)
+    assert reply["status"] == "ok"
+    drawn = plots(messages)
+    assert len(drawn) >= 2, "a live redraw, then the whole run"
+    final = ElementTree.fromstring(drawn[-1])
+    series = {p.get("data-proc") for p in final.iter(f"{SVG}path") if p.get("class") == "nbm-series"}
+    assert len(series) == 2  # the kernel and its child
+    keys = [k.findtext(f"{SVG}title", "") for k in final.iter(f"{SVG}g") if k.get("class") == "nbm-key"]
+    assert keys == ["kernel", "python -c"]
+    marks = [m.findtext(f"{SVG}title", "") for m in final.iter(f"{SVG}g") if m.get("class") == "nbm-mark"]
+    assert any(m.startswith("epoch 1 at") for m in marks)
+    assert any(m.startswith("finished at") for m in marks)
+    texts = [d["text/plain"] for d in displays(messages, "update_display_data") if "image/svg+xml" in d]
+    assert "peak memory" in texts[-1]

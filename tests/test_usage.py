@@ -8,17 +8,7 @@ import time
 
 import pytest
 
-from nbmonitor.usage import History, Sampler, Usage, cpu_percent, human_bytes, sparkline
-
-
-def test_sparkline_scales_to_the_maximum_or_a_given_top() -> None:
-    assert sparkline([0, 1, 2, 3, 4, 5, 6, 7]) == "▁▂▃▄▅▆▇█"
-    assert sparkline([50, 100], top=100) == "▅█"
-    assert sparkline([0, 0]) == "▁▁"
-    assert sparkline([]) == ""
-    assert len(sparkline(list(range(100)), width=30)) == 30
-    # Five minutes of samples fit: the first minutes' calm and the last minute's load both show.
-    assert sparkline([0.0] * 240 + [100.0] * 60, width=5, top=100) == "▁▁▁▁█"
+from nbmonitor.usage import History, Sampler, Usage, cpu_percent, human_bytes
 
 
 @pytest.mark.parametrize(
@@ -42,7 +32,6 @@ def test_history_is_bounded_and_keeps_peaks() -> None:
         history.add(Usage(cpu, rss, None, 1))
     assert len(history.samples) == 3
     assert (history.peak_cpu, history.peak_rss) == (90.0, 50)
-    assert history.series("cpu") == [90.0, 20.0, 30.0]
 
 
 def test_the_sampler_sees_a_busy_child_and_reports_gpus_or_why_not() -> None:
