@@ -196,7 +196,9 @@ def _status(repo: Repo, args: argparse.Namespace) -> int:
         uptime = _format.duration(time.time() - float(info.get("started_at", time.time())))
         print(f"watcher: running, pid {info['pid']}, up {uptime}, repo {repo.path}")
     alone, groups = gather(Observer(repo).glance())
-    rows: list[tuple[str, ...]] = [("NAME", "ORIGIN", "STATUS", "STEP", "SINCE PROGRESS", "ID")]
+    rows: list[tuple[str, ...]] = [
+        ("NAME", "ORIGIN", "STATUS", "STEP", "SINCE PROGRESS", "PEAK MEMORY", "ID")
+    ]
     # A group is one row, its members under it; newest first, ended ones after the others.
     entries: list[Observation | GroupObservation] = [*alone, *groups]
     entries.sort(key=_started, reverse=True)
@@ -314,8 +316,18 @@ def _row(name: str, origin: str, seen: Observation | GroupObservation, ident: st
         seen.state.value,
         _format.steps(step, total),
         since,
+        _peak_memory(seen),
         ident[:8],
     )
+
+
+def _peak_memory(seen: Observation | GroupObservation) -> str:
+    """``3.2 GB, most DataLoader worker 2``: the run's peak memory and who held most of it."""
+    usage = seen.run.usage if isinstance(seen, Observation) else None
+    peak = next((p for p in usage.peaks if p.resource == "memory"), None) if usage else None
+    if peak is None:
+        return "-"
+    return _format.clip(f"{_format.human_bytes(peak.total)}, most {_format.one_line(peak.process)}", 36)
 
 
 def _group_rows(group: GroupObservation) -> list[tuple[str, ...]]:
@@ -343,9 +355,9 @@ def _worker_rows(obs: Observation) -> list[tuple[str, ...]]:
         state = worker.state if worker.exit is None else f"{worker.state}: {worker.exit}"
         step = worker.step if worker.step is not None else worker.progress
         label = f"  {worker.name}, pid {worker.pid}"
-        rows.append((_format.clip(_format.one_line(label), 40), "", state, str(step), "", ""))
+        rows.append((_format.clip(_format.one_line(label), 40), "", state, str(step), "", "", ""))
     if len(obs.run.workers) > _WORKERS_SHOWN:
-        rows.append((f"  ... {len(obs.run.workers) - _WORKERS_SHOWN} more workers", "", "", "", "", ""))
+        rows.append((f"  ... {len(obs.run.workers) - _WORKERS_SHOWN} more workers", "", "", "", "", "", ""))
     return rows
 
 

@@ -53,25 +53,26 @@ FIELDS: Mapping[str, str] = {
     "blame": "the members a group event blames: rank, host, pid, step, how far behind",
     "members": "how many members of the group are in which state",
     "workers": "the run's multiprocessing workers that failed or crashed, and how (empty if none)",
+    "peaks": "the run's peak memory, CPU and GPU memory, each with the process that held most (or nothing)",
 }
 
 #: Default text per event: which run, where, what happened, for how long, which step.
 DEFAULTS: Mapping[str, str] = {
     "stalled": (
         "{name} stalled: no progress for {since_progress} (promised within {eta}). "
-        "{origin} on {host}, pid {pid}, step {steps}.{workers}"
+        "{origin} on {host}, pid {pid}, step {steps}.{workers}{peaks}"
     ),
     "recovered": "{name} recovered: making progress again. {origin} on {host}, step {steps}.",
     "crashed": (
         "{name} crashed: process {pid} on {host} is gone without finishing, "
-        "{since_progress} after its last progress. {origin}, step {steps}.{workers}"
+        "{since_progress} after its last progress. {origin}, step {steps}.{workers}{peaks}"
     ),
     "lost": (
         "{name} lost: its host {host} stopped answering (no sign of life for three heartbeats), "
         "{since_progress} after its last progress. {origin}, pid {pid}, step {steps}."
     ),
-    "failed": "{name} failed: {error}. {origin} on {host}, after {elapsed}, step {steps}.{workers}",
-    "finished": "{name} finished in {elapsed}. {origin} on {host}, step {steps}.{workers}",
+    "failed": "{name} failed: {error}. {origin} on {host}, after {elapsed}, step {steps}.{workers}{peaks}",
+    "finished": "{name} finished in {elapsed}. {origin} on {host}, step {steps}.{workers}{peaks}",
     "interrupted": "{name} was interrupted after {elapsed}. {origin} on {host}, step {steps}.{workers}",
     "test": "Test message from nbmonitor on {host}: this notifier works.",
 }
@@ -127,6 +128,7 @@ def fields(event: Event) -> dict[str, str]:
         "blame": "",
         "members": "",
         "workers": _workers(run),
+        "peaks": f" {peaks_text(run)}." if run.usage is not None and run.usage.peaks else "",
     }
     group = event.group
     if group is not None:
@@ -153,6 +155,27 @@ def _workers(run: RunRecord) -> str:
     named = [f"{w.name}, pid {w.pid}: {w.state}" + (f", {w.exit}" if w.exit else "") for w in bad]
     more = f"; and {len(bad) - _WORKERS_NAMED} more" if len(bad) > _WORKERS_NAMED else ""
     return f" {'Worker' if len(bad) == 1 else 'Workers'} " + "; ".join(named[:_WORKERS_NAMED]) + more + "."
+
+
+_PEAK_NAMES = (("memory", "peak memory"), ("cpu", "peak CPU"), ("gpu_memory", "peak GPU memory"))
+
+
+def peaks_text(run: RunRecord) -> str:
+    """``Peak memory 3.2 GB (most: DataLoader worker 2, 1.9 GB); peak CPU 190% (most: main, 99%)``,
+    or nothing when the run recorded no usage."""
+    if run.usage is None:
+        return ""
+    found = {p.resource: p for p in run.usage.peaks}
+    parts = []
+    for resource, what in _PEAK_NAMES:
+        peak = found.get(resource)
+        if peak is None:
+            continue
+        show = (lambda v: f"{v:.0f}%") if resource == "cpu" else _format.human_bytes
+        who = _format.clip(_format.one_line(peak.process), 40)
+        parts.append(f"{what} {show(peak.total)} (most: {who}, {show(peak.process_value)})")
+    text = "; ".join(parts)
+    return text[:1].upper() + text[1:]
 
 
 def blame(group: GroupInfo) -> str:

@@ -11,7 +11,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from . import rules
+from . import rules, templates
 from .record import RunRecord, WorkerField
 from .run import Run
 from .usage import History
@@ -64,6 +64,7 @@ def view(cell: CellRun, record: RunRecord, now_mono: float, *, watcher: str | No
         note=note,
         ended=record.status != "running",
         members=members(record),
+        peaks=templates.peaks_text(record),
     )
 
 

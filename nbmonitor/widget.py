@@ -60,6 +60,7 @@ class View:
     note: str | None = None  # the latest warning, if any
     ended: bool = False
     members: tuple[MemberView, ...] = ()  # the run's multiprocessing workers
+    peaks: str = ""  # "Peak memory 3.2 GB (most: DataLoader worker 2, 1.9 GB); ...", once known
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -174,6 +175,8 @@ def _usage_lines(view: View) -> list[str]:
     last = history.last
     if last is None:
         return [] if view.ended else ["usage: measuring..."]
+    if view.ended and view.peaks:
+        return [view.peaks]
     if view.ended:
         peak_gpu = human_bytes(history.peak_gpu_memory) if history.peak_gpu_memory else last.gpu_error or "-"
         peaks = f"peak CPU {history.peak_cpu:.0f}% · peak memory {human_bytes(history.peak_rss)}"

@@ -13,6 +13,7 @@ import pytest
 
 import nbmonitor
 from nbmonitor import cli
+from nbmonitor.record import RunUsage, UsagePeak
 from nbmonitor.repo import Repo
 from nbmonitor.watcher import watcher_info
 
@@ -110,17 +111,39 @@ def test_status_lists_runs_with_their_state(repo: Repo) -> None:
             started_at=now - 700,
         )
     )
-    repo.write_run(sample(id="b" * 32, name="done", status="finished", ended_at=now, started_at=now - 5))
+    peaks = (UsagePeak("memory", 3 * 2**30, "DataLoader worker 2", 2**30),)
+    repo.write_run(
+        sample(
+            id="b" * 32,
+            name="done",
+            status="finished",
+            ended_at=now,
+            started_at=now - 5,
+            usage=RunUsage(10.0, 2**30, None, peaks),
+        )
+    )
     done = nbw(repo, "status")
     assert done.returncode == 0
     lines = done.stdout.splitlines()
     assert lines[0].startswith("watcher: not running")
-    assert lines[1].split() == ["NAME", "ORIGIN", "STATUS", "STEP", "SINCE", "PROGRESS", "ID"]
+    assert lines[1].split() == [
+        "NAME",
+        "ORIGIN",
+        "STATUS",
+        "STEP",
+        "SINCE",
+        "PROGRESS",
+        "PEAK",
+        "MEMORY",
+        "ID",
+    ]
     stuck = next(line for line in lines if line.startswith("stuck"))
     assert "stalled" in stuck
     assert "40/100" in stuck
     assert "10 min" in stuck
-    assert any(line.startswith("done") and "finished" in line for line in lines)
+    (done_line,) = (line for line in lines if line.startswith("done"))
+    assert "finished" in done_line
+    assert "3.0 GB, most DataLoader worker 2" in done_line
 
 
 def test_status_shows_a_group_as_one_row_with_its_members_under_it(repo: Repo) -> None:

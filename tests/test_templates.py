@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nbmonitor import templates
-from nbmonitor.record import ErrorInfo
+from nbmonitor.record import ErrorInfo, RunUsage, UsagePeak
 
 VALUES = {"name": "train", "step": "40", "error": "KeyError: '{x}'"}
 
@@ -74,3 +74,22 @@ def test_a_failed_runs_error_and_location_are_in_its_text() -> None:
     )
     event = templates.SAMPLE.__class__("failed", "end", run, run.started_at + 60, 1.0, None, "x")
     assert "ValueError: bad at t.py:3 in f" in templates.text_for(event)
+
+
+def test_a_crash_names_the_peaks_and_the_process_that_held_most() -> None:
+    peaks = (
+        UsagePeak("cpu", 190.0, "main", 99.0),
+        UsagePeak("memory", 3.2 * 2**30, "DataLoader worker 2\n<b>", 1.9 * 2**30),
+    )
+    run = templates.SAMPLE.run.with_changes(usage=RunUsage(12.0, 2**30, None, peaks))
+    event = templates.SAMPLE.__class__("crashed", "end", run, run.started_at + 60, 1.0, None, "x")
+    text = templates.text_for(event)
+    assert text.endswith(
+        " Peak memory 3.2 GB (most: DataLoader worker 2\\n<b>, 1.9 GB); peak CPU 190% (most: main, 99%)."
+    )
+    assert "\n" not in text
+    plain = templates.SAMPLE.run.with_changes(usage=None)
+    assert (
+        templates.fields(templates.SAMPLE.__class__("crashed", "end", plain, 0.0, 1.0, None, "x"))["peaks"]
+        == ""
+    )
