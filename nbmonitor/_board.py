@@ -355,7 +355,7 @@ def beat(run_id: str | None = None) -> bool:
 
 def _claim(board: Board, run_id: str | None, name: str | None) -> Worker | None:
     mp = sys.modules.get("multiprocessing")
-    own = name or (mp.current_process().name if mp is not None else f"pid {os.getpid()}")
+    own = name or _loader_worker() or (mp.current_process().name if mp is not None else f"pid {os.getpid()}")
     index = board.claim(run_id if run_id is not None else board.current()[0], own, _env_rank())
     if index is None:
         log.warning("nbmonitor: the board has no free slot; this worker's progress is not counted")
@@ -462,6 +462,13 @@ def _id_bytes(run_id: str | None) -> bytes:
 
 def _id_text(raw: bytes) -> str | None:
     return raw.hex() if any(raw) else None
+
+
+def _loader_worker() -> str | None:
+    """``DataLoader worker 2`` in a worker of a torch DataLoader (torch tells its number)."""
+    data = sys.modules.get("torch.utils.data")
+    info = data.get_worker_info() if data is not None else None
+    return f"DataLoader worker {info.id}" if info is not None else None
 
 
 def _name_bytes(name: str) -> bytes:

@@ -87,8 +87,12 @@ class RunHistory:
                 number = self._numbers.get(key)
                 if number is None:
                     number = self._numbers[key] = len(self._numbers)
-                    name = own_name if p.pid == own else name_of(p.pid, p.started)
-                    info = ProcessInfo(number, p.pid, history.clip(name, history.NAME_MAX), t)
+                name = history.clip(own_name if p.pid == own else name_of(p.pid, p.started), history.NAME_MAX)
+                if number not in self.processes or self.processes[number].name != name:
+                    # New, or known better now (a DataLoader worker names itself once started).
+                    info = ProcessInfo(
+                        number, p.pid, name, self.processes[number].t if number in self.processes else t
+                    )
                     self.processes[number] = info
                     self._pending.append(history.encode_process(info))
                 readings[number] = Reading(round(p.cpu_percent, 1), p.rss, p.pss, p.gpu_memory)
@@ -211,41 +215,47 @@ class Recorder:
             run.set_usage(RunUsage(round(sample.cpu_percent, 1), sample.rss, gpu, peaks))
 
     def name(self, pid: int, started: float) -> str:
-        """A child process as a person knows it: a multiprocessing worker by its name (a
-        DataLoader's by its worker number), anything else by its command."""
+        """A child process as a person knows it: a torch DataLoader worker by its number, another
+        multiprocessing child by its name, anything else by its command."""
         key = (pid, started)
-        if key not in self._names:
-            self._names[key] = _child_name(pid)
-        return self._names[key]
+        known = self._names.get(key)
+        if known is not None:
+            return known
+        name, final = _child_name(pid)
+        if final:  # a multiprocessing child may yet turn out to be a DataLoader worker: asked again
+            self._names[key] = name
+        return name
 
 
-def _child_name(pid: int) -> str:
-    # multiprocessing's own list of this process's children, read without reaping any (its
-    # active_children() would reap, and a worker's exit signal would be lost to _workers).
-    process = sys.modules.get("multiprocessing.process")  # none imported: no such children
-    for child in list(getattr(process, "_children", ())):
-        if getattr(child, "_popen", None) is not None and child.pid == pid:
-            return _dataloader_worker(child) or child.name
+_DATALOADER = "pt_data_worker"  # the name torch gives a DataLoader worker's main thread (its comm)
+
+
+def _child_name(pid: int) -> tuple[str, bool]:
+    """(name, whether it is final)."""
     import psutil
 
+    # multiprocessing's own list of this process's children, read without reaping any (its
+    # active_children() would reap them, and a worker's exit signal would be lost to _workers).
+    process = sys.modules.get("multiprocessing.process")  # none imported: no such children
+    children = [c for c in list(getattr(process, "_children", ())) if getattr(c, "_popen", None) is not None]
+    for child in children:
+        if child.pid != pid:
+            continue
+        if _comm(psutil, pid) != _DATALOADER:
+            return child.name, False
+        # Torch starts a loader's workers in order of their worker id; so are their identities.
+        workers = sorted(getattr(c, "_identity", ()) for c in children if _comm(psutil, c.pid) == _DATALOADER)
+        number = workers.index(getattr(child, "_identity", ()))
+        return f"DataLoader worker {number}", True
     try:
         proc = psutil.Process(pid)
-        return command_name(proc.cmdline(), proc.name())
+        return command_name(proc.cmdline(), proc.name()), True
     except psutil.Error:
-        return f"pid {pid}"
+        return f"pid {pid}", True
 
 
-def _dataloader_worker(child: Any) -> str | None:
-    """ "DataLoader worker 2" for a worker of a torch DataLoader, found by its target's
-    ``worker_id`` argument (torch names none of its processes)."""
-    target = getattr(child, "_target", None)
-    if target is None or not getattr(target, "__module__", "").startswith("torch.utils.data"):
-        return None
-    import inspect
-
+def _comm(psutil: Any, pid: int | None) -> str:
     try:
-        bound = inspect.signature(target).bind(*getattr(child, "_args", ()), **getattr(child, "_kwargs", {}))
-    except (TypeError, ValueError):
-        return None
-    worker = bound.arguments.get("worker_id")
-    return f"DataLoader worker {worker}" if isinstance(worker, int) else None
+        return str(psutil.Process(pid).name()) if pid is not None else ""
+    except psutil.Error:
+        return ""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from nbmonitor.cli import main
 from nbmonitor.membership import group_id
 from nbmonitor.record import RunRecord
 from nbmonitor.repo import Repo
@@ -207,3 +208,36 @@ def test_progress_reported_in_dataloader_workers_counts_for_the_block(tmp_path: 
     proc = Proc([sys.executable, str(script), str(tmp_path / "repo")], tmp_path / "repo")
     assert proc.wait_exit(timeout=120) == 0, proc.text
     assert json.loads(proc.text.splitlines()[-1]) == {"progress": 24, "workers": ["ended", "ended"]}
+
+
+SLOW_LOADER = LOADER.replace(
+    "return torch.tensor([i])", "time.sleep(0.15)\n        return torch.tensor([i])"
+).replace("import json, sys", "import json, sys, time")
+
+
+def test_dataloader_workers_are_named_by_their_number_in_the_usage_history(tmp_path: Path) -> None:
+    script = tmp_path / "loader.py"
+    script.write_text(SLOW_LOADER)
+    repo = Repo(tmp_path / "repo")
+    proc = Proc([sys.executable, str(script), str(repo.path)], repo.path)
+    assert proc.wait_exit(timeout=120) == 0, proc.text
+    (run,) = repo.runs()
+    names = {p.name for p in repo.read_usage(run.id).processes.values()}
+    assert {"main", "DataLoader worker 0", "DataLoader worker 1"} <= names
+
+
+def test_a_group_s_usage_is_its_ranks_side_by_side(
+    tmp_path: Path, repo: Repo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = torchrun(tmp_path, repo, "5.0", "30", "-1", "0", str(tmp_path / "go"))
+    try:
+        assert job.wait_exit(timeout=120) == 0, job.text
+    finally:
+        job.stop()
+    ranks = members(repo)
+    group = group_id(ranks[0].group.job, "ddp")  # type: ignore[union-attr]  # checked in members()
+    assert main(["--repo", str(repo.path), "usage", group]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ddp (group of 3)")
+    for rank in range(RANKS):
+        assert f"\nrank {rank} " in out
