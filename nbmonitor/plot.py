@@ -43,7 +43,9 @@ PALETTE = (
 _TEXT = "#8a8a8a"  # readable on white and on a dark theme alike: an <img> inherits no colour
 _GRID = "rgba(128,128,128,0.3)"
 _MARK = "rgba(128,128,128,0.85)"
-_LEFT, _RIGHT, _TOP, _PANEL, _GAP = 64, 12, 18, 84, 22
+_LEFT, _RIGHT, _TOP, _PANEL, _GAP = 64, 12, 30, 84, 22
+_LABEL_ROWS = 2  # rows of mark labels above the plot; a label that fits in neither is left to its tooltip
+_CHAR = 5.8  # width of a character of a mark label, in pixels, near enough
 MARK_LABEL = 24  # characters of a mark shown on the plot (all of it in its tooltip)
 
 
@@ -236,18 +238,30 @@ def svg(history: History, width: int = 720, *, title: str | None = None, data: b
         f'<text x="{_LEFT + inner}" y="{bottom + 13}" fill="{_TEXT}" text-anchor="end">'
         f"{_esc(_format.duration(t1))}</text>"
     )
-    for mark in history.marks:
+    placed: list[list[tuple[float, float]]] = [[] for _ in range(_LABEL_ROWS)]
+    # The user's marks claim label room first; nbmonitor's own (start, end, stalls) take what is left.
+    for mark in sorted(history.marks, key=lambda m: (m.by != "user", m.t)):
         mx = x(mark.t)
         text = mark.text
         short = _format.clip(_format.one_line(text), MARK_LABEL)
         anchor = "end" if mx > _LEFT + inner * 0.8 else "start"
+        width = len(short) * _CHAR + 4
+        left = mx - 2 - width if anchor == "end" else mx + 2
+        row = next(
+            (i for i, taken in enumerate(placed) if all(left + width < a or left > b for a, b in taken)), None
+        )
+        label = ""
+        if row is not None:
+            placed[row].append((left - 3, left + width + 3))
+            label = (
+                f'<text x="{mx + (-2 if anchor == "end" else 2):.1f}" y="{_TOP - 18 + 12 * row}" '
+                f'fill="{_TEXT}" font-size="10" text-anchor="{anchor}">{_esc(short)}</text>'
+            )
         out.append(
             f'<g class="nbm-mark" data-t="{mark.t:.2f}">'
             f"<title>{_esc(f'{text} at {_format.duration(mark.t)}')}</title>"
-            f'<line x1="{mx:.1f}" x2="{mx:.1f}" y1="{_TOP - 4}" y2="{bottom}" stroke="{_MARK}" '
-            f'stroke-dasharray="{"2,2" if mark.by == "nbmonitor" else "4,2"}"/>'
-            f'<text x="{mx + (-2 if anchor == "end" else 2):.1f}" y="{_TOP - 6}" fill="{_TEXT}" '
-            f'font-size="10" text-anchor="{anchor}">{_esc(short)}</text></g>'
+            f'<line x1="{mx:.1f}" x2="{mx:.1f}" y1="{_TOP - 28 + 12 * (row or 0) + 12}" y2="{bottom}" '
+            f'stroke="{_MARK}" stroke-dasharray="{"2,2" if mark.by == "nbmonitor" else "4,2"}"/>{label}</g>'
         )
     out.append(_legend(numbers, names, order, bottom + 30, inner))
     if data:
