@@ -283,10 +283,12 @@ def test_a_tree_is_recorded_per_process_and_a_kill_loses_only_the_last_seconds(
     assert by_pid[main_pid].name == "main"
     assert by_pid[burner].name == "python -c"
     last = read.rows[-1]
-    burn = last.processes[by_pid[burner].number]
     grow = last.processes[by_pid[grower].number]
-    assert burn.cpu > 50  # a core's worth, on a shared machine
-    assert grow.cpu < burn.cpu
+    each = {p.pid: p for p in plot.summary(read)}
+    # A core's worth where it can get one; the grower mostly sleeps. (Machines are shared: a
+    # busy neighbour takes its share of the burner's core, so no fixed figure.)
+    assert each[burner].cpu_peak > 25
+    assert each[burner].cpu_mean > 5 * each[grower].cpu_mean
     assert grow.rss == pytest.approx(truth[grower], rel=0.1)
     stacked = sum(r.rss for r in last.processes.values())
     assert stacked == pytest.approx(sum(truth.values()), rel=0.1)
