@@ -1,11 +1,12 @@
 """nbmonitor's speed targets, measured side by side with its peers in one run on this machine.
 
-    python benchmarks/run.py            # about four minutes; installs the peers it needs
-    python benchmarks/run.py --quick    # smaller counts, for a smoke test
+    python benchmarks/run.py              # about five minutes; installs the peers it needs
+    python benchmarks/run.py --quick      # smaller counts, for a smoke test
+    python benchmarks/run.py --only 11,12 # some rows; RESULTS.md keeps the others as they were
 
-Peers: tqdm (installed into this environment if missing) and Aim, installed
-into its own virtual environment (benchmarks/.aim-venv) so its pins do not
-touch this one. Prints one table and writes it, with the machine and how
+Peers: tqdm (installed into this environment if missing); Aim and psrecord,
+installed into their own virtual environment (benchmarks/.aim-venv) so their
+pins do not touch this one. Prints one table and writes it, with the machine and how
 each figure is measured, to benchmarks/RESULTS.md. Timings are never
 asserted in the test suite; this is where they live.
 """
@@ -13,11 +14,15 @@ asserted in the test suite; this is where they live.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
+import math
 import os
 import platform
 import queue
+import random
+import re
 import shutil
 import signal
 import statistics
@@ -35,7 +40,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-AIM_VENV = HERE / ".aim-venv"
+PEER_VENV = HERE / ".aim-venv"  # Aim's first, psrecord's too
 sys.path.insert(0, str(ROOT))
 
 
@@ -55,15 +60,17 @@ class Row:
 
 
 def ensure_peers() -> Path:
-    """tqdm here, Aim in its own venv; returns the venv's python."""
+    """tqdm here, Aim and psrecord in their own venv; returns the venv's python."""
     try:
         import tqdm  # noqa: F401
     except ImportError:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "tqdm"], check=True)
-    python = AIM_VENV / "bin" / "python"
+    python = PEER_VENV / "bin" / "python"
     if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(AIM_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "aim", "psutil"], check=True)
+        subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "aim", "psutil", "psrecord"], check=True)
+    elif subprocess.run([str(python), "-c", "import psrecord"], capture_output=True).returncode:
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "psrecord"], check=True)
     return python
 
 
@@ -782,21 +789,384 @@ def row_import(times: int) -> Row:
     )
 
 
+# -- 11 to 13. the usage history of a 16-process tree ---------------------------------------------------
+
+TREE = """
+import subprocess, sys, time
+if sys.argv[1] == "root":
+    for i in range(int(sys.argv[2])):
+        subprocess.Popen([sys.executable, __file__, "leaf", str(16 * (i % 4))])
+else:
+    held = b"x" * (int(sys.argv[2]) << 20)  # written, so it counts in RSS and PSS
+    print("up", flush=True)
+while True:
+    time.sleep(0.1)
+"""
+
+PSRECORD = """
+import json, sys, time
+from psrecord.main import monitor
+pid, seconds, log = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+monitor(pid, logfile=log, duration=0.2, include_children=True)  # finds the children, primes cpu_percent
+start = time.process_time()
+monitor(pid, logfile=log, duration=seconds, include_children=True)
+spent = time.process_time() - start
+with open(log, "rb") as f:
+    lines = [line for line in f if not line.startswith(b"#")]
+print(json.dumps({"per_sample": spent / len(lines), "line": sum(map(len, lines)) / len(lines)}))
+"""
+
+
+@contextmanager
+def process_tree(work: Path, size: int) -> Iterator[int]:
+    """``size`` sleeping processes: a root and its children, some holding 16 to 48 MB. Yields the
+    root's pid; the whole group is killed on exit."""
+    path = work / "tree.py"
+    path.write_text(TREE)
+    root = subprocess.Popen(
+        [sys.executable, str(path), "root", str(size - 1)],
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert root.stdout is not None
+        for _ in range(size - 1):  # each child says when its memory is held
+            root.stdout.readline()
+        yield root.pid
+    finally:
+        os.killpg(root.pid, signal.SIGKILL)
+        root.wait()
+
+
+def psrecord(aim_python: Path, pid: int, seconds: float, log: Path) -> dict[str, float]:
+    """psrecord's own monitor() on ``pid`` and its children, run in the peers' venv."""
+    done = subprocess.run(
+        [str(aim_python), "-c", PSRECORD, str(pid), str(seconds), str(log)],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+@dataclass
+class Simulated:
+    """A run's usage file as the recorder leaves it after ``days`` of ``processes`` at 1 Hz."""
+
+    repo: Path
+    run_id: str
+    processes: int
+    days: int
+    day_bytes: int  # the file one day in
+    end_bytes: int  # the file at the end
+    seconds: float  # how long simulating took
+
+    @property
+    def path(self) -> Path:
+        from nbmonitor.repo import Repo
+
+        return Repo(self.repo).usage_path(self.run_id)
+
+
+def simulate_history(work: Path, days: int, processes: int = 16) -> Simulated:
+    """Rows of ``processes`` (one on a GPU) once a second for ``days`` on an injected clock, kept as
+    the recorder keeps them: appended every FLUSH_EVERY s, and an hour in, then every COMPACT_EVERY
+    s, coarsened by history.coarsen at that moment. No sleeping."""
+    from nbmonitor import history
+    from nbmonitor._recorder import COMPACT_EVERY, FLUSH_EVERY
+    from nbmonitor.history import GpuReading, Mark, ProcessInfo, Reading, Row
+    from nbmonitor.repo import Repo
+
+    began = time.process_time()
+    rng = random.Random(15)
+    gib = 2**30
+
+    def reading(number: int) -> Reading:
+        if number == 0:  # the training process: busy, large, on the GPU
+            return Reading(
+                round(rng.uniform(90, 100), 1), rng.randrange(3 * gib, 4 * gib, 4096),
+                rng.randrange(2 * gib, 3 * gib, 4096), rng.randrange(30 * gib, 31 * gib, 2**20),
+            )  # fmt: skip
+        return Reading(
+            round(rng.uniform(0, 40), 1), rng.randrange(300 << 20, 800 << 20, 4096),
+            rng.randrange(200 << 20, 500 << 20, 4096), 0,
+        )  # fmt: skip
+
+    # Readings are drawn once and taken in turn (a prime cycle): drawing them is not what is measured.
+    cycle = 997
+    pool = [{n: reading(n) for n in range(processes)} for _ in range(cycle)]
+    gpus = [
+        (GpuReading(0, round(rng.uniform(60, 100), 1), rng.randrange(31 * gib, 32 * gib, 2**20), 80 * gib),)
+        for _ in range(cycle)
+    ]
+    run_id = f"{days:032x}"
+    infos = [ProcessInfo(n, 1000 + n, "main" if n == 0 else f"DataLoader worker {n - 1}", 0.0)
+             for n in range(processes)]  # fmt: skip
+    marks = [Mark(0.0, "start", None, "nbmonitor")]
+    tiers: list[list[Row]] = [[] for _ in history.TIERS]  # rows at each tier's span, oldest first
+
+    def text() -> str:
+        lines = [history.encode_header(run_id, 1_800_000_000.0, "bench", "train")]
+        lines += [history.encode_process(info) for info in infos]
+        lines.append(history.encode_gpu_names({0: "NVIDIA H100 80GB HBM3"}))
+        lines += [history.encode_mark(m) for m in marks]
+        lines += [history.encode_row(row) for rows in reversed(tiers) for row in rows]
+        return "".join(lines)
+
+    flushed, compacted = -math.inf, 0.0
+    day_bytes, end = 0, days * 86400
+    for t in range(1, end + 1):
+        tiers[0].append(Row(float(t), 1.0, pool[t % cycle], gpus[t % cycle]))
+        if t % 3600 == 0:
+            marks.append(Mark(float(t), "epoch", t // 3600))
+        if t - flushed >= FLUSH_EVERY:
+            flushed = t
+            if t > history.TIERS[0][0] and t - compacted >= COMPACT_EVERY:
+                compacted = t
+                # What coarsen(all rows, t) does, tier by tier: only the oldest rows of each tier
+                # are due for a coarser span, and the rows between them are kept as they are.
+                for k, (below, _) in enumerate(history.TIERS[:-1]):
+                    rows = tiers[k]
+                    due = 0
+                    while due < len(rows) and t - rows[due].t >= below:
+                        due += 1
+                    if due:
+                        tiers[k + 1] += history.coarsen(rows[:due], t)
+                        del rows[:due]
+        if t == 86400:
+            day_bytes = len(text().encode())
+    repo = Repo(work / f"history-{days}d")
+    data = text()
+    repo.append_usage(run_id, data)
+    return Simulated(
+        repo.path, run_id, processes, days, day_bytes, len(data.encode()), time.process_time() - began
+    )
+
+
+def pss_read(work: Path, mb: int) -> float:
+    """Seconds of CPU one PSS reading (psutil's memory_full_info) costs for a process holding ``mb`` MB."""
+    import psutil
+
+    path = work / "tree.py"
+    path.write_text(TREE)
+    held = subprocess.Popen([sys.executable, str(path), "leaf", str(mb)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert held.stdout is not None
+        held.stdout.readline()
+        proc = psutil.Process(held.pid)
+        start = time.process_time()
+        for _ in range(20):
+            proc.memory_full_info()
+        return (time.process_time() - start) / 20
+    finally:
+        held.kill()
+        held.wait()
+
+
+def row_recording(samples: int, work: Path, aim_python: Path, simulated: Simulated) -> list[Row]:
+    import psutil
+
+    from nbmonitor._recorder import COMPACT_EVERY, Recorder, RunHistory
+    from nbmonitor.repo import Repo
+    from nbmonitor.usage import Sampler
+
+    name_of = Recorder(lambda: [], lambda run: "main").name  # names children as the recorder does
+    repo = Repo(work / "recording")
+    size = simulated.processes
+    with process_tree(work, size) as root:
+        sampler = Sampler(root)
+        kept = RunHistory(repo, f"{1:032x}", "bench-usage", "bench", time.time(), 0.0)
+
+        def second(t: float) -> int:
+            """What the recorder and the run's tick do once a second; the history on a simulated clock."""
+            sample = sampler.sample(time.monotonic())
+            kept.add(sample, t, root, "main", name_of)
+            kept.peaks()
+            kept.flush(t)
+            return sample.processes
+
+        seen = second(0.0)  # names every process, starts the file
+        start = time.process_time()
+        for t in range(1, samples + 1):
+            second(float(t))
+        ours = (time.process_time() - start) / samples
+        tree = [psutil.Process(root), *psutil.Process(root).children(recursive=True)]
+        start = time.process_time()
+        for _ in range(50):
+            for proc in tree:
+                proc.memory_full_info()
+        pss = (time.process_time() - start) / 50
+        peer = psrecord(aim_python, root, 3.0, work / "psrecord.log")["per_sample"]
+        # A week in: one flush that appends, then rewrites the week-long file coarser.
+        late = RunHistory(repo, f"{2:032x}", "bench-usage", "bench", time.time(), 0.0)
+        late.flush(0.0, force=True)  # the header; then the file is the simulated one
+        path = repo.usage_path(f"{2:032x}")
+        shutil.copyfile(simulated.path, path)
+        at = simulated.days * 86400 + 1.0
+        late.add(sampler.sample(time.monotonic()), at, root, "main", name_of)
+        before = path.stat().st_ino
+        start, wall = time.process_time(), time.perf_counter()
+        late.flush(at)
+        compaction, compaction_wall = time.process_time() - start, time.perf_counter() - wall
+    if seen != size or path.stat().st_ino == before or late.trouble:
+        raise RuntimeError(f"measured {seen} processes, compaction {late.trouble or 'not done'}")
+    big = pss_read(work, 1024)
+    weekly = ours + compaction / COMPACT_EVERY
+    span = f"{simulated.days} days" if simulated.days != 7 else "a week"
+    return [
+        Row(
+            11,
+            f"CPU of sampling and recording a {size}-process tree at 1 Hz",
+            f"{ours * 100:.2f}% of a core ({ours * 1e3:.1f} ms a second, {pss * 1e3:.1f} ms of it PSS)",
+            f"psrecord --include-children: {peer * 100:.2f}%",
+            ours / peer,
+            "< 1% of one core",
+            ours < 0.01,
+            f"A sleeping tree of {size} processes (a root and {size - 1} children holding 0 to 48 MB); "
+            f"CPU time of {samples:,} back-to-back seconds of what the recorder does: Sampler.sample "
+            "(CPU, RSS, PSS, GPUs through NVML where present), RunHistory.add and peaks, and flush on a "
+            "clock advancing 1 s a sample, so every 5th appends to the file. 'Of it PSS' is "
+            "psutil's memory_full_info (/proc/<pid>/smaps_rollup) on the same processes, timed alone; "
+            "its cost grows with the memory a process holds: one read of a process holding 1 GB costs "
+            f"{big * 1e3:.1f} ms here. The peer is psrecord's own monitor() with include_children (CPU "
+            "percent and memory_info per process, one log line a sample), run in the peers' venv on "
+            "the same tree for 3 s of back-to-back samples; CPU time per sample.",
+        ),
+        Row(
+            11,
+            f"the same, {span} in: plus rewriting the history every {COMPACT_EVERY / 60:.0f} min",
+            f"{weekly * 100:.2f}% of a core (one rewrite: {compaction:.2f} s CPU, {compaction_wall:.2f} s)",
+            "-",
+            None,
+            "< 1% of one core",
+            weekly < 0.01,
+            f"The figure above plus one compaction spread over {COMPACT_EVERY:.0f} s: RunHistory.flush "
+            f"on the {simulated.end_bytes / 2**20:.1f} MB file of row 12, which appends and then reads, "
+            "coarsens and rewrites it (fsync included). It runs on the writer thread, which waits for "
+            "it: the figure in brackets is its wall time.",
+        ),
+    ]
+
+
+def row_disk(simulated: Simulated, work: Path, aim_python: Path) -> Row:
+    hours = simulated.processes * simulated.days * 24
+    day, end = simulated.day_bytes / (simulated.processes * 24), simulated.end_bytes / hours
+    line = psrecord(aim_python, os.getpid(), 0.5, work / "psrecord-line.log")["line"]
+    peer = line * 3600 / simulated.processes
+    span = f"{simulated.days} days" if simulated.days != 7 else "a week"
+    return Row(
+        12,
+        f"usage history on disk, {simulated.processes} processes at 1 Hz: bytes per process-hour",
+        f"{day / 1024:.1f} KB after a day, {end / 1024:.1f} KB after {span}; "
+        f"the file {simulated.end_bytes / 2**20:.1f} MB",
+        f"psrecord's plain log (tree totals only): {peer / 1024:.1f} KB",
+        end / peer,
+        "a week of 16 processes ≤ 50 MB",
+        simulated.end_bytes <= 50 * 2**20,
+        f"{simulated.days} days of {simulated.processes} processes (one on a GPU, with its memory; "
+        f"the GPU's use on each row) at one row a second, on an injected clock "
+        f"({simulated.seconds:.0f} s to simulate): rows encoded by history.encode_row, appended "
+        "every 5 s, and coarsened by history.coarsen an hour in and every 10 min after, as RunHistory "
+        "does; process lines and a mark an hour included. Bytes per process-hour are the file's size "
+        f"over processes × hours. psrecord writes one line of {line:.0f} bytes a sample for the whole "
+        "tree (measured from its log), so its figure is that line a second over the processes; it "
+        "keeps no per-process readings and never grows coarser. The ratio is the end figure's.",
+    )
+
+
+def row_plot(simulated: Simulated) -> Row:
+    from nbmonitor import plot
+    from nbmonitor.repo import Repo
+
+    repo = Repo(simulated.repo)
+
+    def cpu(work: Callable[[], Any]) -> tuple[float, Any]:
+        start = time.process_time()
+        done = work()
+        return time.process_time() - start, done
+
+    rounds = []
+    for _ in range(3):  # each round reads the file once and draws both
+        read, history = cpu(functools.partial(repo.read_usage, simulated.run_id))
+        drawn, _ = cpu(functools.partial(plot.svg, history))
+        page, _ = cpu(functools.partial(plot.report_html, history))
+        rounds.append((read, drawn, page))
+    read, drawn, page = (min(r[k] for r in rounds) for k in range(3))
+    lines = simulated.path.read_bytes().decode().splitlines()
+    base = best(lambda: cpu(lambda: [json.loads(line) for line in lines])[0], 3)
+    svg_total, page_total = read + drawn, read + page
+    span = f"{simulated.days}-day" if simulated.days != 7 else "week-long"
+    return Row(
+        13,
+        f"the plot of a {span}, {simulated.processes}-process history, file read included",
+        f"svg {svg_total:.2f} s, HTML page {page_total:.2f} s (reading the file {read:.2f} s of each)",
+        f"json.loads of each line: {base:.2f} s",
+        svg_total / base,
+        "< 1 s, svg and page",
+        svg_total < 1.0 and page_total < 1.0,
+        f"Repo.read_usage of row 12's {simulated.end_bytes / 2**20:.1f} MB file, then plot.svg (720 px) "
+        "and plot.report_html of what it read; CPU time, each part the best of 3 rounds (this machine "
+        "is shared: CPU time is what an idle one's wall time would be). The peer is a floor, not a "
+        "plotter (psrecord plots with matplotlib, not installed here): json.loads of every line of "
+        "the same file, lines already in memory, best of 3. The ratio is the svg's.",
+    )
+
+
 # -- the table --------------------------------------------------------------------------------------
+
+HEAD = "| # | what | nbmonitor | peer | ratio | target | holds |\n|---|---|---|---|---|---|---|"
+
+
+def table_line(r: Row) -> str:
+    ratio = f"{r.ratio:.3g}×" if r.ratio is not None else "-"
+    return (
+        f"| {r.number} | {r.what} | {r.ours} | {r.peer} | {ratio} | {r.target} "
+        f"| {'yes' if r.holds else 'NO'} |"
+    )
 
 
 def table(rows: list[Row]) -> str:
-    lines = [
-        "| # | what | nbmonitor | peer | ratio | target | holds |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        ratio = f"{r.ratio:.3g}×" if r.ratio is not None else "-"
-        lines.append(
-            f"| {r.number} | {r.what} | {r.ours} | {r.peer} | {ratio} | {r.target} "
-            f"| {'yes' if r.holds else 'NO'} |"
-        )
-    return "\n".join(lines)
+    return "\n".join([HEAD, *(table_line(r) for r in rows)])
+
+
+def results(rows: list[Row], command: str, quick: bool, only: set[int] | None, previous: str) -> str:
+    """RESULTS.md. With ``only``, the other rows of ``previous`` stay as they were, and a line
+    says when and how the rows measured now were."""
+    measured = f"{time.strftime('%Y-%m-%d')} on {machine()}{' (--quick)' if quick else ''}, with `{command}`"
+    lines = [(r.number, table_line(r)) for r in rows]
+    how = [(r.number, f"{r.number}. **{r.what}.** {r.how}") for r in rows]
+    dated = [f"Measured {measured}."]
+    if only is not None and previous:
+        old = previous.splitlines()
+        lines = [(n, line) for n, line in numbered(old, r"\| (\d+) \|") if n not in only] + lines
+        how = [(n, line) for n, line in numbered(old, r"(\d+)\. \*\*") if n not in only] + how
+        earlier = [
+            line
+            for line in old
+            if line.startswith("Measured ")
+            or (
+                line.startswith("Rows ")
+                and not set(map(int, re.findall(r"\d+", line.split(" measured")[0]))) <= only
+            )
+        ]
+        dated = [*earlier, f"Rows {', '.join(map(str, sorted(only)))} measured {measured}."]
+    lines.sort(key=lambda entry: entry[0])  # stable: a row's lines keep their order
+    how.sort(key=lambda entry: entry[0])
+    return (
+        "# nbmonitor benchmarks\n\n"
+        + "\n".join(dated)
+        + "\nRatios are nbmonitor's figure over the peer's (lower is better).\n\n"
+        + "\n".join([HEAD, *(line for _, line in lines)])
+        + "\n\n## How each figure is measured\n\n"
+        + "\n".join(line for _, line in how)
+        + "\n"
+    )
+
+
+def numbered(lines: list[str], pattern: str) -> list[tuple[int, str]]:
+    found = ((re.match(pattern, line), line) for line in lines)
+    return [(int(match.group(1)), line) for match, line in found if match]
+
+
+def row_numbers(text: str) -> set[int]:
+    return {int(n) for n in text.split(",")}
 
 
 def main() -> int:
@@ -804,42 +1174,63 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="smaller counts (a smoke test, not the figures)")
+    parser.add_argument(
+        "--only",
+        type=row_numbers,
+        metavar="N,N",
+        help="measure only these rows (e.g. 11,12,13); the output keeps the other rows as they were",
+    )
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
-    aim_python = ensure_peers()
+    peer_python = ensure_peers()
     work = Path(tempfile.mkdtemp(prefix="nbmonitor-bench-"))
     os.environ["NBMONITOR_REPO"] = str(work / "default")
-    quick = args.quick
+    quick, only = args.quick, args.only
+
+    @functools.cache
+    def simulated() -> Simulated:
+        """The usage history rows 11 to 13 share, made on first use."""
+        days = 2 if quick else 7
+        print(f"simulating {days} days of usage history...", file=sys.stderr, flush=True)
+        return simulate_history(work, days)
+
     rows: list[Row] = []
-    steps = [
-        ("1 track", lambda: [row_track(200_000 if quick else 2_000_000, work / "r1")]),
-        ("2 report_progress", lambda: row_progress(200_000 if quick else 2_000_000, work / "r2", aim_python)),
-        ("3 stall", lambda: [row_stall(5 if quick else 20, work)]),
-        ("4 crash", lambda: [row_crash(5 if quick else 20, work)]),
-        ("5 watcher", lambda: [row_watcher([100, 1000] if quick else [100, 1000, 10_000], work, aim_python)]),
-        ("6 usage", lambda: [row_usage(20 if quick else 200)]),
-        ("7 widget", lambda: [row_widget(100_000 if quick else 1_000_000)]),
-        ("8 import", lambda: [row_import(5 if quick else 20)]),
-        ("9 group", lambda: [row_group(64 if quick else 256, work)]),
-        ("10 workers", lambda: row_workers(200_000 if quick else 2_000_000, work)),
+    steps: list[tuple[int, str, Callable[[], list[Row]]]] = [
+        (1, "track", lambda: [row_track(200_000 if quick else 2_000_000, work / "r1")]),
+        (
+            2,
+            "report_progress",
+            lambda: row_progress(200_000 if quick else 2_000_000, work / "r2", peer_python),
+        ),
+        (3, "stall", lambda: [row_stall(5 if quick else 20, work)]),
+        (4, "crash", lambda: [row_crash(5 if quick else 20, work)]),
+        (
+            5,
+            "watcher",
+            lambda: [row_watcher([100, 1000] if quick else [100, 1000, 10_000], work, peer_python)],
+        ),
+        (6, "usage", lambda: [row_usage(20 if quick else 200)]),
+        (7, "widget", lambda: [row_widget(100_000 if quick else 1_000_000)]),
+        (8, "import", lambda: [row_import(5 if quick else 20)]),
+        (9, "group", lambda: [row_group(64 if quick else 256, work)]),
+        (10, "workers", lambda: row_workers(200_000 if quick else 2_000_000, work)),
+        (11, "usage recording", lambda: row_recording(100 if quick else 300, work, peer_python, simulated())),
+        (12, "usage on disk", lambda: [row_disk(simulated(), work, peer_python)]),
+        (13, "usage plot", lambda: [row_plot(simulated())]),
     ]
     try:
-        for name, step in steps:
-            print(f"measuring {name}...", file=sys.stderr, flush=True)
-            rows += step()
+        for number, name, step in steps:
+            if only is None or number in only:
+                print(f"measuring {number} {name}...", file=sys.stderr, flush=True)
+                rows += step()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    text = table(rows)
-    print(text)
-    described = machine()
-    how = "\n".join(f"{r.number}. **{r.what}.** {r.how}" for r in rows)
-    args.output.write_text(
-        "# nbmonitor benchmarks\n\n"
-        f"Measured {time.strftime('%Y-%m-%d')} on {described}{' (--quick)' if quick else ''}, "
-        "with `python benchmarks/run.py`.\nRatios are nbmonitor's figure over the peer's "
-        "(lower is better).\n\n"
-        f"{text}\n\n## How each figure is measured\n\n{how}\n"
-    )
+    print(table(rows))
+    command = "python benchmarks/run.py" + " --quick" * quick
+    if only is not None:
+        command += f" --only {','.join(map(str, sorted(only)))}"
+    previous = args.output.read_text() if args.output.exists() else ""
+    args.output.write_text(results(rows, command, quick, only, previous))
     print(f"\nwritten to {args.output}", file=sys.stderr)
     return 0 if all(r.holds for r in rows) else 1
 
