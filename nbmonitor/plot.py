@@ -245,14 +245,14 @@ def svg(history: History, width: int = 720, *, title: str | None = None, data: b
         text = mark.text
         short = _format.clip(_format.one_line(text), MARK_LABEL)
         anchor = "end" if mx > _LEFT + inner * 0.8 else "start"
-        width = len(short) * _CHAR + 4
-        left = mx - 2 - width if anchor == "end" else mx + 2
+        room = len(short) * _CHAR + 4
+        left = mx - 2 - room if anchor == "end" else mx + 2
         row = next(
-            (i for i, taken in enumerate(placed) if all(left + width < a or left > b for a, b in taken)), None
+            (i for i, taken in enumerate(placed) if all(left + room < a or left > b for a, b in taken)), None
         )
         label = ""
         if row is not None:
-            placed[row].append((left - 3, left + width + 3))
+            placed[row].append((left - 3, left + room + 3))
             label = (
                 f'<text x="{mx + (-2 if anchor == "end" else 2):.1f}" y="{_TOP - 18 + 12 * row}" '
                 f'fill="{_TEXT}" font-size="10" text-anchor="{anchor}">{_esc(short)}</text>'
