@@ -52,3 +52,35 @@ def test_the_sampler_sees_a_busy_child_and_reports_gpus_or_why_not() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_pss_is_read_for_a_few_processes_a_sample_and_scaled_from_rss_between(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nbmonitor import usage
+
+    reads: list[int] = []
+    real = usage._pss
+
+    def counted(proc: object) -> int | None:
+        reads.append(proc.pid)  # type: ignore[attr-defined]  # a psutil.Process
+        return real(proc)
+
+    monkeypatch.setattr(usage, "_pss", counted)
+    children = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) for _ in range(4)]
+    try:
+        sampler = Sampler()
+        wait = time.monotonic() + 10
+        while len(Sampler().sample(0.0).each) < 5 and time.monotonic() < wait:
+            time.sleep(0.05)  # the children are listed once they have started
+        reads.clear()
+        samples = [sampler.sample(float(i)) for i in range(4)]
+        assert len(reads) == 2 * 4  # never all of them at once
+        assert len(set(reads)) == 5  # every process had its turn
+        last = samples[-1]
+        assert all(p.pss is not None for p in last.each)  # read, or scaled from its last read
+        assert all(0 < p.pss <= p.rss for p in last.each if p.pss is not None)
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
