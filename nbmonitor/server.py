@@ -3,6 +3,9 @@
     GET {base_url}/nbmonitor/api/runs          every run of its own, and every group with its
                                                members (torchrun ranks, ...), newest first
     GET {base_url}/nbmonitor/api/runs/<id>     one run
+    GET {base_url}/nbmonitor/api/runs/<id>/usage?width=720
+                                               a run's usage plot, or a group's (its members'
+                                               histories side by side): {"svg", "peaks", "skipped"}
     GET {base_url}/nbmonitor/api/watcher       whether a standalone watcher runs
 
 Every handler requires Jupyter authentication. Reads run in a worker thread,
@@ -13,6 +16,7 @@ so a slow or large repo never blocks the server's event loop. The repo is
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
@@ -27,7 +31,7 @@ from traitlets.config import Configurable
 
 from . import _format, rules
 from ._version import version
-from .errors import CorruptRecordError, RepoError
+from .errors import CorruptRecordError, NbmonitorError, RepoError
 from .groups import GroupObservation, gather, role
 from .membership import group_id
 from .observe import Observation, Observer, watcher_info
@@ -37,6 +41,9 @@ from .templates import blame, job_label
 
 __all__ = ["Nbmonitor", "load"]
 
+log = logging.getLogger("nbmonitor")
+WIDTH, MIN_WIDTH, MAX_WIDTH = 720, 320, 1600  # of the usage plot, in pixels
+
 
 class Nbmonitor(Configurable):
     """Server settings: ``c.Nbmonitor.repo = "/shared/runs"``."""
@@ -44,6 +51,10 @@ class Nbmonitor(Configurable):
     repo = Unicode(
         None, allow_none=True, config=True, help="nbmonitor repo (default: $NBMONITOR_REPO or ~/.nbmonitor)"
     )
+
+
+class _NoPlot(NbmonitorError):
+    """No usage plot for the id asked: the message says what is missing (the panel shows it)."""
 
 
 class _Reader:
@@ -89,6 +100,51 @@ class _Reader:
             (seen,) = self._observer.glance([record])
         return _run_json(seen, self.root_dir)
 
+    def usage(self, run_id: str, width: int) -> dict[str, Any]:
+        """The usage plot of a run, or of a group (by its id) with its members' histories side by
+        side, as the CLI's ``usage`` shows them. Raises _NoPlot saying what is missing."""
+        from . import plot
+        from .history import History, combine
+
+        try:
+            repo = self._usable()
+        except (RepoError, OSError) as e:
+            raise _NoPlot(_problem(e)) from e
+        try:
+            history: History = repo.read_usage(run_id)
+            title = None
+        except FileNotFoundError:
+            name, members = self._group(run_id)
+            histories = []
+            for label, member in members:
+                try:
+                    histories.append((label, repo.read_usage(member)))
+                except FileNotFoundError:
+                    continue
+                except CorruptRecordError as e:  # the other members are still worth a plot
+                    log.warning("nbmonitor: left out %s", e)
+            if not histories:
+                raise _NoPlot(_no_history(repo, run_id, bool(members))) from None
+            history, title = combine(histories), f"{name} (group of {len(members)})"
+        except CorruptRecordError as e:
+            raise _NoPlot(f"the usage history cannot be read: {e}") from e
+        return {
+            "svg": plot.svg(history, width, title=title, data=True),
+            "peaks": plot.peak_lines(history),
+            "skipped": history.skipped,
+        }
+
+    def _group(self, wanted: str) -> tuple[str, list[tuple[str, str]]]:
+        """The name of the group ``wanted`` and (role, run id) of each member, by rank; no
+        members when there is no such group."""
+        assert self._observer is not None
+        with self._lock:
+            _, groups = gather(self._observer.glance())
+        for group in groups:
+            if group.id == wanted:
+                return group.name, [(role(m), m.run.id) for m in group.members]
+        return "", []
+
     def watcher(self) -> dict[str, Any]:
         try:
             repo = self._usable()
@@ -113,6 +169,16 @@ class _Reader:
 
 def _problem(error: Exception) -> str:
     return str(error) if isinstance(error, RepoError) else f"cannot read the repo: {error}"
+
+
+def _no_history(repo: Repo, run_id: str, group: bool) -> str:
+    if group:
+        return f"no member of group {run_id} has a usage history"
+    try:
+        repo.read_run(run_id)
+    except (FileNotFoundError, CorruptRecordError, OSError):
+        return f"no run or group {run_id}"
+    return f"run {run_id} has no usage history (made with usage=False, or by an older nbmonitor)"
 
 
 def _lab_path(path: str | None, root_dir: str | None) -> str | None:
@@ -228,6 +294,21 @@ class RunHandler(_Handler):
         self.finish(found)
 
 
+class UsageHandler(_Handler):
+    @tornado.web.authenticated
+    async def get(self, run_id: str) -> None:
+        if not is_run_id(run_id):
+            raise tornado.web.HTTPError(400, f"not a run id: {run_id[:40]!r}")
+        try:
+            width = min(MAX_WIDTH, max(MIN_WIDTH, int(self.get_query_argument("width", str(WIDTH)))))
+        except ValueError:
+            raise tornado.web.HTTPError(400, "width must be a whole number of pixels") from None
+        try:
+            self.finish(await self.in_thread(self.reader.usage, run_id, width))
+        except _NoPlot as e:
+            raise tornado.web.HTTPError(404, str(e)) from None
+
+
 class WatcherHandler(_Handler):
     @tornado.web.authenticated
     async def get(self) -> None:
@@ -250,6 +331,7 @@ def load(server_app: ServerApp) -> None:
         [
             (url_path_join(base, "runs"), RunsHandler),
             (url_path_join(base, "runs", r"([^/]+)"), RunHandler),
+            (url_path_join(base, "runs", r"([^/]+)", "usage"), UsageHandler),
             (url_path_join(base, "watcher"), WatcherHandler),
         ],
     )

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import time
+import xml.etree.ElementTree as ET
 from typing import Any
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
+from nbmonitor import history
 from nbmonitor._format import COLOURS, duration
 from nbmonitor.record import RunUsage
 from nbmonitor.repo import Repo
@@ -32,8 +34,8 @@ def jp_server_config(repo: Repo, request: pytest.FixtureRequest) -> dict[str, An
     return config
 
 
-async def get(jp_fetch: Any, *path: str) -> Any:
-    response = await jp_fetch("nbmonitor", "api", *path)
+async def get(jp_fetch: Any, *path: str, **params: str) -> Any:
+    response = await jp_fetch("nbmonitor", "api", *path, params=params)
     assert response.code == 200
     return json.loads(response.body)
 
@@ -123,7 +125,7 @@ async def test_watcher_says_whether_one_runs(jp_fetch: Any, repo: Repo) -> None:
     assert body == {"running": False, "repo": str(repo.path)}
 
 
-@pytest.mark.parametrize("path", ["runs", f"runs/{'a' * 32}", "watcher"])
+@pytest.mark.parametrize("path", ["runs", f"runs/{'a' * 32}", f"runs/{'a' * 32}/usage", "watcher"])
 async def test_every_endpoint_refuses_requests_without_a_token(
     jp_fetch: Any, jp_base_url: str, jp_http_port: int, path: str
 ) -> None:
@@ -150,7 +152,7 @@ async def test_notebook_paths_are_given_relative_to_the_servers_root(
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
-@pytest.mark.parametrize("path", ["runs", f"runs/{'a' * 32}", "watcher"])
+@pytest.mark.parametrize("path", ["runs", f"runs/{'a' * 32}", f"runs/{'a' * 32}/usage", "watcher"])
 async def test_nothing_can_change_state_with_a_token_or_from_another_site(
     jp_fetch: Any, jp_base_url: str, jp_http_port: int, repo: Repo, path: str, method: str
 ) -> None:
@@ -193,3 +195,132 @@ async def test_a_repo_that_cannot_be_one_is_said_in_every_answer_not_a_server_er
     with pytest.raises(HTTPClientError) as missing:
         await jp_fetch("nbmonitor", "api", "runs", "a" * 32)
     assert missing.value.code == 404
+
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def write_history(
+    repo: Repo, run_id: str, names: list[str], *, gpu: bool = False, rows: int = 5
+) -> list[str]:
+    """A usage history of ``rows`` seconds for processes ``names`` (GPU memory too with ``gpu``),
+    written with nbmonitor's own encoders; returns its lines."""
+    lines = [history.encode_header(run_id, time.time() - rows, "box", "train")]
+    lines += [
+        history.encode_process(history.ProcessInfo(n, 100 + n, name, 0.0)) for n, name in enumerate(names)
+    ]
+    lines.append(history.encode_mark(history.Mark(1.0, "eval", 2)))
+    for t in range(rows):
+        readings = {
+            n: history.Reading(50.0 + n, 2**28 * (n + 1), 2**27 * (n + 1), 2**30 if gpu else None)
+            for n in range(len(names))
+        }
+        lines.append(history.encode_row(history.Row(float(t + 1), 1.0, readings)))
+    repo.usage_dir.mkdir(parents=True, exist_ok=True)
+    repo.usage_path(run_id).write_text("".join(lines))
+    return lines
+
+
+def series(svg: str) -> list[str]:
+    """The data-proc of each stacked area of the plot, which must parse as XML."""
+    root = ET.fromstring(svg)
+    assert (root.tag, root.get("class")) == (f"{SVG}svg", "nbmonitor-usage")
+    return [p.get("data-proc", "") for p in root.iter(f"{SVG}path") if p.get("class") == "nbm-series"]
+
+
+async def refusal(jp_fetch: Any, *path: str, **params: str) -> tuple[int, str]:
+    """The status and the JSON message of a request that must fail."""
+    with pytest.raises(HTTPClientError) as refused:
+        await jp_fetch("nbmonitor", "api", *path, params=params)
+    assert refused.value.response is not None
+    return refused.value.code, json.loads(refused.value.response.body)["message"]
+
+
+async def test_a_runs_usage_plot_has_an_area_per_process_in_each_panel(jp_fetch: Any, repo: Repo) -> None:
+    write_runs(repo)
+    write_history(repo, "b" * 32, ["main", "<b>DataLoader</b> worker 0", "worker 1"], gpu=True)
+    response = await jp_fetch("nbmonitor", "api", "runs", "b" * 32, "usage")
+    body = json.loads(response.body)
+    assert set(body) == {"svg", "peaks", "skipped"}
+    # CPU, memory and GPU memory: three panels of three processes each.
+    assert sorted(series(body["svg"])) == sorted(["0", "1", "2"] * 3)
+    assert ET.fromstring(body["svg"]).get("width") == "720"
+    assert "&lt;b&gt;DataLoader&lt;/b&gt;" in body["svg"]  # run text escaped, drawn as text
+    assert ET.fromstring(body["svg"]).find(f"{SVG}metadata") is not None  # the hover read-out's data
+    assert body["peaks"] == [
+        "peak CPU 153% (most: worker 1, 52%)",
+        "peak memory 768.0 MB (most: worker 1, 384.0 MB)",
+        "peak GPU memory 3.0 GB (most: main, 1.0 GB)",
+    ]
+    assert body["skipped"] == 0
+
+
+@pytest.mark.parametrize(("asked", "drawn"), [("1000", "1000"), ("10", "320"), ("99999", "1600")])
+async def test_the_plots_width_is_asked_for_and_kept_within_bounds(
+    jp_fetch: Any, repo: Repo, asked: str, drawn: str
+) -> None:
+    write_history(repo, "b" * 32, ["main"])
+    body = await get(jp_fetch, "runs", "b" * 32, "usage", width=asked)
+    assert ET.fromstring(body["svg"]).get("width") == drawn
+    assert series(body["svg"]) == ["0", "0"]  # CPU and memory; no GPU memory seen
+
+
+async def test_a_usage_plot_that_cannot_be_drawn_says_why(jp_fetch: Any, repo: Repo) -> None:
+    write_runs(repo)
+    assert await refusal(jp_fetch, "runs", "b" * 32, "usage") == (
+        404,
+        f"run {'b' * 32} has no usage history (made with usage=False, or by an older nbmonitor)",
+    )
+    assert await refusal(jp_fetch, "runs", "d" * 32, "usage") == (404, f"no run or group {'d' * 32}")
+    for bad in ["..%2F..%2Fetc", "B" * 32, "b" * 31]:
+        code, _ = await refusal(jp_fetch, "runs", bad, "usage")
+        assert code in (400, 404)
+    assert (await refusal(jp_fetch, "runs", "b" * 32, "usage", width="wide"))[0] == 400
+    repo.usage_dir.mkdir(parents=True, exist_ok=True)
+    repo.usage_path("b" * 32).write_text('{"not": "a history"}\n')
+    code, message = await refusal(jp_fetch, "runs", "b" * 32, "usage")
+    assert code == 404
+    assert message.startswith("the usage history cannot be read: ")
+    assert message.endswith("not a usage history (its first line is no header)")
+
+
+async def test_a_damaged_history_is_drawn_from_the_lines_that_can_be_read(jp_fetch: Any, repo: Repo) -> None:
+    lines = write_history(repo, "b" * 32, ["main", "worker"], rows=6)
+    # A torn last line (a kill mid-write), and rows of nonsense in between.
+    damaged = [*lines[:5], '{"t": 2.0, "p": {"0": "lots"}}\n', "\x00\x00garbage\n", *lines[5:], lines[6][:20]]
+    repo.usage_path("b" * 32).write_text("".join(damaged))
+    body = await get(jp_fetch, "runs", "b" * 32, "usage")
+    assert body["skipped"] == 3
+    assert sorted(series(body["svg"])) == ["0", "0", "1", "1"]
+    root = ET.fromstring(body["svg"])
+    data = json.loads(root.find(f"{SVG}metadata").text or "")  # type: ignore[union-attr]  # asserted above
+    assert len(data["t"]) == 6  # every row that parses is drawn
+
+
+async def test_a_groups_usage_plot_shows_each_members_processes(jp_fetch: Any, repo: Repo) -> None:
+    from nbmonitor.membership import group_id
+    from nbmonitor.record import GroupField
+
+    for rank in range(3):
+        run_id = f"{rank + 1:032x}"
+        repo.write_run(sample(id=run_id, name="ddp", group=GroupField("job-1", "torchrun", rank, 3)))
+        if rank < 2:  # rank 2 has no history (usage=False): the others are still drawn
+            write_history(repo, run_id, ["main", "DataLoader worker 0"])
+    body = await get(jp_fetch, "runs", group_id("job-1", "ddp"), "usage")
+    assert len(series(body["svg"])) == 2 * 2 * 2  # two members' two processes, in CPU and memory
+    root = ET.fromstring(body["svg"])
+    keys = [k for k in root.iter(f"{SVG}g") if k.get("class") == "nbm-key"]
+    assert [k.findtext(f"{SVG}title") for k in keys] == [
+        "rank 0 main",
+        "rank 0 DataLoader worker 0",
+        "rank 1 main",
+        "rank 1 DataLoader worker 0",
+    ]
+    assert (root.findtext(f"{SVG}title") or "").startswith("ddp (group of 3): usage of 4 processes")
+    member = await get(jp_fetch, "runs", f"{1:032x}", "usage")  # a member alone: its own processes
+    assert len(series(member["svg"])) == 2 * 2
+    repo.write_run(sample(id="e" * 32, name="solo", group=GroupField("job-2", "torchrun", 0, 1)))
+    assert await refusal(jp_fetch, "runs", group_id("job-2", "solo"), "usage") == (
+        404,
+        f"no member of group {group_id('job-2', 'solo')} has a usage history",
+    )
