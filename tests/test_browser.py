@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from nbmonitor import plot as plot_module
 from nbmonitor.record import ErrorInfo
 from nbmonitor.repo import Repo
 
@@ -299,3 +300,178 @@ def show_a_group_and_workers(lab: Lab, page: Any) -> None:
     page.locator('.nbm-run[data-status="running"]', has_text="pooled-cell").wait_for(
         state="detached", timeout=30_000
     )
+
+
+def write_usage(repo: Path, run_id: str, names: list[str], seconds: int, *, start: float, gpu: bool) -> None:
+    """A usage history of ``seconds`` rows for processes ``names``, a curve each, with two marks,
+    appended (the header first when the file is new) with nbmonitor's own encoders."""
+    import math
+
+    from nbmonitor import history as h
+
+    path = Repo(repo).usage_path(run_id)
+    lines = []
+    if not path.exists():
+        lines.append(h.encode_header(run_id, start, os.uname().nodename, "resnet-train"))
+        lines += [h.encode_process(h.ProcessInfo(n, 4000 + n, name, 0.0)) for n, name in enumerate(names)]
+        lines += [h.encode_mark(h.Mark(30.0, "epoch", 1)), h.encode_mark(h.Mark(62.0, "eval"))]
+    first = (
+        sum(1 for line in path.read_text().splitlines() if line.startswith('{"t"')) if path.exists() else 0
+    )
+    for t in range(first + 1, first + seconds + 1):
+        readings = {
+            n: h.Reading(
+                cpu=(90.0 if n == 0 else 35.0) + 10 * math.sin(t / 7 + n),
+                rss=(900 + 6 * t if n == 0 else 300 + 40 * n) * 2**20,
+                pss=(800 + 6 * t if n == 0 else 200 + 40 * n) * 2**20,
+                gpu=(3 * 2**30 + t * 2**24 if n == 0 else 0) if gpu else None,
+            )
+            for n in range(len(names))
+        }
+        gpus = (h.GpuReading(0, 70 + 25 * math.sin(t / 5), 5 * 2**30, 16 * 2**30),) if gpu else ()
+        lines.append(h.encode_row(h.Row(float(t), 1.0, readings, gpus)))
+    Repo(repo).usage_dir.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write("".join(lines))
+
+
+def test_a_runs_usage_plot_opens_under_its_row(lab: Lab, page: Any) -> None:
+    try:
+        show_a_usage_plot(lab, page)
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "failure-usage.png"))
+        raise
+
+
+def show_a_usage_plot(lab: Lab, page: Any) -> None:
+    now, run_id = time.time(), "7" * 32
+    names = ["main", "DataLoader worker 0", "DataLoader worker 1"]
+    Repo(lab.repo).write_run(
+        sample(id=run_id, name="resnet-train", host=os.uname().nodename, pid=os.getpid(), process_start=None,
+               boot_id=None, eta=600.0, step=300, total=1000, started_at=now - 90, last_progress_at=now)
+    )  # fmt: skip
+    write_usage(Path(lab.repo), run_id, names, 90, start=now - 90, gpu=True)
+    write_group(Path(lab.repo))
+    for rank in range(4):
+        write_usage(Path(lab.repo), f"{rank + 1:032x}", ["main"], 60, start=now - 60, gpu=False)
+    page.goto(lab.url("lab"))
+    page.locator(".jp-Launcher").wait_for(timeout=60_000)  # Lab has started (and focused it)
+    page.locator(".jp-SideBar .lm-TabBar-tab", has_text="Runs").first.click()
+    row = page.locator('.nbm-run[data-status="running"]', has_text="resnet-train")
+    row.wait_for(timeout=60_000)
+    narrow = page.locator("#nbmonitor-runs").bounding_box()["width"]
+    move_sidebar_edge(page, 320)  # widened, as one does to look at a plot
+    wait_until(
+        lambda: page.locator("#nbmonitor-runs").bounding_box()["width"] > narrow + 250, 10, "a wider panel"
+    )
+    toggle = row.locator("button.nbm-toggle")
+    assert toggle.get_attribute("aria-expanded") == "false"
+    toggle.focus()  # the keyboard opens it
+    page.keyboard.press("Enter")
+    plot = row.locator(".nbm-usage-plot svg.nbmonitor-usage")
+    plot.wait_for(timeout=15_000)
+    assert toggle.get_attribute("aria-expanded") == "true"
+    # CPU, memory and GPU memory: an area per process in each.
+    assert plot.locator(".nbm-series").count() == 3 * 3
+    assert plot.locator(".nbm-key").count() == 3
+    assert plot.locator('.nbm-series[data-proc="1"]').count() == 3
+    peaks = plot_module.peak_lines(Repo(lab.repo).read_usage(run_id))
+    assert row.locator(".nbm-usage-peaks").inner_text().splitlines() == peaks  # as the CLI says them
+    assert [p.split()[1] for p in peaks] == ["CPU", "memory", "GPU"]
+
+    # The rows are drawn anew every two seconds; a row that stays keeps its nodes: the plot
+    # stays open and the keyboard focus where it was.
+    view = row.locator(".nbm-usage-view").element_handle()
+    row.element_handle().evaluate("li => { li.dataset.old = 'yes'; }")
+    wait_until(lambda: page.evaluate("!document.querySelector('li[data-old]')"), 10, "the rows to be redrawn")
+    assert view.evaluate("node => node.isConnected && node.closest('li').dataset.key") == run_id
+    assert page.evaluate("document.activeElement.classList.contains('nbm-toggle')")
+
+    # A click on a legend key hides that process's areas and dims the key; another shows them.
+    key = plot.locator('.nbm-key[data-proc="1"]')
+    key.click()
+    wait_until(
+        lambda: all(s.is_hidden() for s in plot.locator('.nbm-series[data-proc="1"]').all()), 5, "hidden"
+    )
+    assert "nbm-off" in (key.get_attribute("class") or "")
+    assert key.get_attribute("aria-checked") == "false"
+    assert plot.locator('.nbm-series[data-proc="0"]').first.is_visible()
+    key.click()
+    wait_until(lambda: plot.locator('.nbm-series[data-proc="1"]').first.is_visible(), 5, "shown again")
+    assert "nbm-off" not in (key.get_attribute("class") or "")
+
+    # The keyboard does it too, and what is hidden stays hidden when the running run's plot is
+    # refreshed with the rows its history gained.
+    plot.locator('.nbm-key[data-proc="2"]').focus()
+    page.keyboard.press(" ")
+    columns = "JSON.parse(document.querySelector('.nbm-usage-plot metadata.nbm-data').textContent).t.length"
+    assert page.evaluate(columns) == 90
+    write_usage(Path(lab.repo), run_id, names, 5, start=now - 90, gpu=True)
+    wait_until(lambda: page.evaluate(columns) == 95, 20, "the plot to show the new rows")
+    assert all(s.is_hidden() for s in plot.locator('.nbm-series[data-proc="2"]').all())
+    assert page.evaluate("document.activeElement.dataset.proc") == "2"
+    page.keyboard.press("Enter")
+    wait_until(lambda: plot.locator('.nbm-series[data-proc="2"]').first.is_visible(), 5, "shown by keyboard")
+
+    # The pointer reads out the column under it: the time and each process's values.
+    panel = page.locator("#nbmonitor-runs")
+    tip = row.locator(".nbm-usage-tip")
+    point_at(page, plot)
+    assert tip.inner_text().startswith("at 5")  # about 57 s in
+    assert tip.locator("thead th").all_text_contents() == ["", "CPU", "memory", "GPU"]
+    cells = tip.locator("tbody tr").evaluate_all(
+        "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+    )
+    assert [row[0] for row in cells] == names
+    assert all(re.fullmatch(r"\d+%", row[1]) and re.fullmatch(r"\d+\.\d [MG]B", row[2]) for row in cells)
+    assert [row[3] != "" for row in cells] == [True, False, False]  # GPU memory: the main process's
+    panel.screenshot(path=str(ARTIFACTS / "runs-panel-usage.png"))
+
+    # A group's plot: each rank's processes, named by rank.
+    group = page.locator(".nbm-group", has_text="ddp-resnet")
+    group.locator("button.nbm-toggle").click()
+    ranks = group.locator(".nbm-usage-plot svg.nbmonitor-usage")
+    ranks.wait_for(timeout=15_000)
+    assert ranks.locator(".nbm-series").count() == 4 * 2  # no GPU memory: CPU and memory
+    assert [t.text_content() for t in ranks.locator(".nbm-key title").all()] == [
+        f"rank {r} main" for r in range(4)
+    ]
+    group.locator("button.nbm-toggle").click()
+    ranks.wait_for(state="detached", timeout=5_000)
+
+    wide = plot.bounding_box()["width"]
+    move_sidebar_edge(page, -320)
+    page.set_viewport_size({"width": 760, "height": 900})  # narrow
+    wait_until(lambda: (plot.bounding_box() or {"width": wide})["width"] < narrow, 10, "the plot to fit")
+    wait_until(lambda: plot.get_attribute("width") == "320", 10, "the plot drawn again, narrow")
+    point_at(page, plot)
+    panel.screenshot(path=str(ARTIFACTS / "runs-panel-usage-narrow.png"))
+
+    page.set_viewport_size({"width": 1400, "height": 900})
+    move_sidebar_edge(page, 320)
+    page.evaluate("window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})")
+    page.wait_for_selector('body[data-jp-theme-light="false"]', state="attached", timeout=30_000)
+    text = "getComputedStyle(document.querySelector('.nbm-usage-plot svg text')).fill"
+    wait_until(lambda: sum(map(int, re.findall(r"\d+", page.evaluate(text))[:3])) > 450, 30, "dark styles")
+    wait_until(lambda: plot.get_attribute("width") != "320", 10, "the plot drawn again, wide")
+    point_at(page, plot)
+    panel.screenshot(path=str(ARTIFACTS / "runs-panel-usage-dark.png"))
+
+
+def move_sidebar_edge(page: Any, by: float) -> None:
+    """Drag the edge between the left sidebar and the main area ``by`` pixels, as a person does."""
+    handle = page.locator("#jp-main-split-panel > .lm-SplitPanel-handle").first.bounding_box()
+    x, y = handle["x"] + handle["width"] / 2, handle["y"] + 200
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + by, y, steps=5)
+    page.mouse.up()
+
+
+def point_at(page: Any, plot: Any) -> None:
+    """The pointer over the plot's CPU panel, 60% of the way along: its read-out shows."""
+    box = wait_until(plot.bounding_box, 10, "the plot")
+    page.mouse.move(
+        box["x"] + box["width"] * 0.6, box["y"] + 40 * box["width"] / float(plot.get_attribute("width"))
+    )
+    plot.locator("xpath=../div[contains(@class, 'nbm-usage-tip')]").wait_for(state="visible", timeout=5_000)

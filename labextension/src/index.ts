@@ -5,6 +5,9 @@
  * it, the ones to blame marked; a run's multiprocessing workers are listed
  * under it.
  *
+ * A click on a run's (or a group's) name opens its usage plot under the row
+ * (./usage.ts); a click elsewhere on the row opens its notebook.
+ *
  * It polls the server extension's REST API (nbmonitor/api/runs) every two
  * seconds with Lumino's Poll: backing off while the server is unreachable
  * (and saying it is offline), standing by while the tab is hidden. Texts a
@@ -23,6 +26,8 @@ import { IStatusBar } from '@jupyterlab/statusbar';
 import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
+
+import { bytes, UsageView } from './usage';
 
 const POLL_MS = 2000;
 const MAX_BACKOFF_MS = 30000;
@@ -95,16 +100,6 @@ export interface IGroup {
   members: IMember[];
 }
 
-function bytes(n: number): string {
-  const units = ['B', 'KB', 'MB', 'GB', 'TB'];
-  let i = 0;
-  while (n >= 1024 && i < units.length - 1) {
-    n /= 1024;
-    i += 1;
-  }
-  return i === 0 ? `${n} B` : `${n.toFixed(1)} ${units[i]}`;
-}
-
 const RECENT_S = 3600;
 
 /** Active, or a problem of the last hour: what deserves attention now. */
@@ -133,6 +128,56 @@ function el(tag: string, className: string, text?: string): HTMLElement {
   return node;
 }
 
+/**
+ * Makes ``old`` like ``fresh`` in place: attributes, click handlers and text
+ * are brought over, children of the same tag (and the same ``data-key``, if
+ * any) are kept and made alike in turn, others replaced. An element of
+ * ``fresh`` marked ``data-keep`` keeps whatever stands in its place.
+ */
+function morph(old: Node, fresh: Node): void {
+  if (old instanceof CharacterData) {
+    if (old.data !== (fresh as CharacterData).data) {
+      old.data = (fresh as CharacterData).data;
+    }
+    return;
+  }
+  if (!(old instanceof HTMLElement && fresh instanceof HTMLElement)) {
+    return;
+  }
+  if (fresh.dataset.keep !== undefined) {
+    return;
+  }
+  for (const attr of Array.from(old.attributes)) {
+    if (!fresh.hasAttribute(attr.name)) {
+      old.removeAttribute(attr.name);
+    }
+  }
+  for (const attr of Array.from(fresh.attributes)) {
+    if (old.getAttribute(attr.name) !== attr.value) {
+      old.setAttribute(attr.name, attr.value);
+    }
+  }
+  old.onclick = fresh.onclick;
+  const before = Array.from(old.childNodes);
+  const after = Array.from(fresh.childNodes);
+  after.forEach((node, i) => {
+    const was = before[i];
+    if (was === undefined) {
+      old.appendChild(node);
+    } else if (
+      was.nodeName === node.nodeName &&
+      (was as HTMLElement).dataset?.key === (node as HTMLElement).dataset?.key
+    ) {
+      morph(was, node);
+    } else {
+      old.replaceChild(node, was);
+    }
+  });
+  for (const gone of before.slice(after.length)) {
+    gone.remove();
+  }
+}
+
 /** What a run's and a group's rows start with. */
 interface IHeaded {
   name: string;
@@ -143,13 +188,19 @@ interface IHeaded {
   since_progress_text: string | null;
 }
 
-/** A row's first two lines: dot, name and state; where it runs, its step, its last progress. */
+/**
+ * A row's first two lines: dot, name and state; where it runs, its step, its
+ * last progress. The name is a button that shows and hides the usage plot.
+ */
 function head(className: string, item: IHeaded, where: string): HTMLElement {
   const row = el('li', `${className} nbm-status-${item.status}`);
   row.dataset.status = item.status;
   const top = el('div', 'nbm-line');
   const dot = top.appendChild(el('span', 'nbm-dot', '●'));
-  top.appendChild(el('span', 'nbm-name', item.name));
+  const name = top.appendChild(el('button', 'nbm-name nbm-toggle'));
+  name.appendChild(el('span', 'nbm-chevron', '▸'));
+  name.firstElementChild!.setAttribute('aria-hidden', 'true');
+  name.appendChild(document.createTextNode(item.name));
   const state = top.appendChild(el('span', 'nbm-state', item.status));
   dot.style.color = state.style.color = item.colour;
   row.appendChild(top);
@@ -231,6 +282,11 @@ class RunsPanel extends Widget {
   );
   private _problem = el('div', 'nbm-problem');
   private _showAll = false;
+  /** The usage plots open now, by run or group id: kept (not redrawn) as rows are redrawn. */
+  private _usage = new Map<string, UsageView>();
+  /** The state of each run and group shown, by id: whether its plot needs refreshing. */
+  private _states = new Map<string, string>();
+  private _settings = ServerConnection.makeSettings();
 
   constructor(
     private _model: RunsModel,
@@ -283,15 +339,72 @@ class RunsPanel extends Widget {
     const groups = this._model.groups.filter(
       g => this._showAll || currentGroup(g)
     );
-    this._list.replaceChildren(
+    // Drawn anew, then laid over the rows shown: a row that stays keeps its nodes, and with
+    // them the keyboard focus, a selection of its text and its open usage plot.
+    const fresh = el('ul', this._list.className);
+    fresh.append(
       ...groups.map(group => this._groupRow(group)),
       ...runs.map(run => this._row(run))
     );
     if (runs.length + groups.length === 0) {
-      this._list.appendChild(
+      fresh.appendChild(
         el('li', 'nbm-empty', this._showAll ? 'no runs yet' : 'no active runs')
       );
     }
+    morph(this._list, fresh);
+    this._states = new Map([...runs, ...groups].map(e => [e.id, e.status]));
+    for (const [id, view] of this._usage) {
+      if (!this._states.has(id)) {
+        view.dispose(); // its row is gone (ended, and only active runs are shown)
+        this._usage.delete(id);
+        continue;
+      }
+      // A row that came new (or moved) holds a place for its plot: put the plot there.
+      this._list
+        .querySelector(`.nbm-usage-spot[data-key="${id}"]`)
+        ?.replaceWith(view.node);
+    }
+    this._refreshUsage();
+  }
+
+  protected onResize(msg: Widget.ResizeMessage): void {
+    super.onResize(msg);
+    this._refreshUsage();
+  }
+
+  private _refreshUsage(): void {
+    for (const [id, view] of this._usage) {
+      view.update(ACTIVE.has(this._states.get(id) ?? ''));
+    }
+  }
+
+  /** The row's name shows and hides the usage plot of ``id`` under it. */
+  private _usageOf(row: HTMLElement, id: string): void {
+    const button = row.querySelector<HTMLButtonElement>('.nbm-toggle')!;
+    const open = this._usage.get(id);
+    row.dataset.key = id;
+    button.setAttribute('aria-expanded', String(open !== undefined));
+    if (open) {
+      button.setAttribute('aria-controls', open.node.id);
+    }
+    button.title = open ? 'hide the usage plot' : 'show the usage plot';
+    button.querySelector('.nbm-chevron')!.textContent = open ? '▾' : '▸';
+    if (open) {
+      const spot = row.appendChild(el('div', 'nbm-usage-spot'));
+      spot.dataset.key = id;
+      spot.dataset.keep = '';
+    }
+    button.onclick = event => {
+      event.stopPropagation(); // not the row's click, which opens the notebook
+      const view = this._usage.get(id);
+      if (view) {
+        view.dispose();
+        this._usage.delete(id);
+      } else {
+        this._usage.set(id, new UsageView(id, this._settings));
+      }
+      this.render();
+    };
   }
 
   private _row(run: IRun): HTMLElement {
@@ -316,6 +429,7 @@ class RunsPanel extends Widget {
       row.title = `open ${path}`;
       row.onclick = () => this._open(path);
     }
+    this._usageOf(row, run.id);
     return row;
   }
 
@@ -358,6 +472,7 @@ class RunsPanel extends Widget {
       row.title = `open ${path}`;
       row.onclick = () => this._open(path);
     }
+    this._usageOf(row, group.id);
     return row;
   }
 
