@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from typing import Any
 
 from . import _format
@@ -44,13 +46,14 @@ __all__ = [
 
 FORMAT = 1
 #: (age in seconds below which, span of a row in seconds): full resolution for the last hour,
-#: ten seconds for the day, a minute for the week, ten minutes after that. A week of 16
-#: processes stays near 20 MB (benchmarks/ measures it).
+#: 30 seconds for the day, 5 minutes for the week, 30 minutes after that: a plot is some 330
+#: columns wide, so a day's plot needs no finer rows. A week of 16 processes stays within a
+#: few MB (benchmarks/ measures it).
 TIERS: tuple[tuple[float, float], ...] = (
     (3600.0, 1.0),
-    (86400.0, 10.0),
-    (7 * 86400.0, 60.0),
-    (math.inf, 600.0),
+    (86400.0, 30.0),
+    (7 * 86400.0, 300.0),
+    (math.inf, 1800.0),
 )
 LABEL_MAX = 80  # characters of a mark's label kept
 NAME_MAX = 60  # characters of a process's name kept
@@ -235,26 +238,26 @@ def clip(text: str, limit: int) -> str:
 # -- coarsening ---------------------------------------------------------------------------
 
 
-def span_for(age: float) -> float:
-    """The span a row ``age`` seconds old is kept at."""
-    return next(span for below, span in TIERS if age < below)
+def span_for(t: float, now: float) -> float:
+    """The span a row ending at ``t`` is kept at, at ``now``: the coarsest tier whose bucket
+    around ``t`` has aged, all of it, past the tier's age. Only whole buckets are merged, so a
+    bucket is merged once and no second row ever shares it."""
+    for (older_than, _), (_, span) in reversed(list(pairwise(TIERS))):
+        end = (math.floor((t - 1e-9) / span) + 1) * span
+        if now - end >= older_than:
+            return span
+    return TIERS[0][1]
 
 
 def coarsen(rows: Sequence[Row], now: float) -> list[Row]:
     """``rows`` (in time order) merged into the spans their age asks for at ``now`` (seconds
-    since the start): rows that fall into one bucket of ``span`` seconds become one row with
-    their averages (weighted by span) and peaks. Rows already coarse enough are kept."""
+    since the start): the rows of one bucket of ``span`` seconds become one row with their
+    averages (weighted by span) and peaks. Rows already coarse enough are kept as they are."""
     out: list[Row] = []
     bucket: list[Row] = []
-    key: tuple[float, float] | None = None
+    key: tuple[int, float] | None = None
     for row in rows:
-        span = span_for(now - row.t)
-        if span <= row.span:
-            if bucket:
-                out.append(merge(bucket, key[1] if key else span))
-                bucket, key = [], None
-            out.append(row)
-            continue
+        span = span_for(row.t, now)
         this = (math.floor((row.t - 1e-9) / span), span)
         if key is not None and this != key:
             out.append(merge(bucket, key[1]))
@@ -266,9 +269,59 @@ def coarsen(rows: Sequence[Row], now: float) -> list[Row]:
     return out
 
 
+_ROW_START = re.compile(r'\{"t":([-0-9.eE+]+),"d":([-0-9.eE+]+),')
+
+
+def coarsen_lines(lines: Sequence[str], now: float) -> list[str]:
+    """A history file's lines, coarsened as ``coarsen`` does, parsing only the rows it merges:
+    the header, then every other whole line as it was (processes, GPU names, marks), then the
+    rows in time order. A row's time and span are read from the start of its line, where
+    ``encode_row`` puts them; a line that is not whole (no newline) is dropped."""
+    if not lines:
+        return []
+    others: list[str] = []
+    rows: list[tuple[float, float, str]] = []
+    for line in lines[1:]:
+        found = _ROW_START.match(line)
+        if found is not None and line.endswith("\n"):
+            rows.append((float(found.group(1)), float(found.group(2)), line))
+        elif line.endswith("\n") and line.strip():
+            others.append(line)
+    rows.sort(key=lambda r: r[0])
+    out = [lines[0], *others]
+    bucket: list[tuple[float, float, str]] = []
+    key: tuple[int, float] | None = None
+
+    def close() -> None:
+        if len(bucket) == 1:
+            out.append(bucket[0][2])
+        elif bucket and key is not None:
+            try:
+                merged = merge(
+                    [_row(json.loads(line, parse_constant=_no_constants)) for *_, line in bucket], key[1]
+                )
+            except (ValueError, TypeError, KeyError, AttributeError):
+                out.extend(line for *_, line in bucket)  # left as they were; readers skip bad ones
+                return
+            out.append(encode_row(merged))
+
+    for t, _span, line in rows:
+        span = span_for(t, now)
+        this = (math.floor((t - 1e-9) / span), span)
+        if key is not None and this != key:
+            close()
+            bucket = []
+        bucket.append((t, _span, line))
+        key = this
+    close()
+    return out
+
+
 def merge(rows: Sequence[Row], span: float) -> Row:
-    """One row for ``rows``: averages weighted by each row's span, peaks the highest seen."""
-    if len(rows) == 1 and rows[0].span >= span:
+    """One row for ``rows`` (of one bucket of ``span`` seconds): averages weighted by each row's
+    span, peaks the highest seen. Its span is the seconds the rows cover, at most ``span`` (a
+    run's first bucket may be covered in part)."""
+    if len(rows) == 1:
         return rows[0]
     total = sum(r.span for r in rows) or 1.0
     processes: dict[int, Reading] = {}
@@ -302,7 +355,7 @@ def merge(rows: Sequence[Row], span: float) -> Row:
                 max(g.used_peak or g.used for _, g in seen),
             )
         )
-    return Row(max(r.t for r in rows), span, processes, tuple(gpus))
+    return Row(max(r.t for r in rows), min(span, total), processes, tuple(gpus))
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -353,7 +406,7 @@ def parse(lines: Iterable[str], run_id: str = "") -> History:
 
 
 def _read_line(history: History, line: str) -> None:
-    data = json.loads(line)
+    data = json.loads(line, parse_constant=_no_constants)
     if not isinstance(data, dict):
         raise _Bad("not an object")
     if "t" in data and "p" in data:
@@ -382,29 +435,40 @@ def _read_line(history: History, line: str) -> None:
         raise _Bad("unknown line")
 
 
+_NUMBER = (int, float)  # by exact type: a bool is no reading (json.loads never gives NaN here)
+
+
+def _count(value: object) -> bool:
+    """A byte count: a non-negative integer (an exact type check, fast: run for every reading)."""
+    return type(value) is int and value >= 0
+
+
+def _share(value: object) -> bool:
+    return type(value) in _NUMBER and value >= 0  # type: ignore[operator]  # checked
+
+
 def _row(data: dict[str, Any]) -> Row:
     span = data.get("d", 1.0)
-    if not _number(span) or span <= 0:
+    if not _share(span) or span == 0:
         raise _Bad("bad span")
-    peaks = data.get("k") or {}
-    if not isinstance(data["p"], dict) or not isinstance(peaks, dict):
+    readings, peaks = data["p"], data.get("k") or {}
+    if type(readings) is not dict or type(peaks) is not dict:
         raise _Bad("bad readings")
     processes: dict[int, Reading] = {}
-    for key, values in data["p"].items():
+    for key, values in readings.items():
         cpu, rss, pss, gpu = values
+        if not (
+            _share(cpu) and _count(rss) and (pss is None or _count(pss)) and (gpu is None or _count(gpu))
+        ):
+            raise _Bad("bad reading")
         peak = peaks.get(key)
-        cpu_peak, memory_peak, gpu_peak = (
-            peak if isinstance(peak, list) and len(peak) == 3 else (None, None, None)
-        )
-        processes[int(key)] = Reading(
-            _nonneg(cpu),
-            int(_nonneg(rss)),
-            _maybe_int(pss),
-            _maybe_int(gpu),
-            None if cpu_peak is None else _nonneg(cpu_peak),
-            _maybe_int(memory_peak),
-            _maybe_int(gpu_peak),
-        )
+        if peak is None:
+            processes[int(key)] = Reading(float(cpu), rss, pss, gpu)
+            continue
+        cpu_peak, memory_peak, gpu_peak = peak
+        if not (_share(cpu_peak) and _count(memory_peak) and (gpu_peak is None or _count(gpu_peak))):
+            raise _Bad("bad peak")
+        processes[int(key)] = Reading(float(cpu), rss, pss, gpu, float(cpu_peak), memory_peak, gpu_peak)
     gpu_peaks = {int(g[0]): g for g in data.get("gk") or ()}
     gpus = []
     for index, utilization, used, total in data.get("g") or ():
@@ -420,6 +484,10 @@ def _row(data: dict[str, Any]) -> Row:
             )
         )
     return Row(_t(data["t"]), float(span), processes, tuple(gpus))
+
+
+def _no_constants(name: str) -> None:
+    raise _Bad(f"{name} is no reading")
 
 
 def _number(value: object) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -72,25 +73,37 @@ def test_a_file_that_is_no_history_is_refused_naming_why(first: str, problem: st
 
 
 def test_coarsening_keeps_averages_and_peaks_and_the_recent_past_whole() -> None:
-    rows = [row(float(t), 100.0 if t % 10 == 5 else 0.0, 1000 + t) for t in range(1, 7201)]
+    rows = [row(float(t), 100.0 if t % 30 == 5 else 0.0, 1000 + t) for t in range(1, 7201)]
     kept = history.coarsen(rows, now=7200.0)
     old = [r for r in kept if r.t <= 3600]
     recent = [r for r in kept if r.t > 3600]
-    assert all(r.span == 10.0 for r in old)
-    assert len(old) == 360
+    assert all(r.span == 30.0 for r in old)
+    assert len(old) == 120
     assert all(r.span == 1.0 for r in recent[1:])  # the last hour at full resolution
     first = old[0].processes[0]
-    assert first.cpu == pytest.approx(10.0)  # one busy second in ten
+    assert first.cpu == pytest.approx(100 / 30)  # one busy second in thirty
     assert first.peak_cpu == 100.0
-    assert first.peak_memory == 1010
+    assert first.peak_memory == 1030
     assert history.coarsen(kept, now=7200.0) == kept  # coarse enough stays as it is
 
 
 def test_a_process_present_for_part_of_a_span_counts_for_its_share() -> None:
-    merged = history.merge([row(1.0, 50.0, 100), Row(2.0, 1.0, {0: Reading(50.0, 100, 100, None)})], 10.0)
-    assert merged.processes[1].cpu == pytest.approx(0.0)
+    merged = history.merge(
+        [row(1.0, 50.0, 100, 40.0, 10), Row(2.0, 1.0, {0: Reading(50.0, 100, 100, None)})], 10.0
+    )
+    assert merged.processes[1].cpu == pytest.approx(20.0)  # 40 % for one of the two seconds
+    assert merged.processes[1].peak_cpu == 40.0
     assert merged.processes[0].cpu == pytest.approx(50.0)
-    assert merged.span == 10.0
+    assert merged.span == 2.0  # the seconds the rows cover, not the bucket's ten
+
+
+def test_only_whole_buckets_are_merged_so_no_two_rows_share_one() -> None:
+    rows = [row(float(t), 1.0, 1) for t in range(1, 3700)]
+    for now in (3601.0, 3605.0, 3611.0, 3700.0, 4300.0):  # compactions at odd moments
+        rows = history.coarsen(rows, now)
+    buckets = [math.floor((r.t - 1e-9) / r.span) for r in rows if r.span > 1]
+    assert len(buckets) == len(set(buckets))
+    assert sum(r.span for r in rows) == pytest.approx(3699.0)  # every second counted once
 
 
 def test_peaks_name_the_process_that_held_the_most() -> None:
@@ -184,7 +197,7 @@ def test_the_recorder_flushes_every_few_seconds_and_compacts_after_an_hour(repo:
     assert [m.label for m in read.marks] == ["start"]
     coarse = [r for r in read.rows if r.span > 1]
     assert coarse, "an hour in, the oldest rows were merged"
-    assert all(r.span == 10.0 for r in coarse)
+    assert all(r.span == 30.0 for r in coarse)
     assert max(r.processes[0].peak_cpu for r in coarse) == 99.0  # the peaks survive merging
     assert read.rows[-1].t >= now - 5
 
@@ -339,3 +352,17 @@ def test_a_run_made_with_usage_off_records_marks_only(repo: Repo) -> None:
     with pytest.raises(TypeError, match="value must be a number"):
         run.mark("x", [1])  # type: ignore[arg-type]  # what the test is about
     json.dumps([m.text for m in read.marks])
+
+
+def test_coarsening_the_file_parses_only_what_it_merges_and_agrees_with_coarsening_rows() -> None:
+    rows = [row(float(t), float(t % 7), 1000 + t, 3.0, 2000) for t in range(1, 7300)]
+    lines = lines_of(*rows, marks=(Mark(5.0, "eval"),))
+    lines.insert(3, "torn line without its end")  # dropped: no reader could use it
+    text = history.coarsen_lines(lines, 7300.0)
+    read = history.parse(text)
+    as_written = [history.encode_row(r) for r in history.coarsen(rows, 7300.0)]  # CPU kept to 0.1 %
+    assert [history.encode_row(r) for r in read.rows] == as_written
+    assert read.skipped == 0
+    assert [m.label for m in read.marks] == ["eval"]
+    assert sorted(read.processes) == [0, 1]
+    assert history.coarsen_lines(text, 7300.0) == text  # nothing more to merge
