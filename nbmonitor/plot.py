@@ -282,14 +282,19 @@ def _names(history: History, numbers: Sequence[int]) -> dict[int, str]:
 
 def _axes(name: str, top: float, inner: int, high: str) -> str:
     bottom = top + _PANEL
+    # A name of two words takes two lines: "GPU memory" on one is wider than the margin.
+    words = name.split(" ", 1)
+    label = "".join(
+        f'<tspan x="{_LEFT - 6}" dy="{12 if i else 0}">{_esc(word)}</tspan>' for i, word in enumerate(words)
+    )
     return (
         f'<g class="nbm-axes">'
         f'<line x1="{_LEFT}" x2="{_LEFT + inner}" y1="{top}" y2="{top}" stroke="{_GRID}"/>'
         f'<line x1="{_LEFT}" x2="{_LEFT + inner}" y1="{bottom}" y2="{bottom}" stroke="{_GRID}"/>'
         f'<text x="{_LEFT - 6}" y="{top + 10}" fill="{_TEXT}" text-anchor="end">{_esc(high)}</text>'
         f'<text x="{_LEFT - 6}" y="{bottom}" fill="{_TEXT}" text-anchor="end">0</text>'
-        f'<text x="{_LEFT - 6}" y="{top + _PANEL / 2 + 4}" fill="{_TEXT}" text-anchor="end" '
-        f'font-weight="bold">{_esc(name)}</text></g>'
+        f'<text x="{_LEFT - 6}" y="{top + _PANEL / 2 + 4 - 6 * (len(words) - 1)}" fill="{_TEXT}" '
+        f'text-anchor="end" font-weight="bold">{label}</text></g>'
     )
 
 
