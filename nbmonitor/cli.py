@@ -16,9 +16,8 @@ from typing import Any, TextIO
 from . import _format, _notifiers_cli, _process
 from ._values import seconds_arg
 from ._version import version
-from .errors import CorruptRecordError, NbmonitorError
+from .errors import NbmonitorError
 from .groups import GroupObservation, gather, role
-from .history import History
 from .observe import Observation, Observer, watcher_info
 from .record import RunRecord
 from .repo import Repo, make_private
@@ -231,14 +230,7 @@ def _usage(repo: Repo, args: argparse.Namespace) -> int:
     from .history import combine
 
     label, members = _find(repo, args.run)
-    histories: list[tuple[str, History]] = []
-    for tag, record in members:
-        try:
-            histories.append((tag, repo.read_usage(record.id)))
-        except FileNotFoundError:
-            continue
-        except CorruptRecordError as e:
-            print(f"{PROG}: warning: left out {e}", file=sys.stderr)
+    histories = repo.read_usages([(tag, record.id) for tag, record in members])
     if not histories:
         raise NbmonitorError(
             f"{label} has no usage history (a run made with usage=False, or by an older nbmonitor)"

@@ -219,6 +219,20 @@ class Repo:
             )
         return history
 
+    def read_usages(self, members: list[tuple[str, str]]) -> list[tuple[str, History]]:
+        """The usage histories of several runs (a group's members), as (label, history) for
+        each ``(label, run id)`` that has one; one that cannot be read is left out with a
+        warning naming it: the others are still worth a plot."""
+        found = []
+        for label, run_id in members:
+            try:
+                found.append((label, self.read_usage(run_id)))
+            except FileNotFoundError:
+                continue
+            except CorruptRecordError as e:
+                log.warning("nbmonitor: left out %s", e)
+        return found
+
     def claim_path(self, run_id: str, key: str) -> Path:
         """The claim file of one event of a run; ids and keys are checked, so none points elsewhere."""
         _event(run_id, key)

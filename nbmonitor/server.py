@@ -43,6 +43,7 @@ __all__ = ["Nbmonitor", "load"]
 
 log = logging.getLogger("nbmonitor")
 WIDTH, MIN_WIDTH, MAX_WIDTH = 720, 320, 1600  # of the usage plot, in pixels
+_FIRST_LINES = 30.0  # seconds within which a new run's usage history is expected on disk
 
 
 class Nbmonitor(Configurable):
@@ -115,14 +116,7 @@ class _Reader:
             title = None
         except FileNotFoundError:
             name, members = self._group(run_id)
-            histories = []
-            for label, member in members:
-                try:
-                    histories.append((label, repo.read_usage(member)))
-                except FileNotFoundError:
-                    continue
-                except CorruptRecordError as e:  # the other members are still worth a plot
-                    log.warning("nbmonitor: left out %s", e)
+            histories = repo.read_usages(members)
             if not histories:
                 raise _NoPlot(_no_history(repo, run_id, bool(members))) from None
             history, title = combine(histories), f"{name} (group of {len(members)})"
@@ -175,9 +169,11 @@ def _no_history(repo: Repo, run_id: str, group: bool) -> str:
     if group:
         return f"no member of group {run_id} has a usage history"
     try:
-        repo.read_run(run_id)
+        record = repo.read_run(run_id)
     except (FileNotFoundError, CorruptRecordError, OSError):
         return f"no run or group {run_id}"
+    if not record.ended and time.time() - record.started_at < _FIRST_LINES:
+        return f"run {run_id} has no usage history yet: its first lines are written within seconds"
     return f"run {run_id} has no usage history (made with usage=False, or by an older nbmonitor)"
 
 
