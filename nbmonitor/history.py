@@ -59,10 +59,10 @@ LABEL_MAX = 80  # characters of a mark's label kept
 NAME_MAX = 60  # characters of a process's name kept
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a week's history makes 130,000 of them, three times faster
 class Reading:
     """One process over one row's span: averages, and the peaks when the span is longer than one
-    reading (else the peaks are the values)."""
+    reading (else the peaks are the values). Never changed once made."""
 
     cpu: float  # percent of one core
     rss: int  # bytes
@@ -546,11 +546,6 @@ def peaks(history: History) -> dict[str, Peak]:
         info = history.processes.get(top[1])
         found[resource] = Peak(best[0], best[1], info.name if info else f"process {top[1]}", top[0])
     return found
-
-
-def process_label(history: History, number: int) -> str:
-    info = history.processes.get(number)
-    return f"{info.name} (pid {info.pid})" if info else f"process {number}"
 
 
 def combine(histories: Sequence[tuple[str, History]]) -> History:
