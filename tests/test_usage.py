@@ -84,3 +84,69 @@ def test_pss_is_read_for_a_few_processes_a_sample_and_scaled_from_rss_between(
         for child in children:
             child.kill()
             child.wait()
+
+
+class _FakeNvml:
+    """The calls Sampler makes of pynvml, answering for two GPUs (no GPU is lent to these tests:
+    a machine with one checks the readings against nvidia-smi)."""
+
+    class NVMLError(Exception):
+        pass
+
+    class NVMLError_LibraryNotFound(NVMLError):  # pynvml's names
+        pass
+
+    class NVMLError_DriverNotLoaded(NVMLError):
+        pass
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+
+    def nvmlInit(self) -> None:
+        pass
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        return index
+
+    def nvmlDeviceGetName(self, handle: int) -> bytes:
+        return b"NVIDIA H100 80GB HBM3"
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> object:
+        return type("Memory", (), {"used": (handle + 1) * 2**30, "total": 80 * 2**30})()
+
+    def nvmlDeviceGetUtilizationRates(self, handle: int) -> object:
+        return type("Rates", (), {"gpu": 50 + handle})()
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[object]:
+        # Ours on both devices, another user's process on device 1, one with no figure.
+        mine = [type("P", (), {"pid": pid, "usedGpuMemory": 2**28})() for pid in self.pids]
+        other = type("P", (), {"pid": 1, "usedGpuMemory": 2**33})()
+        hidden = type("P", (), {"pid": self.pids[0], "usedGpuMemory": None})()
+        return [*mine, other, hidden] if handle else mine
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: int) -> list[object]:
+        return []
+
+
+def test_gpu_memory_is_each_processes_own_summed_over_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml([os.getpid(), child.pid]))
+        wait_until = time.monotonic() + 10
+        usage = Sampler().sample(0.0)
+        while len(usage.each) < 2 and time.monotonic() < wait_until:
+            usage = Sampler().sample(0.0)
+        by_pid = {p.pid: p for p in usage.each}
+        assert by_pid[os.getpid()].gpu_memory == 2 * 2**28  # 256 MB on each of two devices
+        assert by_pid[child.pid].gpu_memory == 2 * 2**28
+        assert [g.process_memory for g in usage.gpus] == [2 * 2**28, 2 * 2**28]  # not the other user's
+        assert [(g.utilization, g.memory_used) for g in usage.gpus] == [(50.0, 2**30), (51.0, 2 * 2**30)]
+        assert usage.gpu_error is None
+    finally:
+        child.kill()
+        child.wait()
