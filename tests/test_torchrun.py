@@ -57,7 +57,9 @@ def torchrun(tmp_path: Path, repo: Repo, *args: str) -> Proc:
     script = tmp_path / "train.py"
     script.write_text(TRAIN)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={RANKS}"]
-    return Proc([*command, str(script), *args], repo.path, env={"OMP_NUM_THREADS": "1"})
+    # Usage history on disk every second (not five): tests wait for it.
+    env = {"OMP_NUM_THREADS": "1", "NBMONITOR_USAGE_FLUSH": "1"}
+    return Proc([*command, str(script), *args], repo.path, env=env)
 
 
 def members(repo: Repo) -> dict[int, RunRecord]:
@@ -229,10 +231,21 @@ def test_dataloader_workers_are_named_by_their_number_in_the_usage_history(tmp_p
 def test_a_group_s_usage_is_its_ranks_side_by_side(
     tmp_path: Path, repo: Repo, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    job = torchrun(tmp_path, repo, "5.0", "30", "-1", "0", str(tmp_path / "go"))
+    go = tmp_path / "go"
+    job = torchrun(tmp_path, repo, "30.0", "30", "0", "5", str(go))  # rank 0 waits at step 5
     try:
+
+        def sampled() -> bool:
+            runs = repo.runs()
+            return len(runs) == RANKS and all(
+                len(h.rows) >= 2 for _, h in repo.read_usages([("", r.id) for r in runs])
+            )
+
+        wait_until(sampled, 60, "two seconds of usage from every rank")
+        go.touch()
         assert job.wait_exit(timeout=120) == 0, job.text
     finally:
+        go.touch()
         job.stop()
     ranks = members(repo)
     group = group_id(ranks[0].group.job, "ddp")  # type: ignore[union-attr]  # checked in members()
