@@ -327,11 +327,6 @@ class Run:
         """The run's usage history as it is recorded (None when it records no usage)."""
         return self._history if self._records_usage else None
 
-    @property
-    def history(self) -> _recorder.RunHistory:
-        """The run's history: its marks, and its usage when it records usage."""
-        return self._history
-
     def end_as(self, exc: BaseException | None) -> None:
         """End the run as ``exc`` says: None finishes it, KeyboardInterrupt interrupts it,
         ``sys.exit()`` finishes or fails it by its status, any other exception fails it."""
