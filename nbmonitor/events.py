@@ -33,6 +33,7 @@ class MemberInfo:
     state: str
     since_progress: float
     error: str | None = None
+    stuck: str | None = None  # where its thread is stuck (RunRecord.stuck_in)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -51,6 +52,7 @@ class MemberInfo:
             state=_text(data, "state"),
             since_progress=_number(data, "since_progress"),
             error=None if error is None else _text(data, "error"),
+            stuck=None if data.get("stuck") is None else _text(data, "stuck"),
         )
         if not is_run_id(member.run_id):
             raise ValueError(f"field 'run_id' is not a run id: {member.run_id[:40]!r}")

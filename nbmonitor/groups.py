@@ -177,5 +177,13 @@ def _member_info(obs: Observation) -> MemberInfo:
     run = obs.run
     error = run.error.summary() if run.error else None
     return MemberInfo(
-        run.id, role(obs), run.host, run.pid, run.step, obs.state.value, obs.since_progress, error
+        run.id,
+        role(obs),
+        run.host,
+        run.pid,
+        run.step,
+        obs.state.value,
+        obs.since_progress,
+        error,
+        run.stuck_in,
     )

@@ -22,6 +22,7 @@ __all__ = [
     "Origin",
     "RunRecord",
     "RunUsage",
+    "StackFrame",
     "UsagePeak",
     "WorkerField",
     "is_run_id",
@@ -107,6 +108,22 @@ class RunUsage:
 
 
 @dataclass(frozen=True, slots=True)
+class StackFrame:
+    """One frame of a stack: a code location and its source line, never a variable."""
+
+    function: str
+    file: str  # the path as Python knows it ("<ipython-input-3-…>" in a kernel)
+    line: int
+    code: str = ""  # the source line, stripped, clipped
+
+    @property
+    def where(self) -> str:
+        """``wait_for_batch (data.py:42)``."""
+        name = self.file.replace("\\", "/").rsplit("/", 1)[-1]
+        return f"{self.function} ({name}:{self.line})"
+
+
+@dataclass(frozen=True, slots=True)
 class GroupField:
     """The run is a member of a job's group (nbmonitor.membership): its job, launcher and rank."""
 
@@ -175,13 +192,28 @@ class RunRecord:
     #: The torch.distributed call (all_reduce, barrier, ...) a group member's thread was in when
     #: its file was written: it waits for the others there.
     waiting: str | None = None
+    #: Where the run's thread was when it turned late or stalled (innermost frame first), as the
+    #: writer thread of its process saw it; kept after it recovers. Empty: never seen stuck.
+    stack: tuple[StackFrame, ...] = ()
+    #: "late" or "stalled": which the stack was taken at; ``stack_at`` when (wall clock).
+    stack_state: str | None = None
+    stack_at: float | None = None
     format: int = field(default=FORMAT)
+
+    @property
+    def stuck_in(self) -> str | None:
+        """Where its thread is stuck, innermost first, if it was seen stuck since its last
+        progress: ``wait_for_batch (data.py:42) ← train (train.py:88)``."""
+        if not self.stack or self.stack_at is None or self.stack_at < self.last_progress_at:
+            return None
+        return " ← ".join(frame.where for frame in self.stack[:_WHERE_FRAMES])
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
         data = asdict(self)
         data["origin"]["argv"] = list(self.origin.argv)
         data["workers"] = [asdict(w) for w in self.workers]
+        data["stack"] = [asdict(f) for f in self.stack]
         if self.usage is not None:
             data["usage"]["peaks"] = [asdict(p) for p in self.usage.peaks]
         return data
@@ -243,6 +275,9 @@ class RunRecord:
             heartbeat=get.duration("heartbeat"),
             workers=_workers(data.get("workers")),
             waiting=get.opt_text("waiting"),
+            stack=_stack(data.get("stack")),
+            stack_state=_stack_state(get.opt_text("stack_state")),
+            stack_at=get.opt_number("stack_at"),
             format=fmt,
         )
 
@@ -389,6 +424,33 @@ def _group(data: object) -> GroupField | None:
         local_rank=get.opt_integer("local_rank"),
         mode=mode,
     )
+
+
+_MAX_FRAMES = 32
+_WHERE_FRAMES = 3  # frames named in one line of an alarm
+_STACK_STATES = ("late", "stalled")
+
+
+def _stack(data: object) -> tuple[StackFrame, ...]:
+    if data is None:
+        return ()
+    if not isinstance(data, list) or len(data) > _MAX_FRAMES:
+        raise ValueError(f"field 'stack' must be a list of at most {_MAX_FRAMES} objects")
+    found = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise ValueError(f"field 'stack.{i}' must be an object, got {_kind(item)}")
+        get = _Fields(item, f"stack.{i}.")
+        found.append(
+            StackFrame(get.text("function"), get.text("file"), get.integer("line"), get.text("code"))
+        )
+    return tuple(found)
+
+
+def _stack_state(value: str | None) -> str | None:
+    if value is not None and value not in _STACK_STATES:
+        raise ValueError(f"field 'stack_state' must be one of {', '.join(_STACK_STATES)} or null")
+    return value
 
 
 def _workers(data: object) -> tuple[WorkerField, ...]:

@@ -24,10 +24,10 @@ from itertools import chain
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from . import _board, _process, _recorder, _values, _writer, rules
+from . import _board, _process, _recorder, _stacks, _values, _writer, rules
 from ._once import Trouble
 from .errors import RepoError
-from .record import ErrorInfo, GroupField, Origin, RunRecord, RunUsage, clip
+from .record import ErrorInfo, GroupField, Origin, RunRecord, RunUsage, StackFrame, clip
 from .repo import Repo
 
 if TYPE_CHECKING:
@@ -96,6 +96,9 @@ class Run:
         "_records_usage",
         "_repo",
         "_seen",
+        "_stack",
+        "_stack_at",
+        "_stack_state",
         "_stalled_at",
         "_started_at",
         "_status",
@@ -172,6 +175,9 @@ class Run:
         self._written_seen, self._written_mono = -1, self._last_mono
         self._last_write = -math.inf
         self._stalled_at: float | None = None  # when it missed its promise (a mark was made)
+        self._stack: tuple[StackFrame, ...] = ()  # where its thread was when it turned late or stalled
+        self._stack_state: str | None = None
+        self._stack_at: float | None = None
         self._records_usage = bool(usage)
         self._history = _recorder.RunHistory(
             self._repo, self._id, self._name, _process.host(), self._started_at, self._last_mono
@@ -370,14 +376,12 @@ class Run:
             progress, step = self._counts()
             if progress != self._seen:
                 self._seen, self._last_wall, self._last_mono = progress, now_wall, now_mono
+                self._stack_state = None  # the stack stays, for whoever asks where it was stuck
                 if self._stalled_at is not None:
                     self._stalled_at = None
                     self._history.mark("recovered", None, now_mono, by="nbmonitor")
-            elif self._eta is not None and self._stalled_at is None and self._status == "running":
-                deadline = self._eta + rules.grace_for(self._eta, self._grace)
-                if now_mono - self._last_mono > deadline:
-                    self._stalled_at = self._last_mono + deadline
-                    self._history.mark("stalled", None, self._stalled_at, by="nbmonitor")
+            elif self._eta is not None and self._status == "running":
+                self._late(now_wall, now_mono)
             self._history.flush(now_mono, force=self._status != "running")
             if self._abandoned and self._status == "running":
                 if self._abandoned_at is None:
@@ -396,6 +400,7 @@ class Run:
                 # Not the usage: it changes every second, and rides along with the next write.
                 self._crew.version if self._crew is not None else 0,
                 self._waiting,
+                self._stack_at,
             )
             final = self._status != "running"
             if state == self._written:
@@ -413,6 +418,24 @@ class Run:
             self._write_trouble.over("nbmonitor: run %r is written to %s again", self._name, self._repo.path)
             self._written, self._written_seen, self._written_mono = state, self._seen, self._last_mono
             return final
+
+    def _late(self, now_wall: float, now_mono: float) -> None:
+        """No progress since ``_last_mono``: past the ETA, take the stack of the run's thread (to
+        say where it is stuck); past ETA + grace, again, and mark the stall."""
+        assert self._eta is not None
+        since = now_mono - self._last_mono
+        deadline = self._eta + rules.grace_for(self._eta, self._grace)
+        if since > deadline and self._stalled_at is None:
+            self._stalled_at = self._last_mono + deadline
+            self._history.mark("stalled", None, self._stalled_at, by="nbmonitor")
+            self._take_stack("stalled", now_wall)
+        elif since > self._eta and self._stack_state is None:
+            self._take_stack("late", now_wall)
+
+    def _take_stack(self, state: str, now_wall: float) -> None:
+        stack = _stacks.capture(self._owner)
+        if stack or self._stack_state is None:
+            self._stack, self._stack_state, self._stack_at = stack, state, now_wall
 
     def _write_due(self, now_mono: float) -> bool:
         """Whether a changed run's file is due: once a second, or sooner when the file's last
@@ -464,6 +487,9 @@ class Run:
             heartbeat=_heartbeat(),
             workers=self._crew.fields() if self._crew is not None else (),
             waiting=self._waiting,
+            stack=self._stack,
+            stack_state=self._stack_state,
+            stack_at=self._stack_at,
         )
 
     def _set_end(self, status: str, error: ErrorInfo | None, now_wall: float) -> None:

@@ -54,13 +54,14 @@ FIELDS: Mapping[str, str] = {
     "members": "how many members of the group are in which state",
     "workers": "the run's multiprocessing workers that failed or crashed, and how (empty if none)",
     "peaks": "the run's peak memory, CPU and GPU memory, each with the process that held most (or nothing)",
+    "stack": "where a stalled run's code is stuck, innermost first (or why that is not known)",
 }
 
 #: Default text per event: which run, where, what happened, for how long, which step.
 DEFAULTS: Mapping[str, str] = {
     "stalled": (
         "{name} stalled: no progress for {since_progress} (promised within {eta}). "
-        "{origin} on {host}, pid {pid}, step {steps}.{workers}{peaks}"
+        "{origin} on {host}, pid {pid}, step {steps}.{stack}{workers}{peaks}"
     ),
     "recovered": "{name} recovered: making progress again. {origin} on {host}, step {steps}.",
     "crashed": (
@@ -129,6 +130,7 @@ def fields(event: Event) -> dict[str, str]:
         "members": "",
         "workers": _workers(run),
         "peaks": f" {peaks_text(run)}." if run.usage is not None and run.usage.peaks else "",
+        "stack": _stack(event.kind, run),
     }
     group = event.group
     if group is not None:
@@ -155,6 +157,22 @@ def _workers(run: RunRecord) -> str:
     named = [f"{w.name}, pid {w.pid}: {w.state}" + (f", {w.exit}" if w.exit else "") for w in bad]
     more = f"; and {len(bad) - _WORKERS_NAMED} more" if len(bad) > _WORKERS_NAMED else ""
     return f" {'Worker' if len(bad) == 1 else 'Workers'} " + "; ".join(named[:_WORKERS_NAMED]) + more + "."
+
+
+def _stack(kind: str, run: RunRecord) -> str:
+    """`` Stuck in wait_for_batch (data.py:42) ← train (train.py:88).`` for a stall; when the run's
+    process never said (its writer thread could not run), that it is not known and why."""
+    if kind != "stalled":
+        return ""
+    where = run.stuck_in
+    if where is not None:
+        return f" Stuck in {_format.one_line(where)}."
+    if run.heartbeat is None:
+        return ""  # an older writer, which never takes stacks
+    return (
+        " Where it is stuck is not known: its process did not say (one long C call holding the GIL "
+        "stops its monitor thread too)."
+    )
 
 
 _PEAK_NAMES = (("memory", "peak memory"), ("cpu", "peak CPU"), ("gpu_memory", "peak GPU memory"))
@@ -189,6 +207,8 @@ def blame(group: GroupInfo) -> str:
             phrase += f", {behind:g} behind the median"
         if member.state in ("stalled", "late"):
             phrase += f", no progress for {_format.duration(member.since_progress)}"
+            if member.stuck:
+                phrase += f", stuck in {_format.one_line(member.stuck)}"
         parts.append(phrase)
     return "; ".join(parts) or "no member in particular"
 
@@ -226,9 +246,13 @@ def _status(kind: str) -> str:
 
 
 def _sample() -> Event:
-    from .record import Origin, RunRecord
+    from .record import Origin, RunRecord, StackFrame
 
     now = time.time()
+    stack = (
+        StackFrame("wait_for_batch", "/home/me/experiments/data.py", 42, "batch = queue.get()"),
+        StackFrame("train", "/home/me/experiments/train.py", 88, "batch = wait_for_batch()"),
+    )
     run = RunRecord(
         id="0123456789abcdef0123456789abcdef",
         name="train-resnet",
@@ -247,6 +271,9 @@ def _sample() -> Event:
         last_progress_at=now - 95,
         last_progress_mono=0.0,
         updated_at=now - 95,
+        stack=stack,
+        stack_state="stalled",
+        stack_at=now - 60,
     )
     return Event("stalled", "stalled-1200", run, now, 95.0, 3.0, "sample")
 

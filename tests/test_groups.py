@@ -169,6 +169,30 @@ def test_the_rank_that_stopped_first_is_blamed_and_not_those_waiting_behind_it()
     assert [m.run.group.rank for m in group.blamed if m.run.group] == [1]
 
 
+def test_the_group_alarm_names_where_the_straggler_is_stuck() -> None:
+    from nbmonitor import templates
+    from nbmonitor.events import Event
+    from nbmonitor.record import StackFrame
+
+    stuck = (StackFrame("wait_for_batch", "/w/data.py", 42), StackFrame("train", "/w/train.py", 88))
+    waiting = (StackFrame("all_reduce", "/t/distributed_c10d.py", 2501),)
+    group = combine(
+        [
+            member(
+                0, State.STALLED, step=1200, since=95, waiting="all_reduce", stack=waiting, stack_at=2050.0
+            ),
+            member(1, State.STALLED, step=1200, since=95, stack=stuck, stack_at=2050.0),
+        ]
+    )
+    event = Event("stalled", "stalled-2400", group.members[0].run, 2100.0, 95.0, 3.0, "test", group.info())
+    text = templates.text_for(event)
+    assert (
+        "rank 1 on box, pid 101: step 1200, no progress for 1 min 35 s, "
+        "stuck in wait_for_batch (data.py:42) ← train (train.py:88)" in text
+    )
+    assert "all_reduce (distributed_c10d.py" not in text  # the ranks waiting behind it are not named
+
+
 def test_without_a_collective_to_see_the_lowest_step_then_the_longest_silence_is_blamed() -> None:
     lowest = combine([member(0, State.STALLED, step=1240), member(5, State.STALLED, step=1200)])
     assert [m.run.pid for m in lowest.blamed] == [105]

@@ -15,7 +15,7 @@ from pathlib import Path
 import nbmonitor
 from nbmonitor.cli import TIME_FORMAT
 from nbmonitor.events import Event
-from nbmonitor.record import Origin
+from nbmonitor.record import Origin, StackFrame
 from nbmonitor.repo import Repo
 from nbmonitor.templates import SAMPLE, describe
 
@@ -81,6 +81,8 @@ def test_the_readmes_sample_event_line_is_what_the_watcher_prints() -> None:
     run = SAMPLE.run.with_changes(
         id="2d5bbffa" + "0" * 24, name="hang", origin=Origin("script", path="/home/me/s1.py"), host="vm",
         pid=3426, step=3, total=10, eta=1.0,
+        stack=(StackFrame("wait_for_batch", "/home/me/s1.py", 7),
+               StackFrame("<module>", "/home/me/s1.py", 12)),
     )  # fmt: skip
     assert line == describe(Event("stalled", "stalled-3", run, 0.0, 3.2, 2.0, "watcher"))
 

@@ -93,3 +93,21 @@ def test_a_crash_names_the_peaks_and_the_process_that_held_most() -> None:
         templates.fields(templates.SAMPLE.__class__("crashed", "end", plain, 0.0, 1.0, None, "x"))["peaks"]
         == ""
     )
+
+
+def test_a_stall_says_where_the_code_is_stuck_or_why_that_is_not_known() -> None:
+    text = templates.text_for(templates.SAMPLE)
+    assert " Stuck in wait_for_batch (data.py:42) ← train (train.py:88)." in text
+    run = templates.SAMPLE.run
+    silent = run.with_changes(stack=(), stack_state=None, stack_at=None, heartbeat=10.0)
+    unknown = templates.text_for(
+        templates.SAMPLE.__class__("stalled", "stalled-1", silent, 0.0, 9.0, 2.0, "x")
+    )
+    assert "Where it is stuck is not known: its process did not say" in unknown
+    # A stack from before its last progress is not where it is now.
+    old = run.with_changes(stack_at=run.last_progress_at - 1)
+    assert "Stuck in" not in templates.text_for(
+        templates.SAMPLE.__class__("stalled", "s", old, 0.0, 9.0, 2.0, "x")
+    )
+    crashed = templates.SAMPLE.__class__("crashed", "end", run, 0.0, 9.0, None, "x")
+    assert templates.fields(crashed)["stack"] == ""
