@@ -25,6 +25,7 @@ from .events import Event
 from .groups import GroupObservation
 from .observe import Observation
 from .outbox import claim_event
+from .record import RunRecord
 from .repo import Repo
 from .templates import describe
 
@@ -56,8 +57,12 @@ class Claimer:
         emit: Callable[[Event], None] = log_event,
         role: str = "watcher",
         wall: Callable[[], float] = time.time,
+        outside: Callable[[RunRecord], RunRecord] | None = None,
     ) -> None:
         self.repo = repo
+        #: For a stalled run whose process did not say where it is stuck: the record with a stack
+        #: read from outside (a watcher's py-spy), or saying why there is none.
+        self.outside = outside
         self.notifiers = notifiers  # who wants which event, as the sender knows them now
         self.emit = emit
         self.seen_by = f"{role} {os.getpid()}@{_process.host()}"
@@ -125,7 +130,10 @@ class Claimer:
 
     def _event(self, obs: Observation, now: float, due: rules.Due) -> Event:
         grace = obs.grace if due.event == "stalled" else None
-        return Event(due.event, due.key, obs.run, now, obs.since_progress, grace, self.seen_by)
+        run = obs.run
+        if due.event == "stalled" and self.outside is not None and run.stuck_in is None:
+            run = self.outside(run)
+        return Event(due.event, due.key, run, now, obs.since_progress, grace, self.seen_by)
 
     def _group_event(self, group: GroupObservation, now: float, due: rules.Due) -> Event:
         # The event speaks of the member to blame (or the first): its host, pid and step.

@@ -198,6 +198,12 @@ class RunRecord:
     #: "late" or "stalled": which the stack was taken at; ``stack_at`` when (wall clock).
     stack_state: str | None = None
     stack_at: float | None = None
+    #: Who took the stack: "process" (its own writer thread) or "py-spy" (a watcher, from outside,
+    #: when the process could not say); and, in an event, why no stack could be had.
+    stack_from: str = "process"
+    stack_error: str | None = None
+    #: The native id of the thread that owns the run (what py-spy and the OS call it).
+    thread_id: int | None = None
     format: int = field(default=FORMAT)
 
     @property
@@ -278,6 +284,9 @@ class RunRecord:
             stack=_stack(data.get("stack")),
             stack_state=_stack_state(get.opt_text("stack_state")),
             stack_at=get.opt_number("stack_at"),
+            stack_from=get.opt_text("stack_from") or "process",
+            stack_error=get.opt_text("stack_error"),
+            thread_id=get.opt_integer("thread_id"),
             format=fmt,
         )
 

@@ -490,6 +490,7 @@ class Run:
             stack=self._stack,
             stack_state=self._stack_state,
             stack_at=self._stack_at,
+            thread_id=self._owner.native_id,
         )
 
     def _set_end(self, status: str, error: ErrorInfo | None, now_wall: float) -> None:

@@ -166,12 +166,14 @@ def _stack(kind: str, run: RunRecord) -> str:
         return ""
     where = run.stuck_in
     if where is not None:
-        return f" Stuck in {_format.one_line(where)}."
+        seen = " (read by py-spy: its process could not say)" if run.stack_from == "py-spy" else ""
+        return f" Stuck in {_format.one_line(where)}{seen}."
     if run.heartbeat is None:
         return ""  # an older writer, which never takes stacks
+    why = f"; {_format.one_line(run.stack_error)}" if run.stack_error else ""
     return (
         " Where it is stuck is not known: its process did not say (one long C call holding the GIL "
-        "stops its monitor thread too)."
+        f"stops its monitor thread too){why}."
     )
 
 

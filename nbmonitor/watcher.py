@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from . import _process
+from . import _process, _pyspy
 from ._format import one_line
 from .claims import Claimer, log_event
 from .config import NotifierConfig
@@ -53,6 +53,7 @@ class Watcher:
         boot_id: str | None = None,
         role: str = "watcher",
         interval: float = 1.0,
+        outside: Callable[[RunRecord], RunRecord] | None = None,
     ) -> None:
         self.repo = repo
         self.observer = Observer(
@@ -65,7 +66,7 @@ class Watcher:
             boot_id=boot_id,
             interval=interval,
         )
-        self.claimer = Claimer(repo, notifiers=notifiers, emit=emit, role=role, wall=wall)
+        self.claimer = Claimer(repo, notifiers=notifiers, emit=emit, role=role, wall=wall, outside=outside)
         self._said: set[tuple[str, str]] = set()  # (group id, problem) already warned of
 
     @property
@@ -143,7 +144,10 @@ def serve(
         write_atomic(repo.watcher_file, info)
         sender = Sender(repo)
         sender.start(interval)
-        watcher = Watcher(repo, grace=grace, notifiers=sender.configs, interval=interval)
+        # A stalled run whose process cannot say where it is stuck: read from outside (py-spy).
+        watcher = Watcher(
+            repo, grace=grace, notifiers=sender.configs, interval=interval, outside=_pyspy.outside_stack
+        )
         log.info("nbmonitor-watcher (pid %d) watching %s every %g s", os.getpid(), repo.path, interval)
         next_poll = time.monotonic()
         present = True

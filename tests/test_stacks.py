@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
+
 import nbmonitor
-from nbmonitor import _stacks, _writer
+from nbmonitor import _process, _stacks, _writer
 from nbmonitor.config import NotifierConfig, NotifierStore
 from nbmonitor.repo import Repo
 
@@ -138,7 +140,7 @@ def test_the_stalled_alarm_says_where_the_code_is_stuck(
     assert f"wait_for_batch (stuck.py:{sleep_line})" in line
 
 
-def test_a_run_held_in_one_c_call_is_still_stalled_and_the_alarm_says_where_is_not_known(
+def test_a_run_held_in_one_c_call_is_still_stalled_and_its_stack_read_from_outside(
     tmp_path: Path, repo: Repo
 ) -> None:
     script = tmp_path / "regex.py"
@@ -151,4 +153,26 @@ def test_a_run_held_in_one_c_call_is_still_stalled_and_the_alarm_says_where_is_n
         finally:
             held.stop()
     (line,) = watcher.matching("STALLED")
-    assert "Where it is stuck is not known: its process did not say" in line
+    match = line_of(GIL, "re.match(")
+    assert "Stuck in match (__init__.py:" in line  # re.match, then the line that called it
+    assert f"← <module> (regex.py:{match}) (read by py-spy: its process could not say)." in line
+
+
+def test_without_py_spy_or_the_right_to_use_it_the_alarm_says_why_there_is_no_stack(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nbmonitor import _pyspy, templates
+    from nbmonitor.events import Event
+
+    stalled = templates.SAMPLE.run.with_changes(stack=(), stack_state=None, stack_at=None, heartbeat=10.0)
+    here = stalled.with_changes(host=_process.host(), pid=2**22 + 12345)  # no such process
+    monkeypatch.setattr(_pyspy, "_py_spy", lambda: None)
+    missing = _pyspy.outside_stack(here)
+    assert missing.stack == ()
+    event = Event("stalled", "stalled-1", missing, 0.0, 9.0, 2.0, "watcher")
+    assert "py-spy is not installed (pip install 'nbmonitor[stacks]')" in templates.text_for(event)
+    monkeypatch.undo()
+    failed = _pyspy.outside_stack(here)
+    assert failed.stack_error is not None
+    assert failed.stack_error.startswith(f"py-spy could not read pid {here.pid}: ")
+    assert _pyspy.outside_stack(stalled) is stalled  # another host's process: nothing to read here
