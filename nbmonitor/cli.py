@@ -22,7 +22,7 @@ from .observe import Observation, Observer, watcher_info
 from .record import RunRecord
 from .repo import Repo, make_private
 from .rules import TERMINAL
-from .templates import job_label
+from .templates import job_label, peaks_text
 from .watcher import serve
 
 __all__ = ["main"]
@@ -88,8 +88,13 @@ def _parser() -> argparse.ArgumentParser:
     stop = commands.add_parser("stop", help="stop the watcher of the repo")
     stop.set_defaults(func=_stop)
 
-    status = commands.add_parser("status", help="say whether a watcher runs, and list the runs")
+    status = commands.add_parser(
+        "status", help="say whether a watcher runs, and list the runs (or tell of one: where it is stuck)"
+    )
     status.add_argument("--all", action="store_true", help="list every ended run, not only the latest")
+    status.add_argument(
+        "run", metavar="RUN", nargs="?", help="one run: its id (or the first 8 of it) or name"
+    )
     status.set_defaults(func=_status)
     usage = commands.add_parser(
         "usage", help="a run's usage per process: peaks and means, or an interactive page (--html)"
@@ -188,6 +193,8 @@ def _stop(repo: Repo, args: argparse.Namespace) -> int:
 
 def _status(repo: Repo, args: argparse.Namespace) -> int:
     logging.basicConfig(format="%(levelname)s %(message)s", stream=sys.stderr)
+    if args.run is not None:
+        return _one_run(repo, args.run)
     info = watcher_info(repo)
     if info is None:
         print(f"watcher: not running for {repo.path}; start one with '{PROG} start --detach'")
@@ -271,12 +278,38 @@ def _usage(repo: Repo, args: argparse.Namespace) -> int:
     return 0
 
 
-def _find(repo: Repo, wanted: str) -> tuple[str, list[tuple[str, RunRecord]]]:
+def _one_run(repo: Repo, wanted: str) -> int:
+    """``status RUN``: one run's state, its peaks, and the stack it was last seen stuck in."""
+    _, members = _find(repo, wanted, groups=False)
+    (_, record), *_ = members
+    (seen,) = Observer(repo).glance([record])
+    print(f"{_format.one_line(record.name)}  [run {record.id}]")
+    print(f"  {record.origin.describe()} on {record.host}, pid {record.pid}")
+    since = "" if seen.state in TERMINAL else f", last progress {_format.duration(seen.since_progress)} ago"
+    print(f"  {seen.state.value}, step {_format.steps(record.step, record.total)}{since}")
+    if record.error is not None:
+        print(f"  {_format.one_line(record.error.summary())}")
+    peaks = peaks_text(record)
+    if peaks:
+        print(f"  {peaks}")
+    if record.stack:
+        when = time.strftime(TIME_FORMAT, time.localtime(record.stack_at)) if record.stack_at else "?"
+        now = "stuck" if record.stuck_in is not None else "last seen stuck"
+        by = " (read by py-spy)" if record.stack_from == "py-spy" else ""
+        print(f"  {now} at {when}, when {record.stack_state or 'late'}{by}, innermost first:")
+        for frame in record.stack:
+            print(f"    {_format.one_line(frame.function)}  {_format.one_line(frame.file)}:{frame.line}")
+            if frame.code:
+                print(f"      {_format.one_line(frame.code)}")
+    return 0
+
+
+def _find(repo: Repo, wanted: str, *, groups: bool = True) -> tuple[str, list[tuple[str, RunRecord]]]:
     """The runs ``wanted`` names (a run id, its first 8 or more digits, a name, a group id):
     a label and (member label, record) for each, by rank for a group."""
     records = repo.runs()  # newest first
-    _, groups = gather(Observer(repo).glance())
-    for group in groups:
+    _, found_groups = gather(Observer(repo).glance()) if groups else ((), [])
+    for group in found_groups:
         if group.id == wanted or (len(wanted) >= 8 and group.id.startswith(wanted)) or group.name == wanted:
             tagged = [
                 (f"rank {m.run.group.rank}" if m.run.group else m.run.name, m.run) for m in group.members

@@ -65,6 +65,7 @@ def view(cell: CellRun, record: RunRecord, now_mono: float, *, watcher: str | No
         ended=record.status != "running",
         members=members(record),
         peaks=templates.peaks_text(record),
+        stuck=record.stuck_in if cell.state in ("late", "stalled") else None,
     )
 
 

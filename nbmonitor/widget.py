@@ -61,6 +61,7 @@ class View:
     ended: bool = False
     members: tuple[MemberView, ...] = ()  # the run's multiprocessing workers
     peaks: str = ""  # "Peak memory 3.2 GB (most: DataLoader worker 2, 1.9 GB); ...", once known
+    stuck: str | None = None  # "wait_for_batch (data.py:42) ← train (train.py:88)" while late or stalled
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -215,6 +216,9 @@ def render_html(view: View) -> str:
     parts.append(_members_html(view))
     if view.error:
         parts.append(f'<div style="color:{COLOURS["failed"]}">{_esc(view.error)}</div>')
+    if view.stuck:
+        colour = COLOURS.get(view.state, COLOURS["stalled"])
+        parts.append(f'<div class="nbm-stuck" style="color:{colour}">stuck in {_esc(view.stuck)}</div>')
     for line in (_promise(view), *_usage_lines(view)):
         if line:
             parts.append(f'<div style="font-family:monospace">{_esc(line)}</div>')
@@ -232,6 +236,8 @@ def render_text(view: View) -> str:
     lines = [f"nbmonitor · {view.name} · {view.state} · {_progress(view)}", *_members_text(view)]
     if view.error:
         lines.append(view.error)
+    if view.stuck:
+        lines.append(f"stuck in {view.stuck}")
     lines += [line for line in (_promise(view), *_usage_lines(view)) if line]
     return "\n".join(lines)
 

@@ -281,3 +281,38 @@ def test_the_console_script_and_python_m_are_the_same_program(repo: Repo) -> Non
     by_script = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True)
     by_module = nbw(repo, "--version")
     assert by_script.stdout == by_module.stdout == f"nbmonitor-watcher {nbmonitor.__version__}\n"
+
+
+def test_status_of_one_run_tells_where_it_was_stuck(repo: Repo) -> None:
+    import time
+
+    from nbmonitor.record import StackFrame
+
+    now = time.time()
+    stack = (
+        StackFrame("wait_for_batch", "/home/me/data.py", 42, "batch = queue.get()"),
+        StackFrame("train", "/home/me/train.py", 88, "batch = wait_for_batch()"),
+    )
+    repo.write_run(
+        sample(
+            id="c" * 32, name="stuck\x1b[31m", pid=os.getpid(), process_start=None, boot_id=None,
+            host=os.uname().nodename, eta=1.0, started_at=now - 700, last_progress_at=now - 600,
+            stack=stack, stack_state="stalled", stack_at=now - 598,
+        )
+    )  # fmt: skip
+    shown = nbw(repo, "status", "cccccccc")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == f"stuck\\x1b[31m  [run {'c' * 32}]"  # text from runs is data
+    assert "stalled, step 10/100, last progress 10 min ago" in lines[2]
+    at = lines.index(next(line for line in lines if "stuck at" in line))
+    assert lines[at].endswith("when stalled, innermost first:")
+    assert lines[at + 1 : at + 5] == [
+        "    wait_for_batch  /home/me/data.py:42",
+        "      batch = queue.get()",
+        "    train  /home/me/train.py:88",
+        "      batch = wait_for_batch()",
+    ]
+    missing = nbw(repo, "status", "no-such-run")
+    assert missing.returncode == 1
+    assert "no run or group 'no-such-run'" in missing.stderr

@@ -112,3 +112,13 @@ def test_refreshes_are_rate_limited_and_skip_unchanged_content() -> None:
     display.finish(view(state="finished", ended=True))
     assert display.widget is None
     assert not display.refresh(view(step=1000), now=10.0)
+
+
+def test_a_stalled_cell_shows_where_it_is_stuck_as_text() -> None:
+    stuck = "<lambda> (<ipython-input-3>:2) ← wait_for_batch (data.py:42)"
+    shown = render_html(view(state="stalled", stuck=stuck))
+    assert 'class="nbm-stuck"' in shown
+    assert "stuck in &lt;lambda&gt; (&lt;ipython-input-3&gt;:2) ← wait_for_batch (data.py:42)" in shown
+    assert "<lambda>" not in shown
+    assert f"stuck in {stuck}" in render_text(view(state="stalled", stuck=stuck))
+    assert "stuck in" not in render_text(view())
