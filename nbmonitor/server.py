@@ -234,6 +234,24 @@ def _run_json(obs: Observation, root_dir: str | None = None) -> dict[str, Any]:
             }
             for w in run.workers
         ],
+        "stack": _stack_json(run),
+    }
+
+
+def _stack_json(run: RunRecord) -> dict[str, Any] | None:
+    """Where the run's thread was when it turned late or stalled, innermost frame first, or None
+    when it was never seen stuck. ``stuck_in`` is None once it made progress after that."""
+    if not run.stack:
+        return None
+    return {
+        "frames": [
+            {"function": frame.function, "file": frame.file, "line": frame.line, "code": frame.code}
+            for frame in run.stack
+        ],
+        "state": run.stack_state,
+        "at": run.stack_at,
+        "from": run.stack_from,
+        "stuck_in": run.stuck_in,
     }
 
 

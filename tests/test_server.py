@@ -75,6 +75,44 @@ async def test_runs_lists_what_the_repo_holds(jp_fetch: Any, repo: Repo) -> None
     assert stuck["usage"] is None
 
 
+async def test_a_runs_stack_says_where_its_thread_was_stuck(jp_fetch: Any, repo: Repo) -> None:
+    from nbmonitor.record import StackFrame
+
+    write_runs(repo)
+    stuck, now = repo.read_run("a" * 32), time.time()
+    frames = (
+        StackFrame("wait_for_batch", "/home/u/proj/data.py", 42, "batch = queue.get()"),
+        StackFrame("train", "/home/u/proj/train.py", 88, "for batch in loader(<b>):"),
+        StackFrame("<module>", "/home/u/proj/train.py", 120, "train()"),
+        StackFrame("main", "/usr/lib/python3/runpy.py", 7),
+    )
+    repo.write_run(
+        stuck.with_changes(stack=frames, stack_state="stalled", stack_at=now - 30, stack_from="py-spy")
+    )
+    # Taken before its last progress: the stack is kept, but the run is not stuck there now.
+    repo.write_run(
+        sample(id="c" * 32, name="recovered", stack=frames[:1], stack_state="late", stack_at=now - 90,
+               last_progress_at=now - 10)
+    )  # fmt: skip
+    runs = {r["id"][0]: r for r in (await get(jp_fetch, "runs"))["runs"]}
+    stack = runs["a"]["stack"]
+    assert set(stack) == {"frames", "state", "at", "from", "stuck_in"}
+    assert (stack["state"], stack["at"], stack["from"]) == ("stalled", pytest.approx(now - 30), "py-spy")
+    assert stack["stuck_in"] == "wait_for_batch (data.py:42) ← train (train.py:88) ← <module> (train.py:120)"
+    assert all(set(f) == {"function", "file", "line", "code"} for f in stack["frames"])
+    assert [tuple(f.values()) for f in stack["frames"]] == [  # innermost first, paths as they are
+        ("wait_for_batch", "/home/u/proj/data.py", 42, "batch = queue.get()"),
+        ("train", "/home/u/proj/train.py", 88, "for batch in loader(<b>):"),
+        ("<module>", "/home/u/proj/train.py", 120, "train()"),
+        ("main", "/usr/lib/python3/runpy.py", 7, ""),
+    ]
+    assert runs["b"]["stack"] is None  # never seen stuck
+    recovered = runs["c"]["stack"]
+    assert (recovered["state"], recovered["from"], recovered["stuck_in"]) == ("late", "process", None)
+    assert [f["function"] for f in recovered["frames"]] == ["wait_for_batch"]
+    assert (await get(jp_fetch, "runs", "a" * 32))["stack"] == runs["a"]["stack"]
+
+
 async def test_a_group_is_listed_once_with_its_members_and_whom_to_blame(jp_fetch: Any, repo: Repo) -> None:
     from nbmonitor.membership import group_id
     from nbmonitor.record import GroupField, WorkerField
