@@ -458,6 +458,108 @@ def show_a_usage_plot(lab: Lab, page: Any) -> None:
     panel.screenshot(path=str(ARTIFACTS / "runs-panel-usage-dark.png"))
 
 
+def test_a_stalled_runs_stack_under_its_row_and_in_its_details(lab: Lab, page: Any) -> None:
+    try:
+        show_a_stack(lab, page)
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "failure-stack.png"))
+        raise
+
+
+FRAMES = [
+    ("wait_for_batch", "/home/ana/projects/resnet/data/loader.py", 42, "batch = self.queue.get()"),
+    ("next_batch", "/home/ana/projects/resnet/data/loader.py", 77, "return self.wait_for_batch(timeout)"),
+    ("train", "/home/ana/projects/resnet/train.py", 88, 'log(f"<img src=x onerror=window.__pwned=3>")'),
+    ("<module>", "/home/ana/projects/resnet/train.py", 120, ""),
+]
+
+
+def show_a_stack(lab: Lab, page: Any) -> None:
+    from nbmonitor.record import StackFrame
+
+    now, stuck_id, recovered_id = time.time(), "5" * 32, "6" * 32
+    live = {"host": os.uname().nodename, "pid": os.getpid(), "process_start": None, "boot_id": None}
+    frames = tuple(StackFrame(*frame) for frame in FRAMES)
+    # Stalled a minute ago (an ETA of 1 s), its stack read from outside when it did.
+    Repo(lab.repo).write_run(
+        sample(id=stuck_id, name="resnet-stuck", eta=1.0, step=420, total=1000, started_at=now - 300,
+               last_progress_at=now - 60, stack=frames, stack_state="stalled", stack_at=now - 30,
+               stack_from="py-spy", **live)
+    )  # fmt: skip
+    write_usage(Path(lab.repo), stuck_id, ["main", "DataLoader worker 0"], 60, start=now - 300, gpu=False)
+    # Late once, but it has made progress since: its stack is kept, it is not stuck there now.
+    Repo(lab.repo).write_run(
+        sample(id=recovered_id, name="resnet-recovered", eta=600.0, step=10, total=100, started_at=now - 300,
+               last_progress_at=now, stack=frames[:2], stack_state="late", stack_at=now - 120, **live)
+    )  # fmt: skip
+    page.goto(lab.url("lab"))
+    page.locator(".jp-Launcher").wait_for(timeout=60_000)
+    page.locator(".jp-SideBar .lm-TabBar-tab", has_text="Runs").first.click()
+    row = page.locator('.nbm-run[data-status="stalled"]', has_text="resnet-stuck")
+    row.wait_for(timeout=60_000)
+    stuck = row.locator(".nbm-stuck")
+    assert stuck.inner_text() == (
+        "stuck in wait_for_batch (loader.py:42) ← next_batch (loader.py:77) ← train (train.py:88)"
+    )  # as the alarm and the notebook display say it
+    assert stuck.evaluate("n => getComputedStyle(n).borderLeftColor") == "rgb(230, 81, 0)"  # stalled's
+    recovered = page.locator('.nbm-run[data-status="running"]', has_text="resnet-recovered")
+    assert recovered.locator(".nbm-stuck").count() == 0  # not stuck now
+    assert page.locator(".nbm-stack").count() == 0  # the frames are in the details, shut
+
+    panel = page.locator("#nbmonitor-runs")
+    narrow = panel.bounding_box()["width"]
+    move_sidebar_edge(page, 200)  # widened, as one does to read paths
+    row.locator("button.nbm-toggle").click()
+    stack = row.locator(".nbm-stack")
+    wait_until(lambda: stack.locator(".nbm-frame").count() == len(FRAMES), 15, "the frames")
+    where = stack.locator(".nbm-frame-where").all_inner_texts()
+    assert where == [f"{name} — {file}:{line}" for name, file, line, _ in FRAMES]  # innermost first
+    assert stack.locator(".nbm-frame-code").all_inner_texts() == [code for *_, code in FRAMES if code]
+    note = stack.locator(".nbm-stack-note").inner_text()
+    taken = r"stack when it turned stalled, \d+:\d\d:\d\d.* \(\d+ (s|min)[^)]* ago\)"  # when, as time of day
+    assert re.fullmatch(f"{taken}, read by py-spy: its process could not say", note), note
+    assert "monospace" in stack.locator(".nbm-frames").evaluate("n => getComputedStyle(n).fontFamily")
+    assert page.locator(".nbm-panel img").count() == 0  # source lines are user text: shown as text
+    assert page.evaluate("window.__pwned") is None
+    row.locator(".nbm-usage-plot svg.nbmonitor-usage").wait_for(timeout=15_000)  # below the frames
+
+    # The rows are drawn anew every two seconds; the frames list keeps its nodes (a selection stays).
+    kept = stack.element_handle()
+    row.element_handle().evaluate("li => { li.dataset.old = 'yes'; }")
+    wait_until(lambda: page.evaluate("!document.querySelector('li[data-old]')"), 10, "the rows to be redrawn")
+    assert kept.evaluate("node => node.isConnected && node.closest('li').dataset.key") == stuck_id
+
+    recovered.locator("button.nbm-toggle").click()  # its old stack, said to be old
+    old = recovered.locator(".nbm-stack .nbm-stack-note")
+    old.wait_for(timeout=10_000)
+    assert old.inner_text().startswith("stack when it turned late, ")
+    assert old.inner_text().endswith(" ago), it has made progress since")
+    assert recovered.locator(".nbm-frame").count() == 2
+    recovered.locator("button.nbm-toggle").click()
+    old.wait_for(state="detached", timeout=10_000)
+
+    panel.screenshot(path=str(ARTIFACTS / "runs-panel-stack.png"))
+    move_sidebar_edge(page, -200)
+    page.set_viewport_size({"width": 760, "height": 900})  # narrow: long paths wrap, never clipped
+    wait_until(lambda: panel.bounding_box()["width"] < narrow + 10, 10, "a narrow panel")
+    plot = row.locator(".nbm-usage-plot svg.nbmonitor-usage")
+    wait_until(lambda: plot.get_attribute("width") == "320", 10, "the plot drawn again, narrow")
+    for text in [stuck, *stack.locator(".nbm-frame-where, .nbm-frame-code").all()]:
+        box, edge = text.bounding_box(), panel.bounding_box()
+        assert text.evaluate("n => n.scrollWidth <= n.clientWidth"), f"clipped: {text.inner_text()}"
+        assert box["x"] + box["width"] <= edge["x"] + edge["width"], f"past the edge: {text.inner_text()}"
+    panel.screenshot(path=str(ARTIFACTS / "runs-panel-stack-narrow.png"))
+
+    page.set_viewport_size({"width": 1400, "height": 900})
+    move_sidebar_edge(page, 200)
+    page.evaluate("window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})")
+    page.wait_for_selector('body[data-jp-theme-light="false"]', state="attached", timeout=30_000)
+    text = "getComputedStyle(document.querySelector('.nbm-panel .nbm-frame-where')).color"
+    wait_until(lambda: sum(map(int, re.findall(r"\d+", page.evaluate(text))[:3])) > 450, 30, "dark styles")
+    wait_until(lambda: plot.get_attribute("width") != "320", 10, "the plot drawn again, wide")
+    panel.screenshot(path=str(ARTIFACTS / "runs-panel-stack-dark.png"))
+
+
 def move_sidebar_edge(page: Any, by: float) -> None:
     """Drag the edge between the left sidebar and the main area ``by`` pixels, as a person does."""
     handle = page.locator("#jp-main-split-panel > .lm-SplitPanel-handle").first.bounding_box()

@@ -6,7 +6,9 @@
  * under it.
  *
  * A click on a run's (or a group's) name opens its usage plot under the row
- * (./usage.ts); a click elsewhere on the row opens its notebook.
+ * (./usage.ts); a click elsewhere on the row opens its notebook. A late or
+ * stalled run says where its thread is stuck, in a line under the row, and
+ * its opened details list the frames of that stack.
  *
  * It polls the server extension's REST API (nbmonitor/api/runs) every two
  * seconds with Lumino's Poll: backing off while the server is unreachable
@@ -27,12 +29,15 @@ import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
-import { bytes, UsageView } from './usage';
+import { bytes, duration, UsageView } from './usage';
 
 const POLL_MS = 2000;
 const MAX_BACKOFF_MS = 30000;
 const PROBLEMS = new Set(['stalled', 'crashed', 'lost', 'failed']);
 const ACTIVE = new Set(['running', 'late', 'stalled']);
+const STUCK = new Set(['late', 'stalled']);
+/** A stack older than this is shown with its date, not only its time of day. */
+const DAY_S = 20 * 3600;
 
 /** One run as the REST API returns it. */
 export interface IRun {
@@ -63,6 +68,32 @@ export interface IRun {
   /** The torch.distributed call a group member was last seen waiting in. */
   waiting: string | null;
   workers: IWorker[];
+  /** Where its thread was when it turned late or stalled; null when never seen stuck. */
+  stack: IStack | null;
+}
+
+/** One frame of a run's stack: a code location and its source line. */
+export interface IFrame {
+  function: string;
+  /** The path as the run's Python knows it. */
+  file: string;
+  line: number;
+  /** The source line, stripped; empty when it could not be read. */
+  code: string;
+}
+
+/** A run's thread's stack, as its process (or py-spy, from outside) read it. */
+export interface IStack {
+  /** Innermost first. */
+  frames: IFrame[];
+  /** "late" or "stalled": what the run turned when it was taken. */
+  state: string | null;
+  /** When it was taken (seconds, wall clock). */
+  at: number | null;
+  /** "process" (the run's own process) or "py-spy". */
+  from: string;
+  /** "wait_for_batch (data.py:42) ← train (train.py:88)"; null once it made progress since. */
+  stuck_in: string | null;
 }
 
 /** A multiprocessing worker that reports progress for a run. */
@@ -417,11 +448,24 @@ class RunsPanel extends Widget {
       const text = `CPU ${Math.round(run.usage.cpu_percent)}% · ${bytes(run.usage.rss)}${gpu}`;
       row.appendChild(el('div', 'nbm-usage nbm-detail', text));
     }
+    const open = this._usage.has(run.id);
+    const stuck = run.stack?.stuck_in;
+    if (stuck && (STUCK.has(run.status) || open)) {
+      const was = STUCK.has(run.status) ? '' : 'was ';
+      const line = row.appendChild(
+        el('div', 'nbm-stuck', `${was}stuck in ${stuck}`)
+      );
+      line.style.borderLeftColor = run.colour;
+    }
     if (run.error) {
       row.appendChild(el('div', 'nbm-error', run.error));
     }
     if (run.workers.length > 0 && (ACTIVE.has(run.status) || this._showAll)) {
       row.appendChild(this._workers(run.workers));
+    }
+    if (open) {
+      // Always there while open (empty without a stack), so the plot after it keeps its place.
+      row.appendChild(this._stack(run.stack));
     }
     if (run.origin.lab_path) {
       const path = run.origin.lab_path;
@@ -474,6 +518,57 @@ class RunsPanel extends Widget {
     }
     this._usageOf(row, group.id);
     return row;
+  }
+
+  /**
+   * The frames of a run's stack, innermost first: ``function — file:line``
+   * and its source line under it; above them when it was taken, and by whom.
+   */
+  private _stack(stack: IStack | null): HTMLElement {
+    const box = el('div', 'nbm-stack');
+    box.title = ''; // the row's tooltip says a click opens the notebook; not here
+    box.onclick = event => event.stopPropagation(); // its text is there to be read and copied
+    if (stack === null || stack.frames.length === 0) {
+      return box;
+    }
+    const parts = [
+      stack.state ? `stack when it turned ${stack.state}` : 'stack'
+    ];
+    if (stack.at !== null) {
+      const ago = Date.now() / 1000 - stack.at;
+      const date = new Date(stack.at * 1000);
+      const when =
+        ago < DAY_S ? date.toLocaleTimeString() : date.toLocaleString();
+      parts.push(`${when} (${duration(ago)} ago)`);
+    }
+    if (stack.from === 'py-spy') {
+      parts.push('read by py-spy: its process could not say');
+    }
+    if (stack.stuck_in === null) {
+      parts.push('it has made progress since');
+    }
+    box.appendChild(el('div', 'nbm-stack-note', parts.join(', ')));
+    const list = box.appendChild(el('ol', 'nbm-frames'));
+    list.setAttribute('aria-label', 'stack, innermost frame first');
+    for (const frame of stack.frames) {
+      const item = list.appendChild(el('li', 'nbm-frame'));
+      const where = item.appendChild(
+        el('div', 'nbm-frame-where', `${frame.function} — `)
+      );
+      // A narrow panel breaks a long path after a slash, not within a name.
+      const pieces = frame.file.match(/[^/\\]*[/\\]?/g) ?? [];
+      pieces.filter(Boolean).forEach((part, i) => {
+        if (i > 0) {
+          where.appendChild(document.createElement('wbr'));
+        }
+        where.appendChild(document.createTextNode(part));
+      });
+      where.appendChild(document.createTextNode(`:${frame.line}`));
+      if (frame.code) {
+        item.appendChild(el('div', 'nbm-frame-code', frame.code));
+      }
+    }
+    return box;
   }
 
   /** A run's workers, a line each: name or rank, pid, step, and how it ended. */
