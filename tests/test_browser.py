@@ -6,6 +6,7 @@ without it the test is skipped and says why. Screenshots go to test-artifacts/.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -124,6 +125,16 @@ def page(lab: Lab) -> Iterator[Any]:
             browser.close()
 
 
+@contextlib.contextmanager
+def screenshot_on_failure(page: Any, name: str) -> Iterator[None]:
+    """What the browser showed when the block failed, as test-artifacts/<name>.png."""
+    try:
+        yield
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+        raise
+
+
 def toolbar(page: Any, *commands: str) -> Any:
     """The button of the notebook's toolbar for the first of ``commands`` it has (JupyterLab 4.0
     and later ones name some differently): clicking runs it whatever has the keyboard focus."""
@@ -152,11 +163,8 @@ def run_cell(page: Any, lines: list[str]) -> None:
 
 
 def test_the_runs_panel_and_status_bar_follow_a_stalling_cell(lab: Lab, page: Any) -> None:
-    try:
+    with screenshot_on_failure(page, "failure"):
         follow_a_stalling_cell(lab, page)
-    except Exception:
-        page.screenshot(path=str(ARTIFACTS / "failure.png"))
-        raise
 
 
 def open_quickstart(lab: Lab, page: Any) -> None:
@@ -229,11 +237,8 @@ def follow_a_stalling_cell(lab: Lab, page: Any) -> None:
 
 
 def test_a_group_and_a_cells_workers_in_the_panel_and_the_cell(lab: Lab, page: Any) -> None:
-    try:
+    with screenshot_on_failure(page, "failure-group"):
         show_a_group_and_workers(lab, page)
-    except Exception:
-        page.screenshot(path=str(ARTIFACTS / "failure-group.png"))
-        raise
 
 
 def write_group(repo: Path) -> None:
@@ -336,11 +341,8 @@ def write_usage(repo: Path, run_id: str, names: list[str], seconds: int, *, star
 
 
 def test_a_runs_usage_plot_opens_under_its_row(lab: Lab, page: Any) -> None:
-    try:
+    with screenshot_on_failure(page, "failure-usage"):
         show_a_usage_plot(lab, page)
-    except Exception:
-        page.screenshot(path=str(ARTIFACTS / "failure-usage.png"))
-        raise
 
 
 def show_a_usage_plot(lab: Lab, page: Any) -> None:
@@ -459,11 +461,8 @@ def show_a_usage_plot(lab: Lab, page: Any) -> None:
 
 
 def test_a_stalled_runs_stack_under_its_row_and_in_its_details(lab: Lab, page: Any) -> None:
-    try:
+    with screenshot_on_failure(page, "failure-stack"):
         show_a_stack(lab, page)
-    except Exception:
-        page.screenshot(path=str(ARTIFACTS / "failure-stack.png"))
-        raise
 
 
 FRAMES = [
