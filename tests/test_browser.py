@@ -135,6 +135,15 @@ def screenshot_on_failure(page: Any, name: str) -> Iterator[None]:
         raise
 
 
+def dark_theme(page: Any, selector: str, colour: str = "color") -> None:
+    """Switch Lab to its dark theme; its styles load after the body's attribute changes, so wait
+    until the ``colour`` of ``selector`` (a CSS property: color, fill) reads light."""
+    page.evaluate("window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})")
+    page.wait_for_selector('body[data-jp-theme-light="false"]', state="attached", timeout=30_000)
+    text = f"getComputedStyle(document.querySelector({selector!r})).{colour}"
+    wait_until(lambda: sum(map(int, re.findall(r"\d+", page.evaluate(text))[:3])) > 450, 30, "dark styles")
+
+
 def toolbar(page: Any, *commands: str) -> Any:
     """The button of the notebook's toolbar for the first of ``commands`` it has (JupyterLab 4.0
     and later ones name some differently): clicking runs it whatever has the keyboard focus."""
@@ -293,11 +302,7 @@ def show_a_group_and_workers(lab: Lab, page: Any) -> None:
     page.set_viewport_size({"width": 760, "height": 900})  # narrow
     panel.screenshot(path=str(ARTIFACTS / "runs-panel-group-narrow.png"))
     page.set_viewport_size({"width": 1400, "height": 900})
-    page.evaluate("window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})")
-    page.wait_for_selector('body[data-jp-theme-light="false"]', state="attached", timeout=30_000)
-    # The theme's styles load after the attribute changes: wait until the panel's text is light.
-    text = "getComputedStyle(document.querySelector('.nbm-panel .nbm-name')).color"
-    wait_until(lambda: sum(map(int, re.findall(r"\d+", page.evaluate(text))[:3])) > 450, 30, "dark styles")
+    dark_theme(page, ".nbm-panel .nbm-name", "color")
     panel.screenshot(path=str(ARTIFACTS / "runs-panel-group-dark.png"))
     cell.screenshot(path=str(ARTIFACTS / "cell-workers-dark.png"))
     page.screenshot(path=str(ARTIFACTS / "lab-group-dark.png"))
@@ -451,10 +456,7 @@ def show_a_usage_plot(lab: Lab, page: Any) -> None:
 
     page.set_viewport_size({"width": 1400, "height": 900})
     move_sidebar_edge(page, 320)
-    page.evaluate("window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})")
-    page.wait_for_selector('body[data-jp-theme-light="false"]', state="attached", timeout=30_000)
-    text = "getComputedStyle(document.querySelector('.nbm-usage-plot svg text')).fill"
-    wait_until(lambda: sum(map(int, re.findall(r"\d+", page.evaluate(text))[:3])) > 450, 30, "dark styles")
+    dark_theme(page, ".nbm-usage-plot svg text", "fill")
     wait_until(lambda: plot.get_attribute("width") != "320", 10, "the plot drawn again, wide")
     point_at(page, plot)
     panel.screenshot(path=str(ARTIFACTS / "runs-panel-usage-dark.png"))
@@ -551,10 +553,7 @@ def show_a_stack(lab: Lab, page: Any) -> None:
 
     page.set_viewport_size({"width": 1400, "height": 900})
     move_sidebar_edge(page, 200)
-    page.evaluate("window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})")
-    page.wait_for_selector('body[data-jp-theme-light="false"]', state="attached", timeout=30_000)
-    text = "getComputedStyle(document.querySelector('.nbm-panel .nbm-frame-where')).color"
-    wait_until(lambda: sum(map(int, re.findall(r"\d+", page.evaluate(text))[:3])) > 450, 30, "dark styles")
+    dark_theme(page, ".nbm-panel .nbm-frame-where", "color")
     wait_until(lambda: plot.get_attribute("width") != "320", 10, "the plot drawn again, wide")
     panel.screenshot(path=str(ARTIFACTS / "runs-panel-stack-dark.png"))
 
