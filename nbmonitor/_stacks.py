@@ -18,19 +18,37 @@ from types import FrameType
 
 from .record import StackFrame
 
-__all__ = ["DEPTH", "capture"]
+__all__ = ["DEPTH", "capture", "collective", "frame_of"]
 
 DEPTH = 12  # frames kept, innermost first
 _CODE = 160  # characters of a source line kept
 _OWN = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
+def frame_of(thread: threading.Thread) -> FrameType | None:
+    """The frame ``thread`` runs now (None if it has ended or never ran)."""
+    if thread.ident is None:
+        return None
+    return sys._current_frames().get(thread.ident)  # noqa: SLF001  # the documented way, despite its name
+
+
 def capture(thread: threading.Thread, depth: int = DEPTH) -> tuple[StackFrame, ...]:
     """The stack of ``thread`` now (empty if it has ended or never ran)."""
-    if thread.ident is None:
-        return ()
-    frame = sys._current_frames().get(thread.ident)  # noqa: SLF001  # the documented way, despite its name
-    return frames(frame, depth)
+    return frames(frame_of(thread), depth)
+
+
+def collective(thread: threading.Thread) -> str | None:
+    """The torch.distributed call ``thread`` is in now (all_reduce, barrier, ...), if any: a
+    group member in one waits for the others, and is not the one to blame. No source is read:
+    this runs every second for a member."""
+    frame = frame_of(thread)
+    found = None
+    while frame is not None:
+        path = frame.f_code.co_filename.replace("\\", "/")
+        if path.endswith("torch/distributed/distributed_c10d.py"):
+            found = frame.f_code.co_name  # the outermost: the call the user's code made
+        frame = frame.f_back
+    return found
 
 
 def frames(frame: FrameType | None, depth: int = DEPTH) -> tuple[StackFrame, ...]:

@@ -389,7 +389,7 @@ class Run:
                 elif now_mono - self._abandoned_at >= self._writer.SETTLE_AFTER:
                     self._set_end("finished", None, now_wall)
             if self._group is not None and now_mono - self._waiting_at >= self._writer.WRITE_EVERY:
-                self._waiting, self._waiting_at = _collective(self._owner), now_mono
+                self._waiting, self._waiting_at = _stacks.collective(self._owner), now_mono
             state = (
                 self._status,
                 progress,
@@ -873,19 +873,6 @@ def _launched() -> GroupField | None:
             _writer.log.warning("%s", warning)
         _launch_cache[pid] = found
     return _launch_cache[pid]
-
-
-def _collective(thread: threading.Thread) -> str | None:
-    """The torch.distributed call ``thread`` is in now (all_reduce, barrier, ...), if any: a
-    member in one waits for the others, and is not the one to blame."""
-    frame = sys._current_frames().get(thread.ident) if thread.ident is not None else None  # noqa: SLF001
-    found = None
-    while frame is not None:
-        path = frame.f_code.co_filename.replace("\\", "/")
-        if path.endswith("torch/distributed/distributed_c10d.py"):
-            found = frame.f_code.co_name  # the outermost: the call the user's code made
-        frame = frame.f_back
-    return found
 
 
 def origin() -> Origin:
