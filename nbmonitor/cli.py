@@ -311,9 +311,7 @@ def _find(repo: Repo, wanted: str, *, groups: bool = True) -> tuple[str, list[tu
     _, found_groups = gather(Observer(repo).glance()) if groups else ((), [])
     for group in found_groups:
         if group.id == wanted or (len(wanted) >= 8 and group.id.startswith(wanted)) or group.name == wanted:
-            tagged = [
-                (f"rank {m.run.group.rank}" if m.run.group else m.run.name, m.run) for m in group.members
-            ]
+            tagged = [(role(m), m.run) for m in group.members]
             return f"{group.name} (group of {len(tagged)})", tagged
     exact = [r for r in records if r.id == wanted]
     prefixed = [r for r in records if len(wanted) >= 8 and r.id.startswith(wanted)]
