@@ -1061,8 +1061,8 @@ def row_recording(samples: int, work: Path, aim_python: Path, simulated: Simulat
         start, wall = time.process_time(), time.perf_counter()
         late.flush(at)
         compaction, compaction_wall = time.process_time() - start, time.perf_counter() - wall
-    if seen != size or path.stat().st_ino == before or late.trouble:
-        raise RuntimeError(f"measured {seen} processes, compaction {late.trouble or 'not done'}")
+    if seen != size or path.stat().st_ino == before or late.trouble.cause:
+        raise RuntimeError(f"measured {seen} processes, compaction {late.trouble.cause or 'not done'}")
     big = pss_read(work, 1024)
     weekly = ours + compaction / COMPACT_EVERY
     span = f"{simulated.days} days" if simulated.days != 7 else "a week"

@@ -12,6 +12,7 @@ every ``COMPACT_EVERY`` seconds after, the file is rewritten coarser
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -22,12 +23,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import history
+from ._once import Trouble
 from .history import GpuReading, Mark, ProcessInfo, Reading, Row
 from .record import RunUsage, UsagePeak
 from .repo import Repo
 from .usage import Sampler, Usage, command_name
 
 __all__ = ["COMPACT_EVERY", "EVERY", "FLUSH_EVERY", "Recorder", "RunHistory"]
+
+log = logging.getLogger("nbmonitor")
 
 EVERY = 1.0  # seconds between samples
 FLUSH_EVERY = float(os.environ.get("NBMONITOR_USAGE_FLUSH", "5"))  # most seconds a row waits in memory
@@ -63,7 +67,8 @@ class RunHistory:
         self._flushed_at = -math.inf
         self._compacted_at = start_mono
         self._peaks = {"cpu": _Peak(), "memory": _Peak(), "gpu_memory": _Peak()}
-        self.trouble: str | None = None  # why the file cannot be written, while it cannot
+        #: Why the file cannot be written (``trouble.cause``), said once per cause, as for run files.
+        self.trouble = Trouble(log)
         self.latest: Usage | None = None  # the last sample of the tree
         self.samples = 0  # how many so far
 
@@ -145,11 +150,11 @@ class RunHistory:
         try:
             self.repo.append_usage(self.run_id, "".join(lines))
         except OSError as e:
-            self.trouble = e.strerror or str(e)
+            self._failed(e, "the run goes on, and its rows wait in memory for the next try")
             with self._lock:  # kept for the next try, header and all
                 self._pending[:0] = lines if self._flushed_at > -math.inf else lines[1:]
             return
-        self.trouble = None
+        self.trouble.over("nbmonitor: the usage history of run %s is written again", self.run_id[:8])
         self._flushed_at = now_mono
         t = self.t(now_mono)
         if t > history.TIERS[0][0] and now_mono - self._compacted_at >= COMPACT_EVERY:
@@ -163,7 +168,12 @@ class RunHistory:
             lines = self.repo.usage_path(self.run_id).read_text(encoding="utf-8", errors="replace")
             self.repo.replace_usage(self.run_id, "".join(history.coarsen_lines(lines.splitlines(True), t)))
         except OSError as e:
-            self.trouble = e.strerror or str(e)  # appending goes on; the next compaction tries again
+            self._failed(e, "appending goes on, and the next rewrite tries again")
+
+    def _failed(self, error: OSError, then: str) -> None:
+        cause = error.strerror or str(error)
+        message = "nbmonitor: cannot write the usage history of run %s in %s (%s); %s"
+        self.trouble.happened(cause, message, self.run_id[:8], self.repo.path, cause, then)
 
     def snapshot(self) -> history.History:
         """What is in memory (the last ten minutes), as a History, for a live plot."""
@@ -185,7 +195,6 @@ class Recorder:
         self._sampler: Sampler | None = None
         self._last = -math.inf
         self._names: dict[tuple[int, float], str] = {}
-        self.latest: Usage | None = None
 
     def __call__(self, now_mono: float) -> None:
         if now_mono - self._last < EVERY:
@@ -197,7 +206,6 @@ class Recorder:
         if self._sampler is None:
             self._sampler = Sampler()
         sample = self._sampler.sample(now_mono)
-        self.latest = sample
         gpu = sum(g.process_memory or 0 for g in sample.gpus) if sample.gpus else None
         own = os.getpid()
         for run in recording:

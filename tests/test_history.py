@@ -202,17 +202,23 @@ def test_the_recorder_flushes_every_few_seconds_and_compacts_after_an_hour(repo:
     assert read.rows[-1].t >= now - 5
 
 
-def test_a_history_that_cannot_be_written_keeps_its_rows_for_the_next_try(tmp_path: Path) -> None:
+def test_a_history_that_cannot_be_written_keeps_its_rows_for_the_next_try(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the repo should be")
     kept = RunHistory(Repo(blocked / "repo"), RUN, "x", "h", 0.0, 0.0)
     kept.add(sample(1.0, 100), 1.0, 4242, "main", lambda *_: "?")
-    kept.flush(1.0, force=True)
-    assert kept.trouble
+    with caplog.at_level(logging.WARNING, logger="nbmonitor"):
+        kept.flush(1.0, force=True)
+        kept.flush(1.5, force=True)  # the same cause: said once
+    assert kept.trouble.cause
+    (said,) = [r.getMessage() for r in caplog.records if "usage history" in r.getMessage()]
+    assert f"cannot write the usage history of run {RUN[:8]}" in said
     later = Repo(tmp_path / "repo")
     kept.repo = later
     kept.flush(2.0, force=True)
-    assert kept.trouble is None
+    assert kept.trouble.cause is None
     assert len(later.read_usage(RUN).rows) == 1
 
 
