@@ -844,6 +844,114 @@ def row_stack(times: int) -> Row:
     )
 
 
+# -- 15 to 17. logging and printing while a run keeps its log tail -------------------------------------
+
+
+@contextmanager
+def terminal() -> Iterator[Any]:
+    """A real terminal (a pty, its other end read and thrown away), as a text stream the way Python
+    opens one: line-buffered."""
+    import io
+    import pty
+
+    main_fd, side_fd = pty.openpty()
+    stop = threading.Event()
+
+    def drain() -> None:
+        while not stop.is_set():
+            try:
+                os.read(main_fd, 1 << 16)
+            except OSError:
+                return
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    stream = io.TextIOWrapper(io.FileIO(side_fd, "w"), encoding="utf-8", line_buffering=True)
+    try:
+        yield stream
+    finally:
+        stop.set()
+        stream.close()
+        os.close(main_fd)
+
+
+def with_and_without(call: Callable[[], None], times: int, work: Path) -> tuple[float, float]:
+    """Seconds per ``call`` in a process with a run keeping its log tail, and without one (the
+    best of 5 rounds each, alternating)."""
+    import nbmonitor
+
+    def timed() -> float:
+        start = time.perf_counter()
+        for _ in range(times):
+            call()
+        return (time.perf_counter() - start) / times
+
+    mine, theirs = [], []
+    for _ in range(5):
+        theirs.append(timed())
+        run = nbmonitor.Run("bench-logs", repo=work / "r15", usage=False)
+        try:
+            mine.append(timed())
+        finally:
+            run.close()
+    return min(mine), min(theirs)
+
+
+def row_logs(times: int, work: Path) -> list[Row]:
+    import logging
+
+    rows = []
+    with terminal() as tty:
+        handler = logging.StreamHandler(tty)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger = logging.getLogger("bench")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        try:
+            mine, theirs = with_and_without(lambda: logger.info("step %d loss %.3f", 1200, 0.25), times, work)
+        finally:
+            logger.removeHandler(handler)
+        rows.append(
+            Row(
+                15,
+                "a logging.info() call while a run keeps its log tail",
+                f"{mine * 1e6:.2f} µs",
+                f"without nbmonitor: {theirs * 1e6:.2f} µs",
+                mine / theirs,
+                "≤ 1.3×",
+                mine / theirs <= 1.3,
+                "logger.info('step %d loss %.3f', ...) through a StreamHandler (time, level, name) to a "
+                f"terminal (a pty), with and without an open Run(logs=True); {times} calls, best of 5.",
+            )
+        )
+        for number, where, stream in ((16, "a terminal", tty), (17, "a file", None)):
+            out = stream or open(work / "printed.txt", "w", encoding="utf-8")  # noqa: SIM115  # closed below
+            saved = sys.stdout
+            sys.stdout = out
+            try:
+                mine, theirs = with_and_without(lambda: print("step", 1200, "loss", 0.25), times, work)
+            finally:
+                sys.stdout = saved
+                if stream is None:
+                    out.close()
+            rows.append(
+                Row(
+                    number,
+                    f"a print() to {where} while a run keeps its log tail",
+                    f"{mine * 1e6:.2f} µs",
+                    f"without nbmonitor: {theirs * 1e6:.2f} µs",
+                    mine / theirs,
+                    "≤ 1.3×",
+                    mine / theirs <= 1.3,
+                    f"print('step', 1200, 'loss', 0.25) with sys.stdout {where}"
+                    + (" (a pty: line-buffered, as Python opens one)" if stream else " (block-buffered)")
+                    + f", with and without an open Run(logs=True); {times} calls, best of 5.",
+                )
+            )
+    return rows
+
+
 # -- 11 to 13. the usage history of a 16-process tree ---------------------------------------------------
 
 TREE = """
@@ -1279,6 +1387,7 @@ def main() -> int:
         (12, "usage on disk", lambda: [row_disk(simulated(), work, peer_python)]),
         (13, "usage plot", lambda: [row_plot(simulated())]),
         (14, "stack", lambda: [row_stack(200 if quick else 2000)]),
+        (15, "logs", lambda: row_logs(5000 if quick else 50_000, work)),
     ]
     try:
         for number, name, step in steps:

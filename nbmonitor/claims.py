@@ -21,8 +21,9 @@ from functools import partial
 from . import _process, rules
 from ._once import Trouble
 from .config import NotifierConfig
-from .events import Event
+from .events import TAIL_LINES, Event
 from .groups import GroupObservation
+from .logtail import LogLine
 from .observe import Observation
 from .outbox import claim_event
 from .record import RunRecord
@@ -38,6 +39,10 @@ event_log = logging.getLogger("nbmonitor.events")
 def log_event(event: Event) -> None:
     """The built-in logger notifier: one line per event on the watcher's output and log."""
     event_log.info(describe(event))
+
+
+#: The events whose alarms quote what the run said last.
+_TOLD_WITH_TAIL = frozenset({"stalled", "crashed", "lost", "failed"})
 
 
 @dataclass(slots=True)
@@ -133,12 +138,28 @@ class Claimer:
         run = obs.run
         if due.event == "stalled" and self.outside is not None and run.stuck_in is None:
             run = self.outside(run)
-        return Event(due.event, due.key, run, now, obs.since_progress, grace, self.seen_by)
+        tail = self._tail(due.event, run.id)
+        return Event(due.event, due.key, run, now, obs.since_progress, grace, self.seen_by, None, tail)
 
     def _group_event(self, group: GroupObservation, now: float, due: rules.Due) -> Event:
         # The event speaks of the member to blame (or the first): its host, pid and step.
         subject = group.blamed[0] if group.blamed else group.members[0]
         grace = subject.grace if due.event == "stalled" else None
         return Event(
-            due.event, due.key, subject.run, now, group.since_progress, grace, self.seen_by, group.info()
+            due.event,
+            due.key,
+            subject.run,
+            now,
+            group.since_progress,
+            grace,
+            self.seen_by,
+            group.info(),
+            self._tail(due.event, subject.run.id),
         )
+
+    def _tail(self, kind: str, run_id: str) -> tuple[LogLine, ...]:
+        """What the run said last, for an alarm about it (read when the event is claimed, so
+        every notifier and every retry quotes the same lines)."""
+        if kind not in _TOLD_WITH_TAIL:
+            return ()
+        return self.repo.log_tail(run_id, TAIL_LINES)

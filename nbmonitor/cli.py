@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -13,11 +14,12 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from . import _format, _notifiers_cli, _process
+from . import _format, _notifiers_cli, _process, logtail
 from ._values import seconds_arg
 from ._version import version
-from .errors import NbmonitorError
+from .errors import CorruptRecordError, NbmonitorError
 from .groups import GroupObservation, gather, role
+from .logtail import LogLine
 from .observe import Observation, Observer, watcher_info
 from .record import RunRecord
 from .repo import Repo, make_private
@@ -102,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("run", metavar="RUN", help="a run or group: its id (or the first 8 of it) or its name")
     usage.add_argument("--html", metavar="FILE", help="write one self-contained page with the plot")
     usage.set_defaults(func=_usage)
+    logs = commands.add_parser("logs", help="the last lines a run (or a group's members) logged and printed")
+    logs.add_argument("run", metavar="RUN", help="a run or group: its id (or the first 8 of it) or its name")
+    logs.add_argument("--lines", "-n", type=int, default=20, metavar="N", help="how many (default 20)")
+    logs.add_argument(
+        "--follow", "-f", action="store_true", help="then print new lines as they come, until the run ends"
+    )
+    logs.set_defaults(func=_logs)
     _notifiers_cli.add_parser(commands)
     return parser
 
@@ -276,6 +285,81 @@ def _usage(repo: Repo, args: argparse.Namespace) -> int:
     if marks:
         print("marks: " + ", ".join(f"{_format.one_line(m.text)} at {_format.duration(m.t)}" for m in marks))
     return 0
+
+
+_NO_TAIL = "has no log tail (made with logs=False, or by an older nbmonitor)"
+#: Seconds between two looks at a followed tail (its run writes it at most once a second).
+FOLLOW_EVERY = 0.5
+
+
+def _logs(repo: Repo, args: argparse.Namespace) -> int:
+    if args.lines < 0:
+        raise NbmonitorError(f"--lines must be 0 or more, got {args.lines}")
+    label, members = _find(repo, args.run)
+    lines = _tail_of(repo, members)
+    if not lines and not args.follow:
+        had = any(repo.log_path(record.id).exists() for _, record in members)
+        say = "has logged and printed nothing yet" if had else _NO_TAIL
+        print(f"{_format.one_line(label)} {say}", file=sys.stderr)
+        return 0
+    shown = lines[-args.lines :] if args.lines else []
+    for line in shown:
+        print(line.shown(logtail.CLIP + 80), flush=args.follow)
+    if not args.follow:
+        return 0
+    last = lines[-1] if lines else None
+    while True:
+        ended = all(Observer(repo).glance([r])[0].state in TERMINAL for _, r in _reread(repo, members))
+        lines = _tail_of(repo, members, say=False)
+        new = _after(lines, last)
+        for line in new:
+            print(line.shown(logtail.CLIP + 80), flush=True)
+        if new:
+            last = new[-1]
+        if ended:
+            return 0
+        time.sleep(FOLLOW_EVERY)
+
+
+def _tail_of(repo: Repo, members: list[tuple[str, RunRecord]], *, say: bool = True) -> list[LogLine]:
+    """The tails of ``members`` in one, by time; a group member's lines say which it is."""
+    found: list[LogLine] = []
+    for tag, record in members:
+        try:
+            lines, bad = repo.read_log(record.id)
+        except FileNotFoundError:
+            continue
+        except CorruptRecordError as e:
+            if say:
+                print(f"{PROG}: left out {e}", file=sys.stderr)
+            continue
+        if bad and say:
+            print(f"{PROG}: left out {bad} bad line(s) of {repo.log_path(record.id)}", file=sys.stderr)
+        if tag and len(members) > 1:
+            lines = [x if x.who else dataclasses.replace(x, who=tag) for x in lines]
+        found += lines
+    found.sort(key=lambda x: x.t)  # stable: each member's own order stays
+    return found
+
+
+def _reread(repo: Repo, members: list[tuple[str, RunRecord]]) -> list[tuple[str, RunRecord]]:
+    fresh = []
+    for tag, record in members:
+        try:
+            fresh.append((tag, repo.read_run(record.id)))
+        except (OSError, CorruptRecordError):
+            fresh.append((tag, record))
+    return fresh
+
+
+def _after(lines: list[LogLine], last: LogLine | None) -> list[LogLine]:
+    """The lines after ``last`` (the last one shown); all that are newer when it was cut since."""
+    if last is None:
+        return lines
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i] == last:
+            return lines[i + 1 :]
+    return [x for x in lines if x.t > last.t]
 
 
 def _one_run(repo: Repo, wanted: str) -> int:

@@ -13,12 +13,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import NewerFormatError
+from .logtail import LogLine
 from .record import FORMAT, RunRecord, is_run_id
 from .rules import EVENTS, is_event_key
 
 __all__ = ["Event", "GroupInfo", "MemberInfo"]
 
 _MAX_BLAMED = 8  # members named in one event at most
+#: Lines of its run's log tail an event carries: enough for the longest default (e-mail,
+#: webhook); a template shows at most these.
+TAIL_LINES = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +130,8 @@ class Event:
     grace: float | None  # grace that applied (stalls)
     seen_by: str  # "watcher <pid>@<host>" or "kernel <pid>@<host>"
     group: GroupInfo | None = None  # an event of a group: ``run`` is its member to blame
+    #: The last lines ``run`` logged and printed when the event was claimed (alarms quote them).
+    log_tail: tuple[LogLine, ...] = ()
 
     @property
     def subject(self) -> str:
@@ -145,6 +151,8 @@ class Event:
         }
         if self.group is not None:
             data["group"] = self.group.to_dict()
+        if self.log_tail:
+            data["log_tail"] = [line.to_dict() for line in self.log_tail]
         return data
 
     @classmethod
@@ -168,6 +176,9 @@ class Event:
         if "run" not in data:
             raise ValueError("field 'run' is missing")
         grace, group = data.get("grace"), data.get("group")
+        tail = data.get("log_tail", [])
+        if not isinstance(tail, list) or len(tail) > TAIL_LINES:
+            raise ValueError(f"field 'log_tail' must be a list of at most {TAIL_LINES} lines")
         return cls(
             kind=kind,
             key=key,
@@ -177,6 +188,7 @@ class Event:
             grace=None if grace is None else _number(data, "grace"),
             seen_by=seen_by,
             group=None if group is None else GroupInfo.from_dict(group),
+            log_tail=tuple(LogLine.from_dict(line) for line in tail),
         )
 
 

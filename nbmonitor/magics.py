@@ -89,6 +89,7 @@ class WatchMagics(Magics):
     @argument("--total", type=count_arg, metavar="N", help="steps at completion, for the progress bar")
     @argument("--grace", type=seconds_arg("grace", zero_ok=True), metavar="SECONDS", help=_GRACE)
     @argument("--no-usage", action="store_true", help="do not sample CPU, memory and GPU")
+    @argument("--no-logs", action="store_true", help="keep no tail of the cell's output and logging")
     @argument("--quiet", action="store_true", help="monitor, but show nothing")
     @line_cell_magic
     def watch(self, line: str, cell: str | None = None) -> Any:
@@ -120,6 +121,7 @@ class WatchMagics(Magics):
             grace=args.grace,
             total=args.total,
             usage=not args.no_usage,
+            logs=not args.no_logs,
         )
         attribute_bars(current_run)  # tqdm bars opened from now on count for the run they were opened in
         run.count_also(TqdmProbe(run, time.time(), current_run))

@@ -89,6 +89,8 @@ class Notifier:
     type: ClassVar[str]
     label: ClassVar[str]
     fields: ClassVar[tuple[Field, ...]] = ()
+    #: Lines of a run's log tail its messages quote (``{log_tail}``): chat keeps it short.
+    tail_lines: ClassVar[int] = 5
 
     def __init__(
         self, args: Mapping[str, Any], timeout: float = DEFAULT_TIMEOUT, repo: Repo | None = None
@@ -265,6 +267,7 @@ _WEBHOOK_URL = Field("webhook_url", "Webhook URL", "secret_url")
 
 class LoggerNotifier(Notifier):
     type = "logger"
+    tail_lines = 0  # one line per event: the tail is in `nbmonitor-watcher logs RUN`
     label = "Log line (in the repo's notify.log, or a file of your choice, and the sender's output)"
     fields = (Field("file", "Write to this file instead of the repo's notify.log", "text", required=False),)
 
@@ -327,6 +330,7 @@ _BEARER = "'Authorization: Bearer ...'"
 
 class WebhookNotifier(_Http):
     type = "webhook"
+    tail_lines = 20
     label = "Webhook (JSON POST to any URL)"
     fields = (
         Field("url", "URL", "secret_url"),
@@ -343,9 +347,11 @@ class WebhookNotifier(_Http):
     def send(self, message: Message) -> str:
         body: dict[str, Any] = {"event": message.kind, "title": message.title, "text": message.text}
         if len(message.events) == 1:
-            body["run"] = template_fields(message.events[0])
+            event = message.events[0]
+            body["run"] = template_fields(event, self.tail_lines)
+            body["log_tail"] = [line.to_dict() for line in event.log_tail[-self.tail_lines :]]
         else:
-            body["events"] = [{"event": e.kind, "run": template_fields(e)} for e in message.events]
+            body["events"] = [{"event": e.kind, "run": template_fields(e, 0)} for e in message.events]
         headers = {"Idempotency-Key": message.key, **(self.args.get("headers") or {})}
         return self.post(self.args["url"], json_body=body, headers=headers)
 
@@ -431,6 +437,7 @@ _SECURITY = ("starttls", "ssl", "none")
 class EmailNotifier(Notifier):
     type = "email"
     label = "E-mail (SMTP)"
+    tail_lines = 20
     fields = (
         Field("smtp_host", "SMTP host", "text"),
         Field("smtp_port", "SMTP port", "port", required=False, default=587),

@@ -38,7 +38,7 @@ from ._once import Once, Trouble
 from .config import NotifierConfig, NotifierStore
 from .errors import CorruptRecordError, NewerFormatError
 from .events import Event
-from .notifiers import DEFAULT_TIMEOUT, Message, NotifierError, TransientError
+from .notifiers import DEFAULT_TIMEOUT, TYPES, Message, NotifierError, TransientError
 from .repo import Repo, write_atomic
 from .templates import test_event, text_for
 
@@ -345,9 +345,12 @@ class Sender:
         self._failing_since.pop(pending.path, None)
 
     def _message(self, config: NotifierConfig, events: list[Event], key: str | None = None) -> Message:
-        lines = [text_for(e, config.templates, config.message) for e in events]
         if len(events) == 1:
-            return Message(f"{events[0].run.name} {events[0].kind}", lines[0], tuple(events), key)
+            tail = TYPES[config.type].tail_lines
+            text = text_for(events[0], config.templates, config.message, tail)
+            return Message(f"{events[0].run.name} {events[0].kind}", text, tuple(events), key)
+        # A digest is a line per event: no log tails (each run's alarm had its own).
+        lines = [text_for(e, config.templates, config.message, 0) for e in events]
         shown = "\n".join(f"- {line}" for line in lines[:_DIGEST_LINES])
         more = len(lines) - _DIGEST_LINES
         if more > 0:

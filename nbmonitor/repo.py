@@ -33,6 +33,8 @@ from typing import Any
 from ._once import Once
 from .errors import CorruptRecordError, RepoError
 from .history import History, parse
+from .logtail import LogLine
+from .logtail import parse as parse_log
 from .record import RunRecord, is_run_id
 from .rules import is_event_key
 
@@ -86,6 +88,7 @@ class Repo:
         # Every path of the layout (docs/repo-format.md) is built here and nowhere else.
         self.runs_dir = self.path / "runs"
         self.usage_dir = self.path / "usage"
+        self.logs_dir = self.path / "logs"
         self.events_dir = self.path / "events"
         self.outbox_dir = self.path / "outbox"
         self.deliveries_dir = self.path / "deliveries"
@@ -142,10 +145,7 @@ class Repo:
         try:
             write_atomic(path, record.to_dict())
         except FileNotFoundError:
-            gone = not self.path.is_dir()
-            self.ensure()
-            if gone:
-                log.warning("nbmonitor: the repo %s was gone (deleted?); created it again", self.path)
+            self._again()
             write_atomic(path, record.to_dict())
 
     def read_run(self, run_id: str) -> RunRecord:
@@ -165,13 +165,71 @@ class Repo:
     def append_usage(self, run_id: str, text: str) -> None:
         """Add whole lines to a run's usage history (only the run's own process does), creating
         it 0600 if it is new. One write() call: a reader sees whole lines, or a torn last one."""
-        path = self.usage_path(run_id)
+        self._append(self.usage_dir, self.usage_path(run_id), text)
+
+    def replace_usage(self, run_id: str, text: str) -> None:
+        """Replace a run's usage history whole (a coarser copy of it): readers see the old file
+        or the new one."""
+        self._replace(self.usage_dir, self.usage_path(run_id), text)
+
+    def log_path(self, run_id: str) -> Path:
+        """The log tail of run ``run_id`` (docs/repo-format.md); the id is checked."""
+        if not is_run_id(run_id):
+            raise ValueError(f"not a run id: {run_id[:40]!r}")
+        return self.logs_dir / f"{run_id}.jsonl"
+
+    def append_log(self, run_id: str, text: str) -> None:
+        """Add whole lines to a run's log tail (its own process does, at most once a second)."""
+        self._append(self.logs_dir, self.log_path(run_id), text)
+
+    def replace_log(self, run_id: str, text: str) -> None:
+        """Write a run's log tail whole (new, or cut to its last lines)."""
+        self._replace(self.logs_dir, self.log_path(run_id), text)
+
+    def read_log(self, run_id: str) -> tuple[list[LogLine], int]:
+        """A run's log tail, oldest line first, and how many bad lines were left out.
+        FileNotFoundError when it has none; CorruptRecordError naming the file when it is
+        not a tail of this run."""
+        path = self.log_path(run_id)
+        try:
+            text = path.read_bytes().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise CorruptRecordError(str(path), f"unreadable ({e.strerror})") from e
+        try:
+            return parse_log(text, run_id)
+        except ValueError as e:
+            raise CorruptRecordError(str(path), str(e)) from e
+
+    def log_tail(self, run_id: str, count: int) -> tuple[LogLine, ...]:
+        """The last ``count`` lines of a run's tail; none when it has none or it cannot be read
+        (said in the log: an alarm goes out without them)."""
+        try:
+            lines, _ = self.read_log(run_id)
+        except FileNotFoundError:
+            return ()
+        except (CorruptRecordError, ValueError) as e:
+            log.warning("nbmonitor: no log tail from %s", e)
+            return ()
+        return tuple(lines[-count:]) if count > 0 else ()
+
+    def _again(self, folder: Path | None = None) -> None:
+        """A write found no directory: create the repo (and ``folder``) again, saying so if the
+        repo itself was gone."""
+        gone = not self.path.is_dir()
+        self.ensure()
+        if gone:
+            log.warning("nbmonitor: the repo %s was gone (deleted?); created it again", self.path)
+        if folder is not None:
+            folder.mkdir(mode=0o700, exist_ok=True)
+
+    def _append(self, folder: Path, path: Path, text: str) -> None:
         data = text.encode()
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         except FileNotFoundError:
-            self.ensure()
-            self.usage_dir.mkdir(mode=0o700, exist_ok=True)
+            self._again(folder)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             written = os.write(fd, data)
@@ -180,11 +238,12 @@ class Repo:
         finally:
             os.close(fd)
 
-    def replace_usage(self, run_id: str, text: str) -> None:
-        """Replace a run's usage history whole (a coarser copy of it): readers see the old file
-        or the new one."""
-        path = self.usage_path(run_id)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=self.usage_dir)
+    def _replace(self, folder: Path, path: Path, text: str) -> None:
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=folder)
+        except FileNotFoundError:
+            self._again(folder)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=folder)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(text.encode())

@@ -24,9 +24,10 @@ from itertools import chain
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from . import _board, _process, _recorder, _stacks, _values, _writer, rules
+from . import _board, _capture, _process, _recorder, _stacks, _values, _writer, rules
 from ._once import Trouble
 from .errors import RepoError
+from .logtail import LogLine
 from .record import ErrorInfo, GroupField, Origin, RunRecord, RunUsage, StackFrame, clip
 from .repo import Repo
 
@@ -50,6 +51,8 @@ _generation = 0  # bumped whenever a block opens or closes, so threads recompute
 _adoption = threading.local()
 
 _NAME_MAX: Final = 200
+#: Lines of the traceback of the exception that failed a run, kept at the end of its log tail.
+_TRACEBACK_LINES: Final = 40
 
 
 class Run:
@@ -61,7 +64,9 @@ class Run:
     run, an exception fails it, KeyboardInterrupt marks it interrupted.
     Once a second the writer thread samples CPU, memory and GPU use of the
     process and its children into the run's usage history (``usage=False``:
-    not), and ``mark()`` puts labelled moments on it.
+    not), and ``mark()`` puts labelled moments on it. While it is open, what
+    the process logs and prints is copied into the run's log tail
+    (``logs=False``: not), which alarms quote.
     """
 
     __slots__ = (
@@ -83,6 +88,7 @@ class Run:
         "_last_wall",
         "_last_write",
         "_lock",
+        "_log",
         "_mode",
         "_name",
         "_origin",
@@ -128,6 +134,7 @@ class Run:
         world_size: int | None = None,
         mode: membership.Mode | None = None,
         usage: bool = True,
+        logs: bool = True,
     ) -> None:
         self._eta = _duration("expect_next_in", expect_next_in, zero_ok=False)
         self._grace = _duration("grace", grace, zero_ok=True)
@@ -185,6 +192,10 @@ class Run:
         self._history.mark("start", None, self._last_mono, by="nbmonitor")
         if usage:
             _record_usage(self._writer)
+        self._log: _capture.RunLog | None = None
+        if logs:
+            self._log = _capture.RunLog(self._repo, self._id, _member_label(self._group))
+            _keep_logs(self._writer).attach(self._log)
         self._writer.add(self)
 
     # -- what user code calls -------------------------------------------------
@@ -383,6 +394,8 @@ class Run:
             elif self._eta is not None and self._status == "running":
                 self._late(now_wall, now_mono)
             self._history.flush(now_mono, force=self._status != "running")
+            if self._log is not None:
+                self._log.flush(now_mono, force=self._status != "running")
             if self._abandoned and self._status == "running":
                 if self._abandoned_at is None:
                     self._abandoned_at = now_mono
@@ -511,8 +524,21 @@ class Run:
             if exc is not None and error is None:
                 error = _error_info(exc)
             self._set_end(status, error, self._writer.wall())
+        self._end_log(exc if status == "failed" else None)
         if self.tick(self._writer.wall(), self._writer.mono(), force=True):
             self._writer.retire(self)
+
+    def _end_log(self, exc: BaseException | None) -> None:
+        """The tail gets everything written until now, and the traceback of the exception that
+        failed the run (Python prints it only after the run has ended)."""
+        if self._log is None:
+            return
+        _capture.get().detach(self._log)
+        if exc is not None:
+            now = self._writer.wall()
+            text = "".join(traceback.format_exception(exc)).rstrip("\n")
+            lines = [LogLine(now, "ERROR", "traceback", part) for part in text.split("\n") if part]
+            self._log.add(lines[-_TRACEBACK_LINES:])
 
     def _start_track(self, iterable: Iterable[T], total: int | None, owns: bool) -> Iterator[T]:
         if total is None:
@@ -537,9 +563,13 @@ class Run:
     def cut(self) -> None:
         """The process is going away mid-run (a kernel shut down or restarted while its cell ran):
         write the run as still running, then never again, so its end is "crashed" for everyone."""
+        if self._log is not None:
+            _capture.get().detach(self._log)
         self.tick(self._writer.wall(), self._writer.mono(), force=True)
         with self._lock:
             self._history.flush(self._writer.mono(), force=True)
+            if self._log is not None:
+                self._log.flush(self._writer.mono(), force=True)
             self._cut_off = True
 
 
@@ -599,6 +629,7 @@ def watch(
     world_size: int | None = None,
     mode: membership.Mode | None = None,
     usage: bool = True,
+    logs: bool = True,
 ) -> Run:
     """A run for a ``with`` block: ``with nbmonitor.watch(eta=30) as run: ...``.
 
@@ -606,7 +637,8 @@ def watch(
     message recorded), KeyboardInterrupt marks it interrupted. Progress that
     multiprocessing workers started in the block report counts for it.
     ``group`` (with ``rank`` and ``world_size``) makes it a member of a job
-    watched as one (see ``Run``). ``usage=False``: no CPU, memory and GPU history.
+    watched as one (see ``Run``). ``usage=False``: no CPU, memory and GPU history;
+    ``logs=False``: no log tail.
     """
     return Run(
         name=name,
@@ -619,6 +651,7 @@ def watch(
         world_size=world_size,
         mode=mode,
         usage=usage,
+        logs=logs,
     )
 
 
@@ -818,6 +851,28 @@ def _record_usage(writer: _writer.Writer) -> None:
     """Sample this process's tree for its runs that record usage (once per writer)."""
     if not any(isinstance(hook, _recorder.Recorder) for hook in writer.before_tick):
         writer.before_tick.append(_recorder.Recorder(writer.runs, _own_label))
+
+
+@functools.cache
+def _keep_logs(writer: _writer.Writer) -> _capture.Capture:
+    """This process's capture of its output, drained by the writer every tick."""
+    capture = _capture.get()
+    last = [-math.inf]
+
+    def drain(now_mono: float) -> None:
+        # Once a second: a tail is written no more often, and a burst of output is cut to
+        # its last lines before any of it is turned into lines.
+        if now_mono - last[0] >= _capture.WRITE_EVERY:
+            last[0] = now_mono
+            capture.drain()
+
+    writer.before_tick.append(drain)
+    return capture
+
+
+def _member_label(group: GroupField | None) -> str | None:
+    """What a group member's log lines say of it: its rank (a run of its own says nothing)."""
+    return f"rank {group.rank}" if group is not None and group.rank is not None else None
 
 
 def _own_label(run: Any) -> str:

@@ -6,6 +6,10 @@
     GET {base_url}/nbmonitor/api/runs/<id>/usage?width=720
                                                a run's usage plot, or a group's (its members'
                                                histories side by side): {"svg", "peaks", "skipped"}
+    GET {base_url}/nbmonitor/api/runs/<id>/logs?lines=50
+                                               the last lines a run (or a group's members) logged
+                                               and printed: {"lines": [{"t", "level", "stream",
+                                               "text", "who"}], "skipped"}, oldest first
     GET {base_url}/nbmonitor/api/watcher       whether a standalone watcher runs
 
 Every handler requires Jupyter authentication. Reads run in a worker thread,
@@ -16,6 +20,7 @@ so a slow or large repo never blocks the server's event loop. The repo is
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import threading
@@ -29,10 +34,11 @@ from jupyter_server.utils import url_path_join
 from traitlets import Unicode
 from traitlets.config import Configurable
 
-from . import _format, rules
+from . import _format, logtail, rules
 from ._version import version
 from .errors import CorruptRecordError, NbmonitorError, RepoError
 from .groups import GroupObservation, gather, role
+from .logtail import LogLine
 from .membership import group_id
 from .observe import Observation, Observer, watcher_info
 from .record import RunRecord, is_run_id
@@ -127,6 +133,34 @@ class _Reader:
             "peaks": plot.peak_lines(history),
             "skipped": history.skipped,
         }
+
+    def logs(self, run_id: str, count: int) -> dict[str, Any]:
+        """The last ``count`` lines of a run's log tail, or of a group's members' (each line
+        saying which member). Text is data: the panel sets it as text."""
+        try:
+            repo = self._usable()
+        except (RepoError, OSError) as e:
+            raise _NoPlot(_problem(e)) from e
+        members = [("", run_id)]
+        if not repo.log_path(run_id).exists():
+            _, members = self._group(run_id)
+            if not members and not repo.run_path(run_id).exists():
+                raise _NoPlot(f"no run or group {run_id}")
+        found: list[LogLine] = []
+        skipped = 0
+        for tag, member in members:
+            try:
+                lines, bad = repo.read_log(member)
+            except FileNotFoundError:
+                continue
+            except CorruptRecordError as e:
+                log.warning("nbmonitor: left out %s", e)
+                skipped += 1
+                continue
+            skipped += bad
+            found += [x if x.who or not tag else dataclasses.replace(x, who=tag) for x in lines]
+        found.sort(key=lambda x: x.t)
+        return {"lines": [x.to_dict() for x in found[-count:]] if count else [], "skipped": skipped}
 
     def _group(self, wanted: str) -> tuple[str, list[tuple[str, str]]]:
         """The name of the group ``wanted`` and (role, run id) of each member, by rank; no
@@ -323,6 +357,21 @@ class UsageHandler(_Handler):
             raise tornado.web.HTTPError(404, str(e)) from None
 
 
+class LogsHandler(_Handler):
+    @tornado.web.authenticated
+    async def get(self, run_id: str) -> None:
+        if not is_run_id(run_id):
+            raise tornado.web.HTTPError(400, f"not a run id: {run_id[:40]!r}")
+        try:
+            count = min(logtail.KEEP, max(0, int(self.get_query_argument("lines", "50"))))
+        except ValueError:
+            raise tornado.web.HTTPError(400, "lines must be a whole number") from None
+        try:
+            self.finish(await self.in_thread(self.reader.logs, run_id, count))
+        except _NoPlot as e:
+            raise tornado.web.HTTPError(404, str(e)) from None
+
+
 class WatcherHandler(_Handler):
     @tornado.web.authenticated
     async def get(self) -> None:
@@ -346,6 +395,7 @@ def load(server_app: ServerApp) -> None:
             (url_path_join(base, "runs"), RunsHandler),
             (url_path_join(base, "runs", r"([^/]+)"), RunHandler),
             (url_path_join(base, "runs", r"([^/]+)", "usage"), UsageHandler),
+            (url_path_join(base, "runs", r"([^/]+)", "logs"), LogsHandler),
             (url_path_join(base, "watcher"), WatcherHandler),
         ],
     )

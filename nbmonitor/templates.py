@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Mapping
 
-from . import _format
+from . import _format, logtail
 from .events import Event, GroupInfo
 from .record import RunRecord
 
@@ -55,24 +55,30 @@ FIELDS: Mapping[str, str] = {
     "workers": "the run's multiprocessing workers that failed or crashed, and how (empty if none)",
     "peaks": "the run's peak memory, CPU and GPU memory, each with the process that held most (or nothing)",
     "stack": "where a stalled run's code is stuck, innermost first (or why that is not known)",
+    "log_tail": (
+        "the last lines the run logged and printed (a traceback's last lines for a failure), on lines "
+        "of their own: 5 in chat messages, 20 in e-mail and webhooks, none in log lines"
+    ),
 }
 
 #: Default text per event: which run, where, what happened, for how long, which step.
 DEFAULTS: Mapping[str, str] = {
     "stalled": (
         "{name} stalled: no progress for {since_progress} (promised within {eta}). "
-        "{origin} on {host}, pid {pid}, step {steps}.{stack}{workers}{peaks}"
+        "{origin} on {host}, pid {pid}, step {steps}.{stack}{workers}{peaks}{log_tail}"
     ),
     "recovered": "{name} recovered: making progress again. {origin} on {host}, step {steps}.",
     "crashed": (
         "{name} crashed: process {pid} on {host} is gone without finishing, "
-        "{since_progress} after its last progress. {origin}, step {steps}.{workers}{peaks}"
+        "{since_progress} after its last progress. {origin}, step {steps}.{workers}{peaks}{log_tail}"
     ),
     "lost": (
         "{name} lost: its host {host} stopped answering (no sign of life for three heartbeats), "
-        "{since_progress} after its last progress. {origin}, pid {pid}, step {steps}."
+        "{since_progress} after its last progress. {origin}, pid {pid}, step {steps}.{log_tail}"
     ),
-    "failed": "{name} failed: {error}. {origin} on {host}, after {elapsed}, step {steps}.{workers}{peaks}",
+    "failed": (
+        "{name} failed: {error}. {origin} on {host}, after {elapsed}, step {steps}.{workers}{peaks}{log_tail}"
+    ),
     "finished": "{name} finished in {elapsed}. {origin} on {host}, step {steps}.{workers}{peaks}",
     "interrupted": "{name} was interrupted after {elapsed}. {origin} on {host}, step {steps}.{workers}",
     "test": "Test message from nbmonitor on {host}: this notifier works.",
@@ -80,11 +86,11 @@ DEFAULTS: Mapping[str, str] = {
 
 #: Default text per event of a group (a job's ranks): which job, whom to blame, the others.
 GROUP_DEFAULTS: Mapping[str, str] = {
-    "stalled": "{name} stalled: {blame}. {group}: {members}.",
+    "stalled": "{name} stalled: {blame}. {group}: {members}.{log_tail}",
     "recovered": "{name} recovered: making progress again, step {steps}. {group}: {members}.",
-    "crashed": "{name} crashed: {blame}, gone without finishing. {group}: {members}.",
-    "lost": "{name} lost: {blame}, whose host stopped answering. {group}: {members}.",
-    "failed": "{name} failed: {blame}: {error}. {group}: {members}.",
+    "crashed": "{name} crashed: {blame}, gone without finishing. {group}: {members}.{log_tail}",
+    "lost": "{name} lost: {blame}, whose host stopped answering. {group}: {members}.{log_tail}",
+    "failed": "{name} failed: {blame}: {error}. {group}: {members}.{log_tail}",
     "finished": "{name} finished in {elapsed}, step {steps}. {group}: {members}.",
     "interrupted": "{name} was interrupted after {elapsed}, step {steps}. {group}: {members}.",
 }
@@ -102,8 +108,12 @@ def render(template: str, values: Mapping[str, str]) -> str:
     return _FIELD.sub(replace, template)
 
 
-def fields(event: Event) -> dict[str, str]:
-    """The template fields of an event, as text."""
+#: Lines of ``{log_tail}`` a message shows when its notifier does not say.
+TAIL_LINES = 5
+
+
+def fields(event: Event, tail_lines: int = TAIL_LINES) -> dict[str, str]:
+    """The template fields of an event, as text; ``{log_tail}`` with the last ``tail_lines``."""
     run = event.run
     end = run.ended_at if run.ended_at is not None else event.at
     error = run.error.summary() if run.error else ""
@@ -131,6 +141,7 @@ def fields(event: Event) -> dict[str, str]:
         "workers": _workers(run),
         "peaks": f" {peaks_text(run)}." if run.usage is not None and run.usage.peaks else "",
         "stack": _stack(event.kind, run),
+        "log_tail": logtail.text(event.log_tail, tail_lines),
     }
     group = event.group
     if group is not None:
@@ -224,18 +235,25 @@ def job_label(group: GroupInfo) -> str:
     return f"{group.launcher} job {job}, {world} {'ranks' if group.launcher != 'manual' else 'members'}"
 
 
-def text_for(event: Event, templates: Mapping[str, str] | None = None, message: str | None = None) -> str:
-    """The text of an event: the notifier's template for it, else its catch-all message, else the default."""
+def text_for(
+    event: Event,
+    templates: Mapping[str, str] | None = None,
+    message: str | None = None,
+    tail_lines: int = TAIL_LINES,
+) -> str:
+    """The text of an event: the notifier's template for it, else its catch-all message, else the
+    default; ``tail_lines`` of the run's log tail where it says ``{log_tail}``."""
     defaults = GROUP_DEFAULTS if event.group is not None else DEFAULTS
     chosen = (templates or {}).get(event.kind) or message or defaults.get(event.kind, "{name}: {event}")
-    return render(chosen, fields(event))
+    return render(chosen, fields(event, tail_lines))
 
 
 def describe(event: Event) -> str:
     """The watcher's own line for an event: ``STALLED <default text> [run 1a2b3c4d]``, always
     one line (whatever a run's name or error holds, shown escaped)."""
     which = "group" if event.group is not None else "run"
-    return f"{event.kind.upper()} {_format.one_line(text_for(event))} [{which} {event.subject[:8]}]"
+    text = _format.one_line(text_for(event, tail_lines=0))
+    return f"{event.kind.upper()} {text} [{which} {event.subject[:8]}]"
 
 
 def test_event(host: str) -> Event:

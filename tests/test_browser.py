@@ -462,6 +462,87 @@ def show_a_usage_plot(lab: Lab, page: Any) -> None:
     panel.screenshot(path=str(ARTIFACTS / "runs-panel-usage-dark.png"))
 
 
+def test_a_runs_log_tail_opens_with_its_plot_as_text(lab: Lab, page: Any) -> None:
+    with screenshot_on_failure(page, "failure-logs"):
+        show_a_log_tail(lab, page)
+
+
+def show_a_log_tail(lab: Lab, page: Any) -> None:
+    from nbmonitor import logtail
+    from nbmonitor.logtail import LogLine
+
+    now, run_id = time.time(), "8" * 32
+    repo = Repo(lab.repo)
+    repo.write_run(
+        sample(id=run_id, name="chatty-train", host=os.uname().nodename, pid=os.getpid(), process_start=None,
+               boot_id=None, eta=600.0, step=40, total=100, started_at=now - 90, last_progress_at=now)
+    )  # fmt: skip
+    write_usage(Path(lab.repo), run_id, ["main"], 60, start=now - 60, gpu=False)
+    said = [
+        LogLine(now - 80 + i, "INFO", "log", f"train: epoch {i} loss {1 / (i + 1):.3f}") for i in range(60)
+    ]
+    said += [
+        LogLine(now - 10, "", "stdout", "<img src=x onerror=window.pwned=1> <b>bold</b>"),
+        LogLine(now - 9, "", "stderr", "\x1b[31mred\x1b[0m and a NUL \x00 " + "long " * 60),
+        LogLine(now - 8, "WARNING", "log", "data: batch 41 is slow"),
+        LogLine(now - 7, "", "stdout", "step 40 done"),
+    ]
+    repo.replace_log(run_id, logtail.encode_header(run_id) + logtail.encode(said))
+    write_group(Path(lab.repo))
+    for rank in range(4):
+        member = f"{rank + 1:032x}"
+        lines = [
+            LogLine(now - 30 + i, "INFO", "log", f"rank {rank} step {1200 + i}", f"rank {rank}")
+            for i in range(3)
+        ]
+        repo.replace_log(member, logtail.encode_header(member) + logtail.encode(lines))
+    page.goto(lab.url("lab"))
+    page.locator(".jp-Launcher").wait_for(timeout=60_000)
+    page.locator(".jp-SideBar .lm-TabBar-tab", has_text="Runs").first.click()
+    row = page.locator('.nbm-run[data-status="running"]', has_text="chatty-train")
+    row.wait_for(timeout=60_000)
+    move_sidebar_edge(page, 320)
+    row.locator("button.nbm-toggle").click()
+    tail = row.locator(".nbm-logs")
+    tail.locator(".nbm-log-line").nth(49).wait_for(timeout=15_000)
+    texts = tail.locator(".nbm-log-text").all_inner_texts()
+    assert len(texts) == 50  # the last 50
+    assert texts[-4:] == [
+        "<img src=x onerror=window.pwned=1> <b>bold</b>",  # text, never markup
+        "\\x1b[31mred\\x1b[0m and a NUL \\x00 " + "long " * 60,
+        "data: batch 41 is slow",
+        "step 40 done",
+    ]
+    assert tail.locator("img, b").count() == 0
+    assert page.evaluate("window.pwned") is None
+    assert tail.locator(".nbm-log-line").last.locator(".nbm-log-tag").inner_text() == "stdout"
+    assert tail.locator('.nbm-log-line[data-level="warning"]').count() == 1
+    # The newest line is in view: the box scrolls to its end.
+    assert tail.evaluate("box => box.scrollTop + box.clientHeight >= box.scrollHeight - 4")
+    panel = page.locator("#nbmonitor-runs")
+    panel.screenshot(path=str(ARTIFACTS / "runs-panel-logs.png"))
+
+    group = page.locator(".nbm-group", has_text="ddp-resnet")
+    group.locator("button.nbm-toggle").click()
+    merged = group.locator(".nbm-logs .nbm-log-line")
+    merged.nth(11).wait_for(timeout=15_000)
+    assert merged.count() == 12
+    assert set(group.locator(".nbm-logs .nbm-log-who").all_inner_texts()) == {f"rank {r}" for r in range(4)}
+    group.locator("button.nbm-toggle").click()
+
+    move_sidebar_edge(page, -320)
+    page.set_viewport_size({"width": 760, "height": 900})
+    wait_until(lambda: tail.bounding_box()["width"] < 400, 10, "the tail to fit a narrow panel")
+    assert tail.evaluate("box => box.scrollWidth <= box.clientWidth + 1")  # wrapped, never wider
+    panel.screenshot(path=str(ARTIFACTS / "runs-panel-logs-narrow.png"))
+    page.set_viewport_size({"width": 1400, "height": 900})
+    move_sidebar_edge(page, 320)
+    dark_theme(page, ".nbm-log-text")
+    name = "getComputedStyle(document.querySelector('.nbm-name')).color"
+    wait_until(lambda: sum(map(int, re.findall(r"\d+", page.evaluate(name))[:3])) > 600, 30, "dark names")
+    panel.screenshot(path=str(ARTIFACTS / "runs-panel-logs-dark.png"))
+
+
 def test_a_stalled_runs_stack_under_its_row_and_in_its_details(lab: Lab, page: Any) -> None:
     with screenshot_on_failure(page, "failure-stack"):
         show_a_stack(lab, page)

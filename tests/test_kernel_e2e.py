@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree
 
 import nbformat
@@ -181,3 +182,28 @@ def test_a_watched_cell_draws_its_usage_live_and_keeps_the_whole_plot_when_it_en
     assert any(m.startswith("finished at") for m in marks)
     texts = [d["text/plain"] for d in displays(messages, "update_display_data") if "image/svg+xml" in d]
     assert "peak memory" in texts[-1]
+
+
+def test_a_cell_printing_100000_lines_keeps_its_output_whole_and_its_tail_has_the_last(
+    kernel: Kernel, kernel_repo: Path
+) -> None:
+    printing = "import logging\nfor i in range(100_000):\n    print('line', i)\nlogging.warning('end %d', i)"
+    expected = "".join(f"line {i}\n" for i in range(100_000))
+
+    def output(messages: list[dict[str, Any]], name: str) -> str:
+        streams = [m["content"] for m in messages if m["msg_type"] == "stream"]
+        return "".join(s["text"] for s in streams if s["name"] == name)
+
+    _, plain = kernel.run(printing, timeout=120)
+    reply, watched = kernel.run(f"%%watch --name chatty-cell --no-usage\n{printing}", timeout=120)
+    assert reply["status"] == "ok"
+    assert output(watched, "stdout") == output(plain, "stdout") == expected  # the output area, unchanged
+    assert output(watched, "stderr") == output(plain, "stderr")
+    reply, _ = kernel.run("1 + 1", timeout=10)  # the kernel answers at once
+    assert reply["status"] == "ok"
+    (record,) = [r for r in Repo(kernel_repo).runs() if r.name == "chatty-cell"]
+    lines, bad = Repo(kernel_repo).read_log(record.id)
+    assert bad == 0
+    assert lines[-1].text == "end 99999"
+    assert lines[-1].level == "WARNING"
+    assert [x.text for x in lines[-4:-1]] == ["line 99997", "line 99998", "line 99999"]

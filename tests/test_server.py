@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from nbmonitor import history
+from nbmonitor import history, logtail
 from nbmonitor._format import COLOURS, duration
+from nbmonitor.logtail import LogLine
 from nbmonitor.record import RunUsage
 from nbmonitor.repo import Repo
 
@@ -163,7 +164,10 @@ async def test_watcher_says_whether_one_runs(jp_fetch: Any, repo: Repo) -> None:
     assert body == {"running": False, "repo": str(repo.path)}
 
 
-@pytest.mark.parametrize("path", ["runs", f"runs/{'a' * 32}", f"runs/{'a' * 32}/usage", "watcher"])
+ENDPOINTS = ["runs", f"runs/{'a' * 32}", f"runs/{'a' * 32}/usage", f"runs/{'a' * 32}/logs", "watcher"]
+
+
+@pytest.mark.parametrize("path", ENDPOINTS)
 async def test_every_endpoint_refuses_requests_without_a_token(
     jp_fetch: Any, jp_base_url: str, jp_http_port: int, path: str
 ) -> None:
@@ -190,7 +194,7 @@ async def test_notebook_paths_are_given_relative_to_the_servers_root(
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
-@pytest.mark.parametrize("path", ["runs", f"runs/{'a' * 32}", f"runs/{'a' * 32}/usage", "watcher"])
+@pytest.mark.parametrize("path", ENDPOINTS)
 async def test_nothing_can_change_state_with_a_token_or_from_another_site(
     jp_fetch: Any, jp_base_url: str, jp_http_port: int, repo: Repo, path: str, method: str
 ) -> None:
@@ -362,3 +366,18 @@ async def test_a_groups_usage_plot_shows_each_members_processes(jp_fetch: Any, r
         404,
         f"no member of group {group_id('job-2', 'solo')} has a usage history",
     )
+
+
+async def test_a_runs_log_tail_is_its_last_lines_as_data(jp_fetch: Any, repo: Repo) -> None:
+    write_runs(repo)
+    said = [LogLine(1_800_000_000.0 + i, "", "stdout", f"step {i}") for i in range(80)]
+    said.append(LogLine(1_800_000_100.0, "ERROR", "traceback", "<script>alert(1)</script>\x1b[31m\x00"))
+    repo.replace_log("b" * 32, logtail.encode_header("b" * 32) + logtail.encode(said) + "torn {\n")
+    body = await get(jp_fetch, "runs", "b" * 32, "logs")
+    assert body["skipped"] == 1
+    assert [LogLine.from_dict(x) for x in body["lines"]] == said[-50:]  # 50 unless asked
+    assert len((await get(jp_fetch, "runs", "b" * 32, "logs", lines="5"))["lines"]) == 5
+    assert len((await get(jp_fetch, "runs", "b" * 32, "logs", lines="100000"))["lines"]) == 81
+    assert (await get(jp_fetch, "runs", "a" * 32, "logs")) == {"lines": [], "skipped": 0}  # none yet
+    assert await refusal(jp_fetch, "runs", "d" * 32, "logs") == (404, f"no run or group {'d' * 32}")
+    assert (await refusal(jp_fetch, "runs", "b" * 32, "logs", lines="many"))[0] == 400

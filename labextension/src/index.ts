@@ -29,6 +29,7 @@ import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
+import { LogsView } from './logs';
 import { bytes, duration, UsageView } from './usage';
 
 const POLL_MS = 2000;
@@ -315,6 +316,8 @@ class RunsPanel extends Widget {
   private _showAll = false;
   /** The usage plots open now, by run or group id: kept (not redrawn) as rows are redrawn. */
   private _usage = new Map<string, UsageView>();
+  /** The log tails open now (with the plots), by the same ids. */
+  private _logs = new Map<string, LogsView>();
   /** The state of each run and group shown, by id: whether its plot needs refreshing. */
   private _states = new Map<string, string>();
   private _settings = ServerConnection.makeSettings();
@@ -388,12 +391,20 @@ class RunsPanel extends Widget {
       if (!this._states.has(id)) {
         view.dispose(); // its row is gone (ended, and only active runs are shown)
         this._usage.delete(id);
+        this._logs.get(id)?.dispose();
+        this._logs.delete(id);
         continue;
       }
-      // A row that came new (or moved) holds a place for its plot: put the plot there.
+      // A row that came new (or moved) holds a place for its plot and tail: put them there.
       this._list
         .querySelector(`.nbm-usage-spot[data-key="${id}"]`)
         ?.replaceWith(view.node);
+      const logs = this._logs.get(id);
+      if (logs) {
+        this._list
+          .querySelector(`.nbm-logs-spot[data-key="logs-${id}"]`)
+          ?.replaceWith(logs.node);
+      }
     }
     this._refreshUsage();
   }
@@ -405,6 +416,9 @@ class RunsPanel extends Widget {
 
   private _refreshUsage(): void {
     for (const [id, view] of this._usage) {
+      view.update(ACTIVE.has(this._states.get(id) ?? ''));
+    }
+    for (const [id, view] of this._logs) {
       view.update(ACTIVE.has(this._states.get(id) ?? ''));
     }
   }
@@ -421,9 +435,11 @@ class RunsPanel extends Widget {
     button.title = open ? 'hide the usage plot' : 'show the usage plot';
     button.querySelector('.nbm-chevron')!.textContent = open ? '▾' : '▸';
     if (open) {
-      const spot = row.appendChild(el('div', 'nbm-usage-spot'));
-      spot.dataset.key = id;
-      spot.dataset.keep = '';
+      for (const kind of ['nbm-usage-spot', 'nbm-logs-spot']) {
+        const spot = row.appendChild(el('div', kind));
+        spot.dataset.key = kind === 'nbm-logs-spot' ? `logs-${id}` : id;
+        spot.dataset.keep = '';
+      }
     }
     button.onclick = event => {
       event.stopPropagation(); // not the row's click, which opens the notebook
@@ -431,8 +447,11 @@ class RunsPanel extends Widget {
       if (view) {
         view.dispose();
         this._usage.delete(id);
+        this._logs.get(id)?.dispose();
+        this._logs.delete(id);
       } else {
         this._usage.set(id, new UsageView(id, this._settings));
+        this._logs.set(id, new LogsView(id, this._settings));
       }
       this.render();
     };
