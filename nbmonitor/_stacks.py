@@ -16,9 +16,12 @@ import sys
 import threading
 from types import FrameType
 
-from .record import StackFrame
+from .record import StackFrame, ThreadStack
 
-__all__ = ["DEPTH", "capture", "collective", "frame_of"]
+__all__ = ["DEPTH", "capture", "capture_all", "collective", "frame_of"]
+
+#: Threads kept when all threads' stacks are asked for.
+MAX_THREADS = 32
 
 DEPTH = 12  # frames kept, innermost first
 _CODE = 160  # characters of a source line kept
@@ -35,6 +38,24 @@ def frame_of(thread: threading.Thread) -> FrameType | None:
 def capture(thread: threading.Thread, depth: int = DEPTH) -> tuple[StackFrame, ...]:
     """The stack of ``thread`` now (empty if it has ended or never ran)."""
     return frames(frame_of(thread), depth)
+
+
+def capture_all(skip: threading.Thread, depth: int = DEPTH) -> tuple[ThreadStack, ...]:
+    """The stack of every other thread of this process now (``skip`` is the run's own, told
+    apart; the calling thread, the writer, is left out too), by name, at most ``MAX_THREADS``."""
+    names = {t.ident: t for t in threading.enumerate()}
+    me = threading.get_ident()
+    found = []
+    for ident, frame in sorted(sys._current_frames().items()):  # noqa: SLF001  # as in frame_of
+        if ident in (me, skip.ident):
+            continue
+        thread = names.get(ident)
+        name = thread.name if thread is not None else f"thread {ident} (not started by threading)"
+        native = thread.native_id if thread is not None else None
+        found.append(ThreadStack(name[:80], native, frames(frame, depth)))
+        if len(found) == MAX_THREADS:
+            break
+    return tuple(found)
 
 
 def collective(thread: threading.Thread) -> str | None:

@@ -21,7 +21,7 @@ from .errors import CorruptRecordError, NbmonitorError
 from .groups import GroupObservation, gather, role
 from .logtail import LogLine
 from .observe import Observation, Observer, watcher_info
-from .record import RunRecord
+from .record import RunRecord, StackFrame
 from .repo import Repo, make_private
 from .rules import TERMINAL
 from .templates import job_label, peaks_text
@@ -381,11 +381,18 @@ def _one_run(repo: Repo, wanted: str) -> int:
         now = "stuck" if record.stuck_in is not None else "last seen stuck"
         by = " (read by py-spy)" if record.stack_from == "py-spy" else ""
         print(f"  {now} at {when}, when {record.stack_state or 'late'}{by}, innermost first:")
-        for frame in record.stack:
-            print(f"    {_format.one_line(frame.function)}  {_format.one_line(frame.file)}:{frame.line}")
-            if frame.code:
-                print(f"      {_format.one_line(frame.code)}")
+        _print_frames(record.stack)
+        for thread in record.threads:
+            print(f"  thread {_format.one_line(thread.name)}, innermost first:")
+            _print_frames(thread.frames)
     return 0
+
+
+def _print_frames(frames: tuple[StackFrame, ...]) -> None:
+    for frame in frames:
+        print(f"    {_format.one_line(frame.function)}  {_format.one_line(frame.file)}:{frame.line}")
+        if frame.code:
+            print(f"      {_format.one_line(frame.code)}")
 
 
 def _find(repo: Repo, wanted: str, *, groups: bool = True) -> tuple[str, list[tuple[str, RunRecord]]]:

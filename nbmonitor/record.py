@@ -124,6 +124,15 @@ class StackFrame:
 
 
 @dataclass(frozen=True, slots=True)
+class ThreadStack:
+    """The stack of one thread of a run's process, kept when all threads' stacks were asked for."""
+
+    name: str
+    thread_id: int | None
+    frames: tuple[StackFrame, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class GroupField:
     """The run is a member of a job's group (nbmonitor.membership): its job, launcher and rank."""
 
@@ -204,6 +213,9 @@ class RunRecord:
     stack_error: str | None = None
     #: The native id of the thread that owns the run (what py-spy and the OS call it).
     thread_id: int | None = None
+    #: The process's other threads' stacks, taken with ``stack`` when the run asks for all
+    #: threads' (``stacks="all"``); empty otherwise.
+    threads: tuple[ThreadStack, ...] = ()
     format: int = field(default=FORMAT)
 
     @property
@@ -220,6 +232,10 @@ class RunRecord:
         data["origin"]["argv"] = list(self.origin.argv)
         data["workers"] = [asdict(w) for w in self.workers]
         data["stack"] = [asdict(f) for f in self.stack]
+        data["threads"] = [
+            {"name": t.name, "thread_id": t.thread_id, "frames": [asdict(f) for f in t.frames]}
+            for t in self.threads
+        ]
         if self.usage is not None:
             data["usage"]["peaks"] = [asdict(p) for p in self.usage.peaks]
         return data
@@ -282,6 +298,7 @@ class RunRecord:
             workers=_workers(data.get("workers")),
             waiting=get.opt_text("waiting"),
             stack=_stack(data.get("stack")),
+            threads=_threads(data.get("threads")),
             stack_state=_stack_state(get.opt_text("stack_state")),
             stack_at=get.opt_number("stack_at"),
             stack_from=get.opt_text("stack_from") or "process",
@@ -440,16 +457,34 @@ _WHERE_FRAMES = 3  # frames named in one line of an alarm
 _STACK_STATES = ("late", "stalled")
 
 
-def _stack(data: object) -> tuple[StackFrame, ...]:
+_MAX_THREADS = 64
+
+
+def _threads(data: object) -> tuple[ThreadStack, ...]:
     if data is None:
         return ()
-    if not isinstance(data, list) or len(data) > _MAX_FRAMES:
-        raise ValueError(f"field 'stack' must be a list of at most {_MAX_FRAMES} objects")
+    if not isinstance(data, list) or len(data) > _MAX_THREADS:
+        raise ValueError(f"field 'threads' must be a list of at most {_MAX_THREADS} objects")
     found = []
     for i, item in enumerate(data):
         if not isinstance(item, dict):
-            raise ValueError(f"field 'stack.{i}' must be an object, got {_kind(item)}")
-        get = _Fields(item, f"stack.{i}.")
+            raise ValueError(f"field 'threads.{i}' must be an object, got {_kind(item)}")
+        get = _Fields(item, f"threads.{i}.")
+        frames = _stack(item.get("frames"), f"threads.{i}.frames")
+        found.append(ThreadStack(get.text("name"), get.opt_integer("thread_id"), frames))
+    return tuple(found)
+
+
+def _stack(data: object, where: str = "stack") -> tuple[StackFrame, ...]:
+    if data is None:
+        return ()
+    if not isinstance(data, list) or len(data) > _MAX_FRAMES:
+        raise ValueError(f"field {where!r} must be a list of at most {_MAX_FRAMES} objects")
+    found = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise ValueError(f"field '{where}.{i}' must be an object, got {_kind(item)}")
+        get = _Fields(item, f"{where}.{i}.")
         found.append(
             StackFrame(get.text("function"), get.text("file"), get.integer("line"), get.text("code"))
         )

@@ -28,7 +28,7 @@ from . import _board, _capture, _process, _recorder, _stacks, _values, _writer, 
 from ._once import Trouble
 from .errors import RepoError
 from .logtail import LogLine
-from .record import ErrorInfo, GroupField, Origin, RunRecord, RunUsage, StackFrame, clip
+from .record import ErrorInfo, GroupField, Origin, RunRecord, RunUsage, StackFrame, ThreadStack, clip
 from .repo import Repo
 
 if TYPE_CHECKING:
@@ -104,11 +104,13 @@ class Run:
         "_seen",
         "_stack",
         "_stack_at",
+        "_stack_scope",
         "_stack_state",
         "_stalled_at",
         "_started_at",
         "_status",
         "_step",
+        "_threads",
         "_total",
         "_track",
         "_usage",
@@ -135,7 +137,9 @@ class Run:
         mode: membership.Mode | None = None,
         usage: bool = True,
         logs: bool = True,
+        stacks: str | None = None,
     ) -> None:
+        self._stack_scope = _stacks_option(stacks)
         self._eta = _duration("expect_next_in", expect_next_in, zero_ok=False)
         self._grace = _duration("grace", grace, zero_ok=True)
         self._total = _count("total", total)
@@ -185,6 +189,7 @@ class Run:
         self._stack: tuple[StackFrame, ...] = ()  # where its thread was when it turned late or stalled
         self._stack_state: str | None = None
         self._stack_at: float | None = None
+        self._threads: tuple[ThreadStack, ...] = ()  # the others', with stacks="all"
         self._records_usage = bool(usage)
         self._history = _recorder.RunHistory(
             self._repo, self._id, self._name, _process.host(), self._started_at, self._last_mono
@@ -449,6 +454,8 @@ class Run:
         stack = _stacks.capture(self._owner)
         if stack or self._stack_state is None:
             self._stack, self._stack_state, self._stack_at = stack, state, now_wall
+            if self._stack_scope == "all":
+                self._threads = _stacks.capture_all(self._owner)
 
     def _write_due(self, now_mono: float) -> bool:
         """Whether a changed run's file is due: once a second, or sooner when the file's last
@@ -504,6 +511,7 @@ class Run:
             stack_state=self._stack_state,
             stack_at=self._stack_at,
             thread_id=self._owner.native_id,
+            threads=self._threads,
         )
 
     def _set_end(self, status: str, error: ErrorInfo | None, now_wall: float) -> None:
@@ -630,6 +638,7 @@ def watch(
     mode: membership.Mode | None = None,
     usage: bool = True,
     logs: bool = True,
+    stacks: str | None = None,
 ) -> Run:
     """A run for a ``with`` block: ``with nbmonitor.watch(eta=30) as run: ...``.
 
@@ -638,7 +647,8 @@ def watch(
     multiprocessing workers started in the block report counts for it.
     ``group`` (with ``rank`` and ``world_size``) makes it a member of a job
     watched as one (see ``Run``). ``usage=False``: no CPU, memory and GPU history;
-    ``logs=False``: no log tail.
+    ``logs=False``: no log tail; ``stacks="all"``: every thread's stack when it turns late
+    or stalled, not only its own thread's.
     """
     return Run(
         name=name,
@@ -652,6 +662,7 @@ def watch(
         mode=mode,
         usage=usage,
         logs=logs,
+        stacks=stacks,
     )
 
 
@@ -990,6 +1001,19 @@ def _own_start() -> tuple[float | None, int | None]:
     if pid not in _start_cache:
         _start_cache[pid] = (_process.process_start(pid), _process.start_ticks(pid))
     return _start_cache[pid]
+
+
+_STACKS = ("thread", "all")
+
+
+def _stacks_option(value: object) -> str:
+    """Whose stacks a run keeps when it turns late or stalled: its own thread's ("thread"), or
+    every thread's ("all"); by default ``NBMONITOR_STACKS``, else "thread"."""
+    chosen = value if value is not None else (os.environ.get("NBMONITOR_STACKS") or "thread")
+    if chosen not in _STACKS:
+        where = "stacks" if value is not None else "NBMONITOR_STACKS"
+        raise ValueError(f"{where} must be 'thread' or 'all', got {str(chosen)[:40]!r}")
+    return str(chosen)
 
 
 def _duration(what: str, value: object, zero_ok: bool) -> float | None:

@@ -286,6 +286,16 @@ def _stack_json(run: RunRecord) -> dict[str, Any] | None:
         "at": run.stack_at,
         "from": run.stack_from,
         "stuck_in": run.stuck_in,
+        "threads": [
+            {
+                "name": thread.name,
+                "frames": [
+                    {"function": f.function, "file": f.file, "line": f.line, "code": f.code}
+                    for f in thread.frames
+                ],
+            }
+            for thread in run.threads
+        ],
     }
 
 

@@ -47,6 +47,9 @@ with nbmonitor.watch(eta=1, grace=0.5, name="regex") as run:
     for _ in range(3):
         run.report_progress()
         time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while not run.repo.run_path(run.id).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)  # its file is written (the watcher knows it) before the GIL is held
     print("matching", run.id, flush=True)
     re.match(r"(a+)+$", "a" * 40 + "b")
 """
@@ -176,3 +179,36 @@ def test_without_py_spy_or_the_right_to_use_it_the_alarm_says_why_there_is_no_st
     assert failed.stack_error is not None
     assert failed.stack_error.startswith(f"py-spy could not read pid {here.pid}: ")
     assert _pyspy.outside_stack(stalled) is stalled  # another host's process: nothing to read here
+
+
+def test_on_request_every_thread_s_stack_is_kept_and_status_prints_them(
+    repo: Repo, clock: FakeClock, monitor: _writer.Writer
+) -> None:
+    from .helpers import nbw
+
+    ready, release = threading.Event(), threading.Event()
+    loader = threading.Thread(target=wait_for_batch, args=(ready, release), name="loader")
+    loader.start()
+    try:
+        assert ready.wait(10)
+        alone = nbmonitor.Run(name="own-thread", repo=repo, expect_next_in=1.0, usage=False, logs=False)
+        every = nbmonitor.Run(name="all", repo=repo, expect_next_in=1.0, usage=False, stacks="all")
+        monitor.tick()
+        clock.advance(1.5)  # late
+        monitor.tick()
+    finally:
+        release.set()
+        loader.join()
+    assert repo.read_run(alone.id).threads == ()  # its own thread's only, unless asked
+    record = repo.read_run(every.id)
+    (kept,) = [t for t in record.threads if t.name == "loader"]
+    assert kept.thread_id == loader.native_id
+    assert [f.function for f in kept.frames if f.function == "wait_for_batch"] == ["wait_for_batch"]
+    assert "hunter2" not in repr(record.threads)
+    shown = nbw(repo, "status", every.id)
+    assert "  thread loader, innermost first:" in shown.stdout
+    assert "    wait_for_batch  " in shown.stdout
+    with pytest.raises(ValueError, match="stacks must be 'thread' or 'all', got 'some'"):
+        nbmonitor.Run(name="bad", repo=repo, stacks="some")
+    alone.close()
+    every.close()
