@@ -97,7 +97,8 @@ async def test_a_runs_stack_says_where_its_thread_was_stuck(jp_fetch: Any, repo:
     )  # fmt: skip
     runs = {r["id"][0]: r for r in (await get(jp_fetch, "runs"))["runs"]}
     stack = runs["a"]["stack"]
-    assert set(stack) == {"frames", "state", "at", "from", "stuck_in"}
+    assert set(stack) == {"frames", "state", "at", "from", "stuck_in", "threads"}
+    assert stack["threads"] == []  # its own thread's only, unless it asked for all
     assert (stack["state"], stack["at"], stack["from"]) == ("stalled", pytest.approx(now - 30), "py-spy")
     assert stack["stuck_in"] == "wait_for_batch (data.py:42) ← train (train.py:88) ← <module> (train.py:120)"
     assert all(set(f) == {"function", "file", "line", "code"} for f in stack["frames"])
