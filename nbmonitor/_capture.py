@@ -177,10 +177,16 @@ class RunLog:
     """One run's tail: the lines it was open for, the last ``logtail.KEEP`` in memory, written
     to the repo by ``flush`` at most once a second (only the run's writer thread writes)."""
 
-    def __init__(self, repo: Any, run_id: str, who: str | None = None) -> None:
+    def __init__(
+        self, repo: Any, run_id: str, who: str | Callable[[], str] | None = None, part: int | None = None
+    ) -> None:
         self.repo = repo
         self.run_id = run_id
+        #: What its lines say of who said them: a group member's rank, or (a callable, asked as
+        #: lines come) a forked worker's name.
         self.who = who
+        #: A forked worker's own file of the run's tail (its pid), or None: the run's process's.
+        self.part = part
         self.lines: collections.deque[LogLine] = collections.deque(maxlen=logtail.KEEP)
         self._unwritten: collections.deque[LogLine] = collections.deque(maxlen=logtail.KEEP)
         self._in_file = 0  # lines in the file since it was last written whole
@@ -191,8 +197,9 @@ class RunLog:
         self.trouble = Trouble(log)
 
     def add(self, lines: list[LogLine]) -> None:
-        if self.who is not None:
-            lines = [LogLine(x.t, x.level, x.stream, x.text, self.who) for x in lines]
+        who = self.who() if callable(self.who) else self.who
+        if who is not None:
+            lines = [LogLine(x.t, x.level, x.stream, x.text, who) for x in lines]
         with self._lock:
             self.lines.extend(lines)
             self._unwritten.extend(lines)
@@ -209,12 +216,11 @@ class RunLog:
                 whole_again = self._new > len(new) or self._in_file + len(new) > 2 * logtail.KEEP
                 if not self._started or whole_again:
                     whole = list(self.lines)
-                    self.repo.replace_log(
-                        self.run_id, logtail.encode_header(self.run_id) + logtail.encode(whole)
-                    )
+                    text = logtail.encode_header(self.run_id) + logtail.encode(whole)
+                    self.repo.replace_log(self.run_id, text, self.part)
                     self._started, self._in_file = True, len(whole)
                 else:
-                    self.repo.append_log(self.run_id, logtail.encode(new))
+                    self.repo.append_log(self.run_id, logtail.encode(new), self.part)
                     self._in_file += len(new)
             except (OSError, ValueError) as e:
                 cause = getattr(e, "strerror", None) or str(e)
@@ -242,6 +248,7 @@ class Capture:
         self._lock = threading.RLock()
         self._lines = {"stdout": logtail.Lines(), "stderr": logtail.Lines()}
         self._hooked: dict[str, _Hooked] = {}
+        self._child_stop = threading.Event()
         self._factory: Callable[..., logging.LogRecord] | None = None
         self._old_factory: Callable[..., logging.LogRecord] | None = None
         #: Recent log messages (time, line of the message, level name): a stream line soon after
@@ -408,14 +415,57 @@ class Capture:
             self._factory = self._old_factory = None
         self._queue.clear()
 
-    def forget_in_child(self) -> None:
-        """A forked child: it keeps nothing of its parent's runs (its tees only forward)."""
-        for hooked in self._hooked.values():
-            hooked.tee.on = False
-        self._runs = []
-        self._hooked = {}
+    def in_child(self, runs: list[tuple[Any, str]]) -> None:
+        """A forked child (a multiprocessing or DataLoader worker) of a process with ``runs``
+        open, as (repo, run id): what it logs and prints goes on into those runs' tails, in a
+        file of its own per run (one writer per file), its lines saying which worker it is. A
+        thread of its own writes them once a second, and once more as the worker ends. With no
+        such run it keeps nothing (its tees only forward)."""
+        self._lock = threading.RLock()  # another thread may have held it at the fork
         self._queue.clear()
-        self._lock = threading.RLock()
+        for lines in self._lines.values():
+            lines.drop_partial()
+        if not runs or not self._hooked:
+            for hooked in self._hooked.values():
+                hooked.tee.on = False
+            self._runs, self._hooked = [], {}
+            return
+        pid = os.getpid()
+        self._runs = [RunLog(repo, run_id, _worker_name, part=pid) for repo, run_id in runs]
+        self._child_stop = threading.Event()
+        threading.Thread(target=self._child_loop, name="nbmonitor-worker-logs", daemon=True).start()
+        # multiprocessing ends a worker with os._exit(): no atexit, but threading's shutdown runs
+        # its exit hooks after the worker's last words (a traceback on stderr, say).
+        register = getattr(threading, "_register_atexit", None)
+        if register is not None:
+            with contextlib.suppress(RuntimeError):
+                register(self._child_end)
+
+    def _child_loop(self) -> None:
+        while not self._child_stop.wait(WRITE_EVERY):
+            try:
+                self._child_write(force=False)
+            except Exception:  # the worker goes on whatever happens here; said, not raised
+                log.exception("nbmonitor: a worker's log tail could not be written")
+
+    def _child_write(self, force: bool) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+        self.drain()
+        now = time.monotonic()
+        for run in self._runs:
+            run.flush(now, force=force)
+
+    def _child_end(self) -> None:
+        self._child_stop.set()
+        with self._lock:
+            now = time.time()
+            texts = [(name, text) for name, lines in self._lines.items() for text in lines.flush()]
+        self._child_write(force=False)
+        for run in self._runs:
+            run.add([LogLine(now, "", name, text) for name, text in texts])
+            run.flush(time.monotonic(), force=True)
 
 
 def _newest(entries: list[_Entry]) -> int:
@@ -500,14 +550,25 @@ _capture: Capture | None = None
 
 
 def get() -> Capture:
-    """This process's capture (made on first use)."""
+    """This process's capture (made on first use; a forked child's is set up by ``in_child``,
+    which run.py calls with the runs it inherited)."""
     global _capture
     if _capture is None:
         _capture = Capture(capture_level())
-        os.register_at_fork(after_in_child=_after_fork)
     return _capture
 
 
-def _after_fork() -> None:
-    if _capture is not None:
-        _capture.forget_in_child()
+def current() -> Capture | None:
+    """This process's capture, if it has made one."""
+    return _capture
+
+
+def _worker_name() -> str:
+    """What a forked worker is called in a tail: ``DataLoader worker 2``, ``ForkPoolWorker-3``."""
+    torch_data = sys.modules.get("torch.utils.data")
+    info = getattr(torch_data, "get_worker_info", lambda: None)() if torch_data is not None else None
+    if info is not None:
+        return f"DataLoader worker {info.id}"
+    import multiprocessing
+
+    return multiprocessing.current_process().name[:60]

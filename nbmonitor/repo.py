@@ -172,25 +172,53 @@ class Repo:
         or the new one."""
         self._replace(self.usage_dir, self.usage_path(run_id), text)
 
-    def log_path(self, run_id: str) -> Path:
-        """The log tail of run ``run_id`` (docs/repo-format.md); the id is checked."""
+    def log_path(self, run_id: str, part: int | None = None) -> Path:
+        """The log tail of run ``run_id`` (docs/repo-format.md), or the part of it a forked
+        worker (pid ``part``) writes; the id is checked."""
         if not is_run_id(run_id):
             raise ValueError(f"not a run id: {run_id[:40]!r}")
-        return self.logs_dir / f"{run_id}.jsonl"
+        if part is None:
+            return self.logs_dir / f"{run_id}.jsonl"
+        if type(part) is not int or part <= 0:
+            raise ValueError(f"not a pid: {part!r}")
+        return self.logs_dir / f"{run_id}.{part}.jsonl"
 
-    def append_log(self, run_id: str, text: str) -> None:
-        """Add whole lines to a run's log tail (its own process does, at most once a second)."""
-        self._append(self.logs_dir, self.log_path(run_id), text)
+    def append_log(self, run_id: str, text: str, part: int | None = None) -> None:
+        """Add whole lines to a run's log tail (its own process does, at most once a second;
+        a forked worker to its own ``part``)."""
+        self._append(self.logs_dir, self.log_path(run_id, part), text)
 
-    def replace_log(self, run_id: str, text: str) -> None:
-        """Write a run's log tail whole (new, or cut to its last lines)."""
-        self._replace(self.logs_dir, self.log_path(run_id), text)
+    def replace_log(self, run_id: str, text: str, part: int | None = None) -> None:
+        """Write a run's log tail (or a worker's part of it) whole: new, or cut to its last lines."""
+        self._replace(self.logs_dir, self.log_path(run_id, part), text)
 
     def read_log(self, run_id: str) -> tuple[list[LogLine], int]:
-        """A run's log tail, oldest line first, and how many bad lines were left out.
-        FileNotFoundError when it has none; CorruptRecordError naming the file when it is
-        not a tail of this run."""
+        """A run's log tail with its workers' parts, oldest line first, and how many bad lines
+        were left out. FileNotFoundError when it has none; CorruptRecordError naming the file
+        when the run's own file is not a tail of this run (a bad worker part is left out, said)."""
         path = self.log_path(run_id)
+        parts = sorted(self.logs_dir.glob(f"{run_id}.*.jsonl")) if is_run_id(run_id) else []
+        if not parts:
+            return self._read_log(path, run_id)
+        lines: list[LogLine] = []
+        bad = 0
+        for each in [path, *parts]:
+            try:
+                found, skipped = self._read_log(each, run_id)
+            except FileNotFoundError:
+                continue
+            except CorruptRecordError as e:
+                if each == path:
+                    raise
+                log.warning("nbmonitor: left out %s", e)
+                continue
+            lines += found
+            bad += skipped
+        lines.sort(key=lambda x: x.t)  # stable: each file's own order stays
+        return lines, bad
+
+    @staticmethod
+    def _read_log(path: Path, run_id: str) -> tuple[list[LogLine], int]:
         try:
             text = path.read_bytes().decode("utf-8", errors="replace")
         except FileNotFoundError:

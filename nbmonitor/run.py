@@ -846,6 +846,11 @@ def _inherited(runs: list[_writer.Written]) -> None:
     for run in {*_open_blocks, *runs}:
         if type(run) is Run:
             run.__class__ = _WorkerRun
+    capture = _capture.current()
+    if capture is not None:
+        # What the worker prints goes on into the tails of the runs it inherited.
+        kept = [(r.repo, r.id) for r in runs if isinstance(r, Run) and r._log is not None]  # noqa: SLF001
+        capture.in_child(kept)
 
 
 _writer.at_fork_child.append(_inherited)

@@ -525,3 +525,64 @@ def test_no_logs_keeps_no_tail(repo: Repo, clock: FakeClock, monitor: _writer.Wr
         print("not kept")
     assert not repo.log_path(run.id).exists()
     assert "has no log tail" in nbw(repo, "logs", run.id).stderr
+
+
+WORKERS = """
+import logging, multiprocessing as mp, sys
+import nbmonitor
+
+
+def work(i):
+    print(f"worker says {i}", flush=True)
+    logging.getLogger("w").warning("worker logs %d", i)
+    return i
+
+
+def dies():
+    print("about to fail", flush=True)
+    raise RuntimeError("worker broke")
+
+
+if __name__ == "__main__":
+    mp.set_start_method("fork")
+    with nbmonitor.watch(name="pool") as run:
+        print("started", run.id, flush=True)
+        pool = mp.Pool(2)
+        print(sorted(pool.map(work, range(4))), flush=True)
+        pool.close()
+        pool.join()
+        loader = mp.Process(target=dies, name="loader")
+        loader.start()
+        loader.join()
+        print("parent done", flush=True)
+"""
+
+
+def test_forked_workers_lines_go_into_the_run_s_tail_saying_which_worker(tmp_path: Path, repo: Repo) -> None:
+    script = tmp_path / "workers.py"
+    script.write_text(WORKERS)
+    env = child_env(repo.path)
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    run_id = proc.stdout.split()[1].decode()
+    assert len(list(repo.logs_dir.glob(f"{run_id}.*.jsonl"))) == 3  # one file per worker
+    lines, bad = repo.read_log(run_id)
+    assert bad == 0
+    said = [(x.who, x.stream, x.text) for x in lines]
+    workers = {who for who, _, _ in said if who and who.startswith("ForkPoolWorker-")}
+    assert len(workers) == 2
+    assert sorted(text for who, _, text in said if who in workers and text.startswith("worker says")) == [
+        f"worker says {i}" for i in range(4)
+    ]
+    assert sorted(text for who, _, text in said if who in workers and text.startswith("w: worker logs")) == [
+        f"w: worker logs {i}" for i in range(4)
+    ]
+    loader = [(stream, text) for who, stream, text in said if who == "loader"]
+    assert loader[0] == ("stdout", "about to fail")
+    assert loader[-1] == ("stderr", "RuntimeError: worker broke")  # its last words, as it ended
+    assert said[-1] == (None, "stdout", "parent done")
+    shown = nbw(repo, "logs", run_id, "-n", "2")
+    assert [line.split(None, 1)[1] for line in shown.stdout.splitlines()] == [
+        "stderr [loader] RuntimeError: worker broke",
+        "stdout parent done",
+    ]
