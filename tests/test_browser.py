@@ -142,6 +142,8 @@ def dark_theme(page: Any, selector: str, colour: str = "color") -> None:
     page.wait_for_selector('body[data-jp-theme-light="false"]', state="attached", timeout=30_000)
     text = f"getComputedStyle(document.querySelector({selector!r})).{colour}"
     wait_until(lambda: sum(map(int, re.findall(r"\d+", page.evaluate(text))[:3])) > 450, 30, "dark styles")
+    # Lab covers the page with its splash while the theme changes; the pointer cannot reach under it.
+    page.locator("#jupyterlab-splash").wait_for(state="detached", timeout=30_000)
 
 
 def toolbar(page: Any, *commands: str) -> Any:
