@@ -8,8 +8,10 @@ GitHub and nbviewer, the JupyterLab panel, and ``nbmonitor-watcher usage
 costs a few milliseconds: the history is cut into at most one column per two
 pixels before anything is drawn, so a week of 16 processes draws as fast as
 a minute of one. Each area and line carries a ``<title>`` (a tooltip where
-SVG is inline) and ``data-proc``; the HTML page adds a few lines of script
-for a hover read-out and a legend that hides and shows processes.
+SVG is inline) and ``data-proc``; with its columns embedded (``data``), the
+HTML page's few lines of script and the lab extension (a cell's output, the
+panel) add a hover read-out and a legend that hides and shows processes.
+``svgs`` gives both from one drawing, for a cell's output.
 
 All text from runs (process names, marks) is escaped and clipped.
 """
