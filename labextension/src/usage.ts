@@ -289,6 +289,8 @@ export class UsageChart {
         this._apply(svg, proc);
       };
       key.addEventListener('click', toggle);
+      // A click toggles without taking the focus: no focus ring for the mouse, only for the keyboard.
+      key.addEventListener('mousedown', event => event.preventDefault());
       key.addEventListener('keydown', event => {
         if (event.key === 'Enter' || event.key === ' ') {
           event.preventDefault();
