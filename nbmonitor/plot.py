@@ -8,8 +8,10 @@ GitHub and nbviewer, the JupyterLab panel, and ``nbmonitor-watcher usage
 costs a few milliseconds: the history is cut into at most one column per two
 pixels before anything is drawn, so a week of 16 processes draws as fast as
 a minute of one. Each area and line carries a ``<title>`` (a tooltip where
-SVG is inline) and ``data-proc``; the HTML page adds a few lines of script
-for a hover read-out and a legend that hides and shows processes.
+SVG is inline) and ``data-proc``; with its columns embedded (``data``), the
+HTML page's few lines of script and the lab extension (a cell's output, the
+panel) add a hover read-out and a legend that hides and shows processes.
+``svgs`` gives both from one drawing, for a cell's output.
 
 All text from runs (process names, marks) is escaped and clipped.
 """
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from . import _format
 from .history import History, Reading, Row, peaks
 
-__all__ = ["PALETTE", "ProcessSummary", "report_html", "summary", "svg"]
+__all__ = ["PALETTE", "ProcessSummary", "peak_lines", "report_html", "summary", "svg", "svgs"]
 
 #: Ten colours told apart on light and dark backgrounds (Tableau 10).
 PALETTE = (
@@ -172,7 +174,20 @@ def _esc(text: str) -> str:
 def svg(history: History, width: int = 720, *, title: str | None = None, data: bool = False) -> str:
     """The plot: stacked areas per process for CPU, memory (PSS where known) and GPU memory, a
     line per GPU for its utilisation, marks as labelled vertical lines, a legend. ``data``
-    embeds each column's values (for the HTML page's hover read-out)."""
+    embeds each column's values (for a hover read-out: the HTML page's, the lab extension's)."""
+    drawn, columns = _draw(history, width, title, data)
+    return f"{drawn}{columns}</svg>"
+
+
+def svgs(history: History, width: int = 720, *, title: str | None = None) -> tuple[str, str]:
+    """The same plot twice from one drawing: plain (an ``<img>``: a saved notebook on GitHub),
+    and with its columns embedded (the lab extension's read-out), as ``svg`` draws them."""
+    drawn, columns = _draw(history, width, title, True)
+    return f"{drawn}</svg>", f"{drawn}{columns}</svg>"
+
+
+def _draw(history: History, width: int, title: str | None, data: bool) -> tuple[str, str]:
+    """The SVG without its closing tag, and its columns as a ``<metadata>`` element (or "")."""
     width = max(320, int(width))
     inner = width - _LEFT - _RIGHT
     columns = _columns(history.rows, max(2, inner // 2))
@@ -205,8 +220,8 @@ def svg(history: History, width: int = 720, *, title: str | None = None, data: b
         f"<title>{_esc(label)}: usage of {len(numbers)} process{'es' if len(numbers) != 1 else ''}</title>",
     ]
     if not columns:
-        out.append(f'<text x="{_LEFT}" y="{_TOP + 20}" fill="{_TEXT}">no usage recorded yet</text></svg>')
-        return "".join(out)
+        out.append(f'<text x="{_LEFT}" y="{_TOP + 20}" fill="{_TEXT}">no usage recorded yet</text>')
+        return "".join(out), ""
     top_y = _TOP
     for name, value, fmt, is_bytes in panels:
         totals = [sum(value(r) for r in c.values.values()) for c in columns]
@@ -280,10 +295,8 @@ def svg(history: History, width: int = 720, *, title: str | None = None, data: b
             f'stroke="{_MARK}" stroke-dasharray="{"2,2" if mark.by == "nbmonitor" else "4,2"}"/>{label}</g>'
         )
     out.append(_legend(numbers, names, order, bottom + 30, inner))
-    if data:
-        out.append(f'<metadata class="nbm-data">{_esc(_column_json(columns, numbers, x))}</metadata>')
-    out.append("</svg>")
-    return "".join(out)
+    meta = f'<metadata class="nbm-data">{_esc(_column_json(columns, numbers, x))}</metadata>' if data else ""
+    return "".join(out), meta
 
 
 def _names(history: History, numbers: Sequence[int]) -> dict[int, str]:

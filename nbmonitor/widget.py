@@ -6,6 +6,9 @@ stock ``ipywidgets.HTML`` (so one refresh is one comm message), refreshed at
 most ``MAX_RATE`` times a second and only when it changed, and replaces it
 with a plain HTML + text snapshot when the run ends, so a saved notebook
 shows the result without a kernel and never "Loading widget...".
+``UsagePlot`` is the usage plot under it, an output of its own: JupyterLab
+draws it with a legend and a read-out (``USAGE_MIME``), and a saved notebook
+keeps it as a plain SVG picture too.
 """
 
 from __future__ import annotations
@@ -22,12 +25,24 @@ from .usage import History, human_bytes
 if TYPE_CHECKING:
     from . import history as _history
 
-__all__ = ["COLOURS", "MemberView", "RunDisplay", "UsagePlot", "View", "render_html", "render_text"]
+__all__ = [
+    "COLOURS",
+    "USAGE_MIME",
+    "MemberView",
+    "RunDisplay",
+    "UsagePlot",
+    "View",
+    "render_html",
+    "render_text",
+]
 
 #: The empty part of a bar: grey seen through, on light and dark themes alike.
 _TRACK = "rgba(128,128,128,0.25)"
 MAX_RATE = 4.0  # refreshes a second for progress, well under the 10 allowed
 HARD_RATE = 10.0  # refreshes a second at most, even when the state changes
+#: The usage plot's own output type: JupyterLab draws it with the lab extension's legend and
+#: read-out (labextension/src/output.ts); other front ends show the bundle's image/svg+xml.
+USAGE_MIME = "application/vnd.nbmonitor.usage+json"
 
 
 @dataclass(frozen=True)
@@ -307,8 +322,10 @@ class RunDisplay:
 class UsagePlot:
     """The run's usage plot, an output of its own under the display: redrawn at most once a
     second while the run runs (from the writer thread, by display id), and the whole run when
-    it ends. It is an image/svg+xml output, so a saved notebook shows it on GitHub and nbviewer
-    with no kernel and no widget."""
+    it ends. One bundle of three types: ``USAGE_MIME`` (the plot with its columns, the peak lines;
+    the lab extension draws it with a legend that hides processes and a read-out under the
+    pointer), image/svg+xml (the same plot as a picture: a saved notebook shows it on GitHub and
+    nbviewer with no kernel and no widget) and text/plain (the peak lines)."""
 
     EVERY = 1.0  # seconds between redraws
 
@@ -347,7 +364,13 @@ class UsagePlot:
     def _show(self, history: _history.History) -> None:
         from . import plot
 
-        picture = plot.svg(history, self.width, title=self.name)
-        text = "\n".join(plot.peak_lines(history)) or "usage"
-        self.handle.update({"image/svg+xml": picture, "text/plain": text}, raw=True)
+        picture, interactive = plot.svgs(history, self.width, title=self.name)
+        peaks = plot.peak_lines(history)
+        bundle = {
+            # The body of the server's usage answer (GET .../runs/<id>/usage), which the panel draws.
+            USAGE_MIME: {"svg": interactive, "peaks": peaks, "skipped": history.skipped},
+            "image/svg+xml": picture,
+            "text/plain": "\n".join(peaks) or "usage",
+        }
+        self.handle.update(bundle, raw=True)
         self.updates += 1

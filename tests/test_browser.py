@@ -17,18 +17,22 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
+import nbformat
 import pytest
 
 from nbmonitor import plot as plot_module
 from nbmonitor.record import ErrorInfo
 from nbmonitor.repo import Repo
+from nbmonitor.widget import USAGE_MIME
 
 from .helpers import ROOT, wait_until
 from .records import sample
 from .servers import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
+SVG = "{http://www.w3.org/2000/svg}"
 ARTIFACTS = ROOT / "test-artifacts"
 ARGS = [
     "--headless",
@@ -142,6 +146,8 @@ def dark_theme(page: Any, selector: str, colour: str = "color") -> None:
     page.wait_for_selector('body[data-jp-theme-light="false"]', state="attached", timeout=30_000)
     text = f"getComputedStyle(document.querySelector({selector!r})).{colour}"
     wait_until(lambda: sum(map(int, re.findall(r"\d+", page.evaluate(text))[:3])) > 450, 30, "dark styles")
+    # Lab covers the page with its splash while the theme changes; the pointer cannot reach under it.
+    page.locator("#jupyterlab-splash").wait_for(state="detached", timeout=30_000)
 
 
 def toolbar(page: Any, *commands: str) -> Any:
@@ -656,3 +662,167 @@ def point_at(page: Any, plot: Any) -> None:
         box["x"] + box["width"] * 0.6, box["y"] + 40 * box["width"] / float(plot.get_attribute("width"))
     )
     plot.locator("xpath=../div[contains(@class, 'nbm-usage-tip')]").wait_for(state="visible", timeout=5_000)
+
+
+def test_a_watched_cells_usage_plot_has_a_legend_and_a_read_out_and_is_saved_as_a_picture(
+    lab: Lab, page: Any
+) -> None:
+    with screenshot_on_failure(page, "failure-cell-usage"):
+        show_a_cells_usage_plot(lab, page)
+
+
+def show_a_cells_usage_plot(lab: Lab, page: Any) -> None:
+    open_quickstart(lab, page)  # then a cell with a child process, running until told to end
+    run_cell(
+        page,
+        [
+            "%%watch --eta 30 --name plotted-cell",
+            "import os, subprocess, sys, time",
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])",
+            "nbmonitor.mark('epoch', 1)",
+            "while not os.path.exists(os.environ['NBM_GO']): time.sleep(0.05)",
+            "child.kill(); child.wait()",
+        ],
+    )
+    cell = page.locator(".jp-Notebook .jp-CodeCell").nth(1)
+    output = cell.locator(".nbm-usage-output")
+    plot = output.locator("svg.nbmonitor-usage")
+    plot.wait_for(timeout=60_000)  # an SVG of the page (not an <img>), redrawn once a second
+    wait_until(lambda: plot.locator(".nbm-key").count() == 2, 30, "the kernel and its child in the legend")
+    assert [t.text_content() for t in plot.locator(".nbm-key title").all()] == ["kernel", "python -c"]
+    assert cell.locator(".jp-OutputArea-output img").count() == 0
+    columns = "svg => JSON.parse(svg.querySelector('metadata.nbm-data').textContent).t.length"
+    wait_until(lambda: plot.evaluate(columns) >= 5, 30, "five seconds of usage")
+    assert plot.locator('.nbm-series[data-proc="1"]').count() == 2  # CPU and memory
+
+    # The pointer reads out the column under it: the time and each process's values.
+    tip = output.locator(".nbm-usage-tip")
+    point_at(page, plot)
+    assert re.fullmatch(r"at \d+(\.\d)? s", tip.locator("div").first.inner_text()), tip.inner_text()
+    assert tip.locator("thead th").all_text_contents() == ["", "CPU", "memory"]
+    cells = read_out(tip)
+    assert [row[0] for row in cells] == ["kernel", "python -c"]
+    assert all(re.fullmatch(r"\d+%", row[1]) and re.fullmatch(r"\d+(\.\d)? [KMG]?B", row[2]) for row in cells)
+    cell.screenshot(path=str(ARTIFACTS / "cell-usage.png"))
+
+    # A legend key hides its process; it stays hidden, and the read-out shown, as the kernel
+    # redraws the output.
+    key = plot.locator('.nbm-key[data-proc="1"]')
+    key.click()
+    wait_until(
+        lambda: all(s.is_hidden() for s in plot.locator('.nbm-series[data-proc="1"]').all()), 5, "hidden"
+    )
+    assert key.get_attribute("aria-checked") == "false"
+    plot.evaluate("svg => { svg.dataset.old = 'yes'; }")
+    output.locator("svg.nbmonitor-usage:not([data-old])").wait_for(timeout=10_000)  # redrawn
+    assert all(s.is_hidden() for s in plot.locator('.nbm-series[data-proc="1"]').all())
+    assert "nbm-off" in (key.get_attribute("class") or "")
+    assert plot.locator('.nbm-series[data-proc="0"]').first.is_visible()
+    assert tip.is_visible()
+    assert [row[0] for row in read_out(tip)] == ["kernel"]
+    key.click()
+    wait_until(lambda: plot.locator('.nbm-series[data-proc="1"]').first.is_visible(), 5, "shown again")
+
+    page.set_viewport_size({"width": 760, "height": 900})  # narrow: the plot scales to the cell
+    area = cell.locator(".jp-OutputArea-output").last
+    wait_until(lambda: plot.bounding_box()["width"] < 600, 10, "the plot to fit")
+    box, edge = plot.bounding_box(), area.bounding_box()
+    assert box["x"] + box["width"] <= edge["x"] + edge["width"] + 1
+    point_at(page, plot)
+    cell.screenshot(path=str(ARTIFACTS / "cell-usage-narrow.png"))
+    page.set_viewport_size({"width": 1400, "height": 900})
+    dark_theme(page, ".nbm-usage-output svg text", "fill")
+    point_at(page, plot)
+    cell.screenshot(path=str(ARTIFACTS / "cell-usage-dark.png"))
+
+    # The cell ends: its whole run, kept in the saved notebook as the same plot and a picture.
+    lab.go.touch()
+    plot.locator(".nbm-mark title", has_text="finished at").wait_for(state="attached", timeout=30_000)
+    page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
+    saved = lab.root / "quickstart.ipynb"
+    wait_until(lambda: USAGE_MIME in saved.read_text(), 30, "the notebook saved")
+    notebook = nbformat.read(saved, as_version=4)  # type: ignore[no-untyped-call]  # nbformat
+    outputs = next(c for c in notebook.cells if "plotted-cell" in c.source).outputs
+    bundle = next(o.data for o in outputs if USAGE_MIME in o.get("data", {}))
+    # GitHub and nbviewer show the picture: the same plot, legend and all, without its columns.
+    picture = ElementTree.fromstring(bundle["image/svg+xml"])
+    keys = [k.findtext(f"{SVG}title") for k in picture.iter(f"{SVG}g") if k.get("class") == "nbm-key"]
+    assert keys == ["kernel", "python -c"]
+    assert any(m.get("class") == "nbm-mark" for m in picture.iter(f"{SVG}g"))
+    assert picture.find(f"{SVG}metadata") is None
+    assert ElementTree.fromstring(bundle[USAGE_MIME]["svg"]).find(f"{SVG}metadata") is not None
+    assert bundle["text/plain"].splitlines() == bundle[USAGE_MIME]["peaks"]
+
+
+def test_a_hostile_notebooks_usage_output_is_drawn_as_a_plot_and_nothing_more(lab: Lab, page: Any) -> None:
+    with screenshot_on_failure(page, "failure-hostile-usage"):
+        open_a_hostile_usage_output(lab, page)
+
+
+def open_a_hostile_usage_output(lab: Lab, page: Any) -> None:
+    """A notebook anyone could have written (so untrusted): its usage output is drawn with its
+    legend and read-out, and nothing in it runs, links or loads anything."""
+    from nbmonitor import history as h
+
+    read = h.History("0" * 32, 0.0, name="train")
+    read.processes = {0: h.ProcessInfo(0, 100, "kernel", 0.0), 1: h.ProcessInfo(1, 101, "worker", 0.0)}
+    read.rows = [
+        h.Row(float(t), 1.0, {n: h.Reading(50.0 + n, (n + 1) * 2**28, None, None) for n in (0, 1)})
+        for t in range(1, 31)
+    ]
+    elsewhere = f"http://127.0.0.1:{free_port()}"  # nothing answers: a request would still show
+    evil = (
+        "<script>window.__pwned = 1</script>"
+        f'<image href="{elsewhere}/image" width="9" height="9"/>'
+        '<foreignObject width="9" height="9"><div xmlns="http://www.w3.org/1999/xhtml">'
+        '<img src="x" onerror="window.__pwned = 2"/></div></foreignObject>'
+        '<a href="javascript:window.__pwned = 3"><text x="70" y="20">a link</text></a>'
+        f'<rect x="1" y="1" width="9" height="9" fill="url({elsewhere}/fill)" '
+        'onmouseover="window.__pwned = 4"/>'
+        f'<text x="1" y="9" style="background: url({elsewhere}/style)" onclick="window.__pwned = 5">x</text>'
+        f'<text x="1" y="9" fill="\\75 rl({elsewhere}/escaped)">y</text>'
+    )
+    drawn = plot_module.svg(read, 640, title="train", data=True).replace("</svg>", f"{evil}</svg>")
+    peaks = ['<img src=x onerror="window.__pwned = 6">']
+    output = nbformat.v4.new_output(  # type: ignore[no-untyped-call]  # nbformat
+        "display_data",
+        {USAGE_MIME: {"svg": drawn, "peaks": peaks, "skipped": 0}, "image/svg+xml": drawn, "text/plain": "x"},
+    )
+    cell = nbformat.v4.new_code_cell("%%watch", outputs=[output])  # type: ignore[no-untyped-call]  # nbformat
+    notebook = nbformat.v4.new_notebook(cells=[cell])  # type: ignore[no-untyped-call]  # nbformat
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, lab.root / "hostile.ipynb")  # type: ignore[no-untyped-call]  # nbformat
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+
+    page.goto(lab.url("lab/tree/hostile.ipynb"))
+    plot = page.locator(".nbm-usage-output svg.nbmonitor-usage")
+    plot.wait_for(timeout=60_000)
+    assert page.locator(".nbm-usage-output .nbm-usage-peaks").inner_text() == peaks[0]  # as text
+    point_at(page, plot)
+    assert [row[0] for row in read_out(page.locator(".nbm-usage-output .nbm-usage-tip"))] == [
+        "kernel",
+        "worker",
+    ]
+    plot.locator('.nbm-key[data-proc="1"]').click()
+    wait_until(lambda: plot.locator('.nbm-series[data-proc="1"]').first.is_hidden(), 5, "hidden")
+    for text in plot.locator("text").all():
+        text.hover(force=True)
+        text.click(force=True)
+    assert plot.locator("script, image, foreignObject, a").count() == 0
+    every = "svg => [svg, ...svg.querySelectorAll('*')]"
+    attributes = plot.evaluate(f"{every}.flatMap(e => [...e.attributes].map(a => [a.name, a.value]))")
+    assert not [a for a, _ in attributes if a.startswith("on") or a in ("href", "xlink:href")]
+    assert {v for a, v in attributes if a == "style"} <= {"display: none;", ""}  # the legend's only
+    assert not [v for _, v in attributes if "url" in v or "\\" in v]
+    assert page.evaluate("window.__pwned") is None
+    assert not [url for url in requests if url.startswith(elsewhere)]
+    assert page.locator(".nbm-usage-output img").count() == 0
+
+
+def read_out(tip: Any) -> list[list[str]]:
+    """The rows of a plot's read-out, a list of cells each: process, CPU, memory (GPU)."""
+    rows: list[list[str]] = tip.locator("tbody tr").evaluate_all(
+        "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+    )
+    return rows

@@ -16,6 +16,7 @@ from nbclient import NotebookClient
 
 from nbmonitor.config import NotifierConfig, NotifierStore
 from nbmonitor.repo import Repo
+from nbmonitor.widget import USAGE_MIME
 
 from .helpers import ROOT, Proc, wait_until
 from .kernels import WIDGET_MIME, Kernel, displays, plots, snapshots, widget_values
@@ -180,8 +181,12 @@ def test_a_watched_cell_draws_its_usage_live_and_keeps_the_whole_plot_when_it_en
     marks = [m.findtext(f"{SVG}title", "") for m in final.iter(f"{SVG}g") if m.get("class") == "nbm-mark"]
     assert any(m.startswith("epoch 1 at") for m in marks)
     assert any(m.startswith("finished at") for m in marks)
-    texts = [d["text/plain"] for d in displays(messages, "update_display_data") if "image/svg+xml" in d]
-    assert "peak memory" in texts[-1]
+    bundles = [d for d in displays(messages, "update_display_data") if "image/svg+xml" in d]
+    assert "peak memory" in bundles[-1]["text/plain"]
+    # JupyterLab's interactive plot: the same drawing, with its columns for the read-out.
+    interactive = ElementTree.fromstring(bundles[-1][USAGE_MIME]["svg"])
+    assert interactive.find(f"{SVG}metadata") is not None
+    assert bundles[-1][USAGE_MIME]["peaks"] == bundles[-1]["text/plain"].splitlines()
 
 
 def test_a_cell_printing_100000_lines_keeps_its_output_whole_and_its_tail_has_the_last(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 
@@ -10,6 +12,8 @@ from nbmonitor.usage import GpuUsage, History, Usage
 from nbmonitor.widget import COLOURS, MAX_RATE, View, render_html, render_text
 
 from .helpers import ipython_shell
+
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 def view(**changes: Any) -> View:
@@ -122,3 +126,64 @@ def test_a_stalled_cell_shows_where_it_is_stuck_as_text() -> None:
     assert "<lambda>" not in shown
     assert f"stuck in {stuck}" in render_text(view(state="stalled", stuck=stuck))
     assert "stuck in" not in render_text(view())
+
+
+def usage_history(seconds: int, *, skipped: int = 0) -> Any:
+    """Two processes over ``seconds`` one-second rows, a mark, and ``skipped`` damaged lines."""
+    from nbmonitor import history as h
+
+    read = h.History("0" * 32, 0.0, name="train", skipped=skipped)
+    read.processes = {0: h.ProcessInfo(0, 100, "kernel", 0.0), 1: h.ProcessInfo(1, 101, "python -c", 0.0)}
+    read.rows = [
+        h.Row(float(t), 1.0, {0: h.Reading(90.0, 2**30, None, None), 1: h.Reading(t, 2**28, None, None)})
+        for t in range(1, seconds + 1)
+    ]
+    read.marks = [h.Mark(2.0, "epoch", 1)]
+    return read
+
+
+def test_the_usage_plot_is_one_bundle_interactive_in_lab_a_picture_elsewhere_and_text() -> None:
+    ipython_shell()  # display() needs a shell
+    from IPython.utils.capture import capture_output
+
+    from nbmonitor import plot
+    from nbmonitor.widget import USAGE_MIME, UsagePlot
+
+    with capture_output() as shown:
+        usage = UsagePlot("train", live=True)
+        assert usage.refresh(usage_history(5, skipped=2), now=10.0)
+        assert not usage.refresh(usage_history(6), now=10.5)  # at most once a second
+        usage.finish(usage_history(8))
+    first, *updates = shown.outputs
+    assert first.data == {"text/plain": "usage: measuring..."}
+    assert [u.update for u in updates] == [True, True]  # both redraw the same output, by its id
+    assert {u.transient["display_id"] for u in updates} == {first.transient["display_id"]}
+    live, final = (u.data for u in updates)
+    assert set(live) == {USAGE_MIME, "image/svg+xml", "text/plain"}
+    assert live[USAGE_MIME]["peaks"] == plot.peak_lines(usage_history(5))
+    assert live[USAGE_MIME]["skipped"] == 2
+    assert live["text/plain"] == "\n".join(plot.peak_lines(usage_history(5)))
+    # Lab's plot carries its columns for the read-out; the picture is the same drawing without them.
+    interactive, picture = live[USAGE_MIME]["svg"], live["image/svg+xml"]
+    assert interactive == plot.svg(usage_history(5), 640, title="train", data=True)
+    assert picture == plot.svg(usage_history(5), 640, title="train")
+    columns = ElementTree.fromstring(interactive).find(f"{SVG}metadata")
+    assert columns is not None
+    assert json.loads(columns.text or "")["t"] == [1, 2, 3, 4, 5]
+    assert ElementTree.fromstring(picture).find(f"{SVG}metadata") is None
+    whole = ElementTree.fromstring(final[USAGE_MIME]["svg"]).findtext(f"{SVG}metadata", "")
+    assert json.loads(whole)["t"] == list(range(1, 9))  # the whole run
+    assert final[USAGE_MIME]["skipped"] == 0
+
+
+def test_a_run_that_recorded_no_usage_leaves_an_empty_output() -> None:
+    ipython_shell()
+    from IPython.utils.capture import capture_output
+
+    from nbmonitor.widget import UsagePlot
+
+    with capture_output() as shown:
+        usage = UsagePlot("train", live=True)
+        assert not usage.refresh(usage_history(0), now=1.0)
+        usage.finish(None)
+    assert [o.data for o in shown.outputs] == [{"text/plain": "usage: measuring..."}, {"text/plain": ""}]

@@ -1,13 +1,13 @@
 /**
- * A run's usage plot under its row in the Runs panel: the SVG that
- * nbmonitor.plot draws (server: nbmonitor/api/runs/<id>/usage), the peak lines
- * above it, a legend that hides and shows processes, and a read-out of the
- * nearest column under the pointer (what plot.py's HTML page does, here in
- * TypeScript).
+ * A usage plot: the SVG that nbmonitor.plot draws, the peak lines above it, a
+ * legend that hides and shows processes, and a read-out of the nearest column
+ * under the pointer (what plot.py's HTML page does, here in TypeScript).
+ * UsageChart draws it, for a run's row in the Runs panel (UsageView, from
+ * nbmonitor/api/runs/<id>/usage) and for a cell's output (./output.ts).
  *
- * The SVG comes from our own server, but it is still parsed as SVG and only
- * the elements the plot draws are adopted: nothing of it is ever set as HTML,
- * and every text built here is set with textContent.
+ * The SVG may come from a notebook anyone wrote: it is parsed as SVG and only
+ * the elements and attributes the plot draws are adopted. Nothing of it is
+ * ever set as HTML, and every text built here is set with textContent.
  */
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
@@ -35,6 +35,35 @@ const DRAWN = new Set([
   'text',
   'tspan'
 ]);
+
+/** The attributes it draws with (and data-*): no event handlers, links or styles. */
+const ATTRIBUTES = new Set([
+  'class',
+  'role',
+  'width',
+  'height',
+  'viewBox',
+  'x',
+  'y',
+  'x1',
+  'x2',
+  'y1',
+  'y2',
+  'dy',
+  'd',
+  'points',
+  'fill',
+  'fill-opacity',
+  'stroke',
+  'stroke-width',
+  'stroke-dasharray',
+  'font-family',
+  'font-size',
+  'font-weight',
+  'text-anchor'
+]);
+/** A colour function is the only one it draws with; no url(), which could fetch from anywhere. */
+const PLAIN_VALUE = /^(?:[^()\\]*|rgba?\([\d.,\s%]*\))$/;
 
 /** The body of a usage answer. */
 export interface IUsage {
@@ -98,8 +127,10 @@ export function bytes(n: number): string {
 
 /**
  * The plot's ``<svg>``, parsed as SVG and imported into this document with
- * only what plot.py draws: no scripts, no event handler attributes, no links,
- * no styles. Null when the text is no SVG.
+ * only what plot.py draws: its elements and attributes with plain values; no
+ * scripts, no event handler attributes, no links, no styles, no url(). Null
+ * when the text is no SVG. A notebook's output is as safe to show this way as
+ * our server's answer, whoever wrote the notebook.
  */
 export function adoptSvg(text: string): SVGSVGElement | null {
   const parsed = new DOMParser().parseFromString(text, 'image/svg+xml');
@@ -118,8 +149,12 @@ export function adoptSvg(text: string): SVGSVGElement | null {
   }
   for (const node of [root, ...Array.from(root.querySelectorAll('*'))]) {
     for (const attr of Array.from(node.attributes)) {
-      const name = attr.localName.toLowerCase();
-      if (name.startsWith('on') || name === 'href' || name === 'style') {
+      const kept =
+        attr.namespaceURI === null &&
+        (ATTRIBUTES.has(attr.localName) ||
+          /^data-[a-z-]+$/.test(attr.localName)) &&
+        PLAIN_VALUE.test(attr.value);
+      if (!kept) {
         node.removeAttributeNode(attr);
       }
     }
@@ -140,16 +175,258 @@ function columns(svg: SVGSVGElement): IColumns | null {
   }
 }
 
-/** The plot of one run or group, fetched when opened and refreshed while it runs. */
-export class UsageView {
-  readonly node = div('nbm-usage-view');
+/** ``value`` as a usage plot's body (the server's answer, a notebook's output), or null. */
+export function asUsage(value: unknown): IUsage | null {
+  const usage = value as Partial<IUsage> | null;
+  if (
+    typeof usage !== 'object' ||
+    usage === null ||
+    typeof usage.svg !== 'string'
+  ) {
+    return null;
+  }
+  return {
+    svg: usage.svg,
+    peaks: Array.isArray(usage.peaks)
+      ? usage.peaks.filter((line): line is string => typeof line === 'string')
+      : [],
+    skipped: typeof usage.skipped === 'number' ? usage.skipped : 0
+  };
+}
+
+/**
+ * A usage plot as people see it, in the panel (UsageView) and in a notebook's
+ * output (./output.ts): the peak lines, a note, the plot, a legend that hides
+ * and shows processes, and a read-out of the nearest column under the
+ * pointer. A newer plot given to show() keeps what the legend hid, the key
+ * that had the keyboard focus, and the read-out where the pointer is.
+ */
+export class UsageChart {
+  readonly node = div('nbm-usage-chart');
   private _peaks = div('nbm-usage-peaks');
   private _note = div('nbm-usage-note');
   private _plot = div('nbm-usage-plot');
   private _tip = div('nbm-usage-tip');
-  /** Processes the legend has hidden: kept across refreshes. */
+  /** Processes the legend has hidden: kept across redraws. */
   private _hidden = new Set<string>();
   private _svg: SVGSVGElement | null = null;
+  /** Where the pointer is over the plot (client coordinates), to read out again after a redraw. */
+  private _pointer: { x: number; y: number } | null = null;
+
+  constructor(note = '') {
+    this._note.textContent = note;
+    this._tip.setAttribute('aria-hidden', 'true');
+    this._plot.appendChild(this._tip);
+    this.node.append(this._peaks, this._note, this._plot);
+  }
+
+  /** Draws ``usage``; false (and nothing changed) when its SVG is no plot. */
+  show(usage: IUsage): boolean {
+    const svg = adoptSvg(usage.svg);
+    if (svg === null) {
+      return false;
+    }
+    this._peaks.replaceChildren(
+      ...usage.peaks.map(line => div('nbm-detail', line))
+    );
+    this._note.classList.remove('nbm-usage-problem');
+    this._note.textContent =
+      usage.skipped > 0
+        ? `${usage.skipped} damaged line(s) of the history were left out.`
+        : '';
+    this._tip.style.display = 'none';
+    // A legend key with the keyboard focus has it again in the new plot (one clicked with the
+    // mouse does not: it would show a focus ring it never had).
+    const active = document.activeElement;
+    const focused =
+      active && this._svg?.contains(active) && active.matches(':focus-visible')
+        ? active.closest('.nbm-key')?.getAttribute('data-proc')
+        : null;
+    const old = this._svg;
+    this._svg = svg;
+    this._plot.insertBefore(svg, old ?? this._tip);
+    const { names, colours } = this._wireLegend(svg);
+    if (focused) {
+      // While the old key still has it: the focus moves without a stop on the page's body.
+      svg
+        .querySelector<SVGGElement>(
+          `.nbm-key[data-proc="${CSS.escape(focused)}"]`
+        )
+        ?.focus({ preventScroll: true });
+    }
+    old?.remove();
+    this._wirePointer(svg, names, colours);
+    return true;
+  }
+
+  /** Says what went wrong; a plot already shown stays, as it was. */
+  problem(message: string): void {
+    this._note.textContent =
+      this._svg === null ? message : `not refreshed: ${message}`;
+    this._note.classList.add('nbm-usage-problem');
+  }
+
+  /** The legend's keys hide and show their process (by click, Enter or Space). */
+  private _wireLegend(svg: SVGSVGElement): {
+    names: Map<string, string>;
+    colours: Map<string, string>;
+  } {
+    const names = new Map<string, string>();
+    const colours = new Map<string, string>();
+    for (const key of Array.from(
+      svg.querySelectorAll<SVGGElement>('.nbm-key')
+    )) {
+      const proc = key.dataset.proc ?? '';
+      names.set(proc, key.querySelector('title')?.textContent ?? proc);
+      colours.set(proc, key.querySelector('rect')?.getAttribute('fill') ?? '');
+      key.setAttribute('tabindex', '0');
+      key.setAttribute('role', 'checkbox');
+      key.setAttribute('aria-label', `show ${names.get(proc)}`);
+      const toggle = () => {
+        if (!this._hidden.delete(proc)) {
+          this._hidden.add(proc);
+        }
+        this._apply(svg, proc);
+      };
+      key.addEventListener('click', toggle);
+      // A click toggles without taking the focus: no focus ring for the mouse, only for the keyboard.
+      key.addEventListener('mousedown', event => event.preventDefault());
+      key.addEventListener('keydown', event => {
+        if (event.key === 'Enter' || event.key === ' ') {
+          event.preventDefault();
+          // Not also a notebook's shortcut (Enter edits the cell).
+          event.stopPropagation();
+          toggle();
+        }
+      });
+      this._apply(svg, proc);
+    }
+    return { names, colours };
+  }
+
+  /** The pointer reads out a column; where it already is, at once. */
+  private _wirePointer(
+    svg: SVGSVGElement,
+    names: Map<string, string>,
+    colours: Map<string, string>
+  ): void {
+    const data = columns(svg);
+    if (data === null || data.x.length === 0) {
+      this._pointer = null;
+      return;
+    }
+    const readOut = () => this._readOut(svg, data, names, colours);
+    svg.addEventListener('mousemove', event => {
+      this._pointer = { x: event.clientX, y: event.clientY };
+      readOut();
+    });
+    svg.addEventListener('mouseleave', () => {
+      this._pointer = null;
+      this._tip.style.display = 'none';
+    });
+    if (this._pointer !== null) {
+      readOut();
+    }
+  }
+
+  private _apply(svg: SVGSVGElement, proc: string): void {
+    const off = this._hidden.has(proc);
+    const key = svg.querySelector<SVGGElement>(
+      `.nbm-key[data-proc="${CSS.escape(proc)}"]`
+    );
+    key?.classList.toggle('nbm-off', off);
+    key?.setAttribute('aria-checked', String(!off));
+    for (const series of Array.from(
+      svg.querySelectorAll<SVGElement>(
+        `.nbm-series[data-proc="${CSS.escape(proc)}"]`
+      )
+    )) {
+      series.style.display = off ? 'none' : '';
+    }
+  }
+
+  /** Time and each shown process's values at the column nearest the pointer. */
+  private _readOut(
+    svg: SVGSVGElement,
+    data: IColumns,
+    names: Map<string, string>,
+    colours: Map<string, string>
+  ): void {
+    const box = svg.getBoundingClientRect();
+    const pointer = this._pointer;
+    if (
+      pointer === null ||
+      pointer.x < box.left ||
+      pointer.x > box.right ||
+      pointer.y < box.top ||
+      pointer.y > box.bottom
+    ) {
+      // Redrawn while the pointer is elsewhere (the page scrolled, the plot is smaller).
+      this._pointer = null;
+      this._tip.style.display = 'none';
+      return;
+    }
+    const scale = svg.viewBox.baseVal.width / (box.width || 1);
+    const px = (pointer.x - box.left) * scale;
+    let best = 0;
+    data.x.forEach((x, i) => {
+      if (Math.abs(x - px) < Math.abs(data.x[best] - px)) {
+        best = i;
+      }
+    });
+    const table = document.createElement('table');
+    const withGpu = Object.values(data.gpu).some(v => v[best]);
+    const header = table.createTHead().insertRow();
+    for (const name of ['', 'CPU', 'memory', ...(withGpu ? ['GPU'] : [])]) {
+      header.appendChild(document.createElement('th')).textContent = name;
+    }
+    const body = table.createTBody();
+    for (const proc of Object.keys(data.cpu)) {
+      const cpu = data.cpu[proc][best];
+      if (typeof cpu !== 'number' || this._hidden.has(proc)) {
+        continue;
+      }
+      const row = body.insertRow();
+      const swatch = document.createElement('span');
+      swatch.className = 'nbm-usage-swatch';
+      const colour = colours.get(proc) ?? '';
+      if (/^#[0-9a-f]{3,8}$/i.test(colour)) {
+        swatch.style.background = colour;
+      }
+      const who = row.insertCell().appendChild(div('nbm-usage-who'));
+      who.append(swatch, names.get(proc) ?? proc);
+      row.insertCell().textContent = `${cpu.toFixed(0)}%`;
+      row.insertCell().textContent = bytes(data.memory[proc]?.[best] ?? 0);
+      if (withGpu) {
+        const gpu = data.gpu[proc]?.[best];
+        row.insertCell().textContent = gpu ? bytes(gpu) : '';
+      }
+    }
+    this._tip.replaceChildren(div('', `at ${duration(data.t[best])}`), table);
+    this._tip.style.display = 'block';
+    // Beside the pointer, on whichever side keeps it inside the plot (over it when neither does):
+    // a cell's output scrolls what sticks out of it.
+    const area = this._plot.getBoundingClientRect();
+    const x = pointer.x - area.left;
+    const y = pointer.y - area.top;
+    const [wide, high] = [this._tip.offsetWidth, this._tip.offsetHeight];
+    const left =
+      x + 14 + wide <= area.width
+        ? x + 14
+        : Math.max(0, Math.min(x - 14 - wide, area.width - wide));
+    const top =
+      y + 14 + high <= area.height
+        ? y + 14
+        : Math.max(0, Math.min(y - 14 - high, area.height - high));
+    this._tip.style.left = `${left}px`;
+    this._tip.style.top = `${top}px`;
+  }
+}
+
+/** The plot of one run or group, fetched when opened and refreshed while it runs. */
+export class UsageView {
+  readonly node = div('nbm-usage-view');
+  private _chart = new UsageChart('loading usage…');
   private _fetchedAt = 0;
   private _width = 0;
   private _loading = false;
@@ -170,10 +447,7 @@ export class UsageView {
     this.node.title = '';
     // A click in the plot is for the legend, not the row (which opens the notebook).
     this.node.addEventListener('click', event => event.stopPropagation());
-    this._note.textContent = 'loading usage…';
-    this._tip.setAttribute('aria-hidden', 'true');
-    this._plot.appendChild(this._tip);
-    this.node.append(this._peaks, this._note, this._plot);
+    this.node.appendChild(this._chart.node);
   }
 
   dispose(): void {
@@ -222,179 +496,25 @@ export class UsageView {
         {},
         this._settings
       );
-      const body = (await response.json().catch(() => ({}))) as Partial<
-        IUsage & { message: string }
-      >;
+      const body = (await response.json().catch(() => ({}))) as {
+        message?: string;
+      };
       if (this._disposed) {
         return;
       }
-      if (!response.ok || typeof body.svg !== 'string') {
-        this._problem(body.message ?? `HTTP ${response.status}`);
-      } else {
-        this._show(body as IUsage);
+      const usage = response.ok ? asUsage(body) : null;
+      if (usage === null) {
+        this._chart.problem(body.message ?? `HTTP ${response.status}`);
+      } else if (!this._chart.show(usage)) {
+        this._chart.problem('the server sent no usage plot');
       }
     } catch (reason) {
-      this._problem(`the server does not answer (${reason})`);
+      this._chart.problem(`the server does not answer (${reason})`);
     } finally {
       this._loading = false;
       this._fetchedAt = Date.now();
       this._width = width;
       this._unfinished = active;
     }
-  }
-
-  /** Says what went wrong; a plot already shown stays, as it was. */
-  private _problem(message: string): void {
-    this._note.textContent =
-      this._svg === null ? message : `not refreshed: ${message}`;
-    this._note.classList.add('nbm-usage-problem');
-  }
-
-  private _show(usage: IUsage): void {
-    const svg = adoptSvg(usage.svg);
-    if (svg === null) {
-      this._problem('the server sent no usage plot');
-      return;
-    }
-    this._peaks.replaceChildren(
-      ...usage.peaks.map(line => div('nbm-detail', line))
-    );
-    this._note.classList.remove('nbm-usage-problem');
-    this._note.textContent =
-      usage.skipped > 0
-        ? `${usage.skipped} damaged line(s) of the history were left out.`
-        : '';
-    this._tip.style.display = 'none';
-    // A legend key with the keyboard focus has it again in the new plot.
-    const focused = this._svg?.contains(document.activeElement)
-      ? document.activeElement?.closest('.nbm-key')?.getAttribute('data-proc')
-      : null;
-    this._svg?.remove();
-    this._svg = svg;
-    this._plot.insertBefore(svg, this._tip);
-    this._wire(svg);
-    if (focused) {
-      svg
-        .querySelector<SVGGElement>(
-          `.nbm-key[data-proc="${CSS.escape(focused)}"]`
-        )
-        ?.focus();
-    }
-  }
-
-  /** The legend's keys hide and show their process (by click, Enter or Space); the pointer reads out a column. */
-  private _wire(svg: SVGSVGElement): void {
-    const names = new Map<string, string>();
-    const colours = new Map<string, string>();
-    for (const key of Array.from(
-      svg.querySelectorAll<SVGGElement>('.nbm-key')
-    )) {
-      const proc = key.dataset.proc ?? '';
-      names.set(proc, key.querySelector('title')?.textContent ?? proc);
-      colours.set(proc, key.querySelector('rect')?.getAttribute('fill') ?? '');
-      key.setAttribute('tabindex', '0');
-      key.setAttribute('role', 'checkbox');
-      key.setAttribute('aria-label', `show ${names.get(proc)}`);
-      const toggle = () => {
-        if (!this._hidden.delete(proc)) {
-          this._hidden.add(proc);
-        }
-        this._apply(svg, proc);
-      };
-      key.addEventListener('click', toggle);
-      key.addEventListener('keydown', event => {
-        if (event.key === 'Enter' || event.key === ' ') {
-          event.preventDefault();
-          toggle();
-        }
-      });
-      this._apply(svg, proc);
-    }
-    const data = columns(svg);
-    if (data === null || data.x.length === 0) {
-      return;
-    }
-    svg.addEventListener('mousemove', event =>
-      this._readOut(svg, data, names, colours, event)
-    );
-    svg.addEventListener('mouseleave', () => {
-      this._tip.style.display = 'none';
-    });
-  }
-
-  private _apply(svg: SVGSVGElement, proc: string): void {
-    const off = this._hidden.has(proc);
-    const key = svg.querySelector<SVGGElement>(
-      `.nbm-key[data-proc="${CSS.escape(proc)}"]`
-    );
-    key?.classList.toggle('nbm-off', off);
-    key?.setAttribute('aria-checked', String(!off));
-    for (const series of Array.from(
-      svg.querySelectorAll<SVGElement>(
-        `.nbm-series[data-proc="${CSS.escape(proc)}"]`
-      )
-    )) {
-      series.style.display = off ? 'none' : '';
-    }
-  }
-
-  /** Time and each shown process's values at the column nearest the pointer. */
-  private _readOut(
-    svg: SVGSVGElement,
-    data: IColumns,
-    names: Map<string, string>,
-    colours: Map<string, string>,
-    event: MouseEvent
-  ): void {
-    const box = svg.getBoundingClientRect();
-    const scale = svg.viewBox.baseVal.width / (box.width || 1);
-    const px = (event.clientX - box.left) * scale;
-    let best = 0;
-    data.x.forEach((x, i) => {
-      if (Math.abs(x - px) < Math.abs(data.x[best] - px)) {
-        best = i;
-      }
-    });
-    const table = document.createElement('table');
-    const withGpu = Object.values(data.gpu).some(v => v[best]);
-    const header = table.createTHead().insertRow();
-    for (const name of ['', 'CPU', 'memory', ...(withGpu ? ['GPU'] : [])]) {
-      header.appendChild(document.createElement('th')).textContent = name;
-    }
-    const body = table.createTBody();
-    for (const proc of Object.keys(data.cpu)) {
-      const cpu = data.cpu[proc][best];
-      if (cpu === null || this._hidden.has(proc)) {
-        continue;
-      }
-      const row = body.insertRow();
-      const swatch = document.createElement('span');
-      swatch.className = 'nbm-usage-swatch';
-      const colour = colours.get(proc) ?? '';
-      if (/^#[0-9a-f]{3,8}$/i.test(colour)) {
-        swatch.style.background = colour;
-      }
-      const who = row.insertCell().appendChild(div('nbm-usage-who'));
-      who.append(swatch, names.get(proc) ?? proc);
-      row.insertCell().textContent = `${cpu.toFixed(0)}%`;
-      row.insertCell().textContent = bytes(data.memory[proc]?.[best] ?? 0);
-      if (withGpu) {
-        const gpu = data.gpu[proc]?.[best];
-        row.insertCell().textContent = gpu ? bytes(gpu) : '';
-      }
-    }
-    this._tip.replaceChildren(div('', `at ${duration(data.t[best])}`), table);
-    this._tip.style.display = 'block';
-    // Beside the pointer, on whichever side keeps it inside the plot (over it when neither does).
-    const area = this._plot.getBoundingClientRect();
-    const x = event.clientX - area.left;
-    const y = event.clientY - area.top;
-    const wide = this._tip.offsetWidth;
-    const left =
-      x + 14 + wide <= area.width
-        ? x + 14
-        : Math.max(0, Math.min(x - 14 - wide, area.width - wide));
-    this._tip.style.left = `${left}px`;
-    this._tip.style.top = `${y + 14}px`;
   }
 }

@@ -1,0 +1,56 @@
+/**
+ * A watched cell's usage plot in its output: the mime type that
+ * nbmonitor.widget.UsagePlot publishes (with an image/svg+xml picture of the
+ * same plot for GitHub, nbviewer and other front ends), drawn by the panel's
+ * UsageChart: the legend hides and shows processes, the pointer reads out a
+ * column. The kernel redraws the output once a second by its display id;
+ * JupyterLab then hands the new bundle to the same renderer, so what the
+ * legend hid stays hidden.
+ */
+import { IRenderMime } from '@jupyterlab/rendermime-interfaces';
+import { Widget } from '@lumino/widgets';
+
+import { asUsage, UsageChart } from './usage';
+
+/** nbmonitor.widget.USAGE_MIME: {svg, peaks, skipped}, the body of the server's usage answer. */
+export const USAGE_MIME = 'application/vnd.nbmonitor.usage+json';
+
+/** One cell output's plot, drawn again with each update of the output. */
+export class UsageOutput extends Widget implements IRenderMime.IRenderer {
+  private _chart = new UsageChart();
+
+  constructor(private _mimeType: string) {
+    super();
+    this.addClass('nbm-usage-output');
+    this.node.appendChild(this._chart.node);
+  }
+
+  async renderModel(model: IRenderMime.IMimeModel): Promise<void> {
+    const usage = asUsage(model.data[this._mimeType]);
+    if (usage === null || !this._chart.show(usage)) {
+      this._chart.problem('this output holds no usage plot nbmonitor can draw');
+    }
+  }
+}
+
+export const usageRendererFactory: IRenderMime.IRendererFactory = {
+  // Safe, so an untrusted notebook (one opened, not run here) shows it too: the SVG only ever
+  // goes through adoptSvg, which keeps the elements and attributes the plot draws (no scripts,
+  // handlers, links, styles or url()), and every text is set as text. JupyterLab's own
+  // image/svg+xml renderer is not safe: without this one an untrusted notebook shows the text.
+  safe: true,
+  mimeTypes: [USAGE_MIME],
+  // Before the standard renderers (image/svg+xml is 80): JupyterLab draws this, not the picture.
+  defaultRank: 40,
+  createRenderer: options => new UsageOutput(options.mimeType)
+};
+
+const extension: IRenderMime.IExtension = {
+  id: 'nbmonitor:usage-output',
+  description: "A watched cell's usage plot, with its legend and read-out.",
+  rendererFactory: usageRendererFactory,
+  rank: 40,
+  dataType: 'json'
+};
+
+export default extension;
