@@ -46,6 +46,11 @@ class _Peak:
     by: str = ""
 
 
+#: Lines waiting in memory (the repo cannot be written) past which the older rows are merged as a
+#: rewrite of the file would: an hour at full resolution, 30-second rows for the day before it...
+PENDING_MAX = 2 * 3600
+
+
 class RunHistory:
     """One run's usage history: recent rows in memory, everything on disk."""
 
@@ -153,6 +158,9 @@ class RunHistory:
             self._failed(e, "the run goes on, and its rows wait in memory for the next try")
             with self._lock:  # kept for the next try, header and all
                 self._pending[:0] = lines if self._flushed_at > -math.inf else lines[1:]
+                if len(self._pending) > PENDING_MAX:
+                    # Coarser with age, as the file would be: bounded however long it waits.
+                    self._pending = history.coarsen_lines(["", *self._pending], self.t(now_mono))[1:]
             return
         self.trouble.over("nbmonitor: the usage history of run %s is written again", self.run_id[:8])
         self._flushed_at = now_mono

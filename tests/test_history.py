@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from nbmonitor import history, plot
-from nbmonitor._recorder import COMPACT_EVERY, RunHistory
+from nbmonitor._recorder import COMPACT_EVERY, PENDING_MAX, RunHistory
 from nbmonitor.cli import main
 from nbmonitor.errors import CorruptRecordError
 from nbmonitor.history import GpuReading, Mark, ProcessInfo, Reading, Row
@@ -220,6 +220,31 @@ def test_a_history_that_cannot_be_written_keeps_its_rows_for_the_next_try(
     kept.flush(2.0, force=True)
     assert kept.trouble.cause is None
     assert len(later.read_usage(RUN).rows) == 1
+
+
+def test_rows_waiting_for_an_unwritable_repo_grow_coarser_with_age_not_without_bound(tmp_path: Path) -> None:
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the repo should be")
+    kept = RunHistory(Repo(blocked / "repo"), RUN, "x", "h", 0.0, 0.0)
+    hours = 3
+    for second in range(1, hours * 3600 + 1):
+        kept.add(sample(float(second % 97), 100 + second), float(second), 4242, "main", lambda *_: "?")
+        if second % 60 == 0:
+            kept.flush(float(second), force=True)  # fails: the rows wait
+    assert kept.trouble.cause
+    # Merged whenever more than PENDING_MAX wait: the older hours in 30-second rows.
+    waiting = kept._pending  # what waits in memory
+    assert len(waiting) <= PENDING_MAX
+    assert sum('"d":30.0' in line for line in waiting) >= 2 * 110
+    later = Repo(tmp_path / "repo")
+    kept.repo = later
+    kept.flush(hours * 3600 + 1.0, force=True)
+    read = later.read_usage(RUN)
+    assert read.skipped == 0
+    assert read.rows[0].span == 30.0
+    assert read.rows[-1].span == 1.0
+    assert sum(r.span for r in read.rows) == pytest.approx(hours * 3600, abs=60)
+    assert max(r.processes[0].memory for r in read.rows) >= 100 + hours * 3600 - 3600  # peaks kept
 
 
 def test_reading_a_damaged_history_warns_once_naming_it(repo: Repo, caplog: pytest.LogCaptureFixture) -> None:
