@@ -186,8 +186,15 @@ def open_quickstart(lab: Lab, page: Any) -> None:
     """Open the quickstart and run its first code cell (which loads nbmonitor)."""
     page.goto(lab.url("lab/tree/quickstart.ipynb"))
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-    # Keys pressed before the kernel is connected are lost: wait for it to be idle.
-    page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=60_000)
+    # Keys pressed before the kernel is connected are lost: wait for it to be idle. On a loaded
+    # machine Lab may not have the kernel specs yet when the notebook opens, and asks which kernel
+    # to start (the notebook names Python 3, which it offers): accept it.
+    idle = '.jp-Notebook-ExecutionIndicator[data-status="idle"]'
+    asked = ".jp-Dialog:has-text('Select Kernel') .jp-mod-accept"
+    page.wait_for_selector(f"{idle}, {asked}", timeout=60_000)
+    if page.locator(asked).count():
+        page.locator(asked).click()
+    page.wait_for_selector(idle, timeout=60_000)
     first = page.locator(".jp-Notebook .jp-CodeCell").first
     # Lab can drop the first run request while the kernel's connection settles, even once the
     # indicator reads idle (seen on a loaded machine: the prompt stayed "[ ]"). Loading the
