@@ -8,10 +8,12 @@ GitHub and nbviewer, the JupyterLab panel, and ``nbmonitor-watcher usage
 costs a few milliseconds: the history is cut into at most one column per two
 pixels before anything is drawn, so a week of 16 processes draws as fast as
 a minute of one. Each area and line carries a ``<title>`` (a tooltip where
-SVG is inline) and ``data-proc``; with its columns embedded (``data``), the
-HTML page's few lines of script and the lab extension (a cell's output, the
-panel) add a hover read-out and a legend that hides and shows processes.
-``svgs`` gives both from one drawing, for a cell's output.
+SVG is inline) and ``data-proc``; with its columns (each column's values),
+the HTML page's few lines of script and the lab extension (a cell's output,
+the panel) add a hover read-out and a legend that hides and shows processes.
+``svg`` embeds the columns in the drawing (``data``); ``svg_and_columns``
+gives the drawing and its columns' JSON apart from one drawing, for a cell's
+output, which carries the drawing once, as a picture, and the JSON beside it.
 
 All text from runs (process names, marks) is escaped and clipped.
 """
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from . import _format
 from .history import History, Reading, Row, peaks
 
-__all__ = ["PALETTE", "ProcessSummary", "peak_lines", "report_html", "summary", "svg", "svgs"]
+__all__ = ["PALETTE", "ProcessSummary", "peak_lines", "report_html", "summary", "svg", "svg_and_columns"]
 
 #: Ten colours told apart on light and dark backgrounds (Tableau 10).
 PALETTE = (
@@ -174,20 +176,25 @@ def _esc(text: str) -> str:
 def svg(history: History, width: int = 720, *, title: str | None = None, data: bool = False) -> str:
     """The plot: stacked areas per process for CPU, memory (PSS where known) and GPU memory, a
     line per GPU for its utilisation, marks as labelled vertical lines, a legend. ``data``
-    embeds each column's values (for a hover read-out: the HTML page's, the lab extension's)."""
-    drawn, columns = _draw(history, width, title, data)
-    return f"{drawn}{columns}</svg>"
+    embeds each column's values (for a hover read-out: the HTML page's, the panel's)."""
+    drawn, columns = _draw(history, width, title)
+    if data and columns is not None:
+        return f'{drawn}<metadata class="nbm-data">{html.escape(columns, quote=False)}</metadata></svg>'
+    return f"{drawn}</svg>"
 
 
-def svgs(history: History, width: int = 720, *, title: str | None = None) -> tuple[str, str]:
-    """The same plot twice from one drawing: plain (an ``<img>``: a saved notebook on GitHub),
-    and with its columns embedded (the lab extension's read-out), as ``svg`` draws them."""
-    drawn, columns = _draw(history, width, title, True)
-    return f"{drawn}</svg>", f"{drawn}{columns}</svg>"
+def svg_and_columns(
+    history: History, width: int = 720, *, title: str | None = None
+) -> tuple[str, str | None]:
+    """From one drawing, the plot without its columns (a picture: a saved notebook on GitHub)
+    and the JSON text ``svg`` embeds as its columns (None when nothing is drawn):
+    ``{"x": [..], "t": [..], "cpu"|"memory"|"gpu": {"<process>": [value or null, ..]}}``."""
+    drawn, columns = _draw(history, width, title)
+    return f"{drawn}</svg>", columns
 
 
-def _draw(history: History, width: int, title: str | None, data: bool) -> tuple[str, str]:
-    """The SVG without its closing tag, and its columns as a ``<metadata>`` element (or "")."""
+def _draw(history: History, width: int, title: str | None) -> tuple[str, str | None]:
+    """The SVG without its closing tag, and its columns' JSON (None when there are none)."""
     width = max(320, int(width))
     inner = width - _LEFT - _RIGHT
     columns = _columns(history.rows, max(2, inner // 2))
@@ -221,7 +228,7 @@ def _draw(history: History, width: int, title: str | None, data: bool) -> tuple[
     ]
     if not columns:
         out.append(f'<text x="{_LEFT}" y="{_TOP + 20}" fill="{_TEXT}">no usage recorded yet</text>')
-        return "".join(out), ""
+        return "".join(out), None
     top_y = _TOP
     for name, value, fmt, is_bytes in panels:
         totals = [sum(value(r) for r in c.values.values()) for c in columns]
@@ -295,8 +302,7 @@ def _draw(history: History, width: int, title: str | None, data: bool) -> tuple[
             f'stroke="{_MARK}" stroke-dasharray="{"2,2" if mark.by == "nbmonitor" else "4,2"}"/>{label}</g>'
         )
     out.append(_legend(numbers, names, order, bottom + 30, inner))
-    meta = f'<metadata class="nbm-data">{_esc(_column_json(columns, numbers, x))}</metadata>' if data else ""
-    return "".join(out), meta
+    return "".join(out), _column_json(columns, numbers, x)
 
 
 def _names(history: History, numbers: Sequence[int]) -> dict[int, str]:

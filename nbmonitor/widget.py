@@ -6,9 +6,9 @@ stock ``ipywidgets.HTML`` (so one refresh is one comm message), refreshed at
 most ``MAX_RATE`` times a second and only when it changed, and replaces it
 with a plain HTML + text snapshot when the run ends, so a saved notebook
 shows the result without a kernel and never "Loading widget...".
-``UsagePlot`` is the usage plot under it, an output of its own: JupyterLab
-draws it with a legend and a read-out (``USAGE_MIME``), and a saved notebook
-keeps it as a plain SVG picture too.
+``UsagePlot`` is the usage plot under it, an output of its own: a plain SVG
+picture, which a saved notebook shows anywhere, with its columns beside it
+(``USAGE_MIME``), from which JupyterLab adds a legend and a read-out.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ __all__ = [
 _TRACK = "rgba(128,128,128,0.25)"
 MAX_RATE = 4.0  # refreshes a second for progress, well under the 10 allowed
 HARD_RATE = 10.0  # refreshes a second at most, even when the state changes
-#: The usage plot's own output type: JupyterLab draws it with the lab extension's legend and
-#: read-out (labextension/src/output.ts); other front ends show the bundle's image/svg+xml.
+#: The usage plot's own output type, its columns and peak lines: JupyterLab draws the bundle's
+#: image/svg+xml with them, a legend and a read-out (labextension/src/output.ts); other front
+#: ends show the image/svg+xml alone.
 USAGE_MIME = "application/vnd.nbmonitor.usage+json"
 
 
@@ -322,10 +323,11 @@ class RunDisplay:
 class UsagePlot:
     """The run's usage plot, an output of its own under the display: redrawn at most once a
     second while the run runs (from the writer thread, by display id), and the whole run when
-    it ends. One bundle of three types: ``USAGE_MIME`` (the plot with its columns, the peak lines;
-    the lab extension draws it with a legend that hides processes and a read-out under the
-    pointer), image/svg+xml (the same plot as a picture: a saved notebook shows it on GitHub and
-    nbviewer with no kernel and no widget) and text/plain (the peak lines)."""
+    it ends. One bundle of three types: image/svg+xml (the plot as a picture: a saved notebook
+    shows it on GitHub and nbviewer with no kernel and no widget), ``USAGE_MIME`` (the plot's
+    columns and the peak lines: the lab extension draws the bundle's picture with a legend that
+    hides processes and a read-out under the pointer) and text/plain (the peak lines). The
+    picture is carried once: its columns come beside it, not in a second copy of it."""
 
     EVERY = 1.0  # seconds between redraws
 
@@ -364,11 +366,13 @@ class UsagePlot:
     def _show(self, history: _history.History) -> None:
         from . import plot
 
-        picture, interactive = plot.svgs(history, self.width, title=self.name)
+        picture, columns = plot.svg_and_columns(history, self.width, title=self.name)
         peaks = plot.peak_lines(history)
         bundle = {
-            # The body of the server's usage answer (GET .../runs/<id>/usage), which the panel draws.
-            USAGE_MIME: {"svg": interactive, "peaks": peaks, "skipped": history.skipped},
+            # The server's usage answer (GET .../runs/<id>/usage) less its SVG: the lab extension
+            # draws the bundle's picture with these columns. They stay JSON text, as the SVG embeds
+            # them: a saved notebook writes each number of a JSON array on a line of its own.
+            USAGE_MIME: {"peaks": peaks, "skipped": history.skipped, "columns": columns},
             "image/svg+xml": picture,
             "text/plain": "\n".join(peaks) or "usage",
         }

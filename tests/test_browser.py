@@ -7,6 +7,7 @@ without it the test is skipped and says why. Screenshots go to test-artifacts/.
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import os
 import re
@@ -698,8 +699,10 @@ def show_a_cells_usage_plot(lab: Lab, page: Any) -> None:
     wait_until(lambda: plot.locator(".nbm-key").count() == 2, 30, "the kernel and its child in the legend")
     assert [t.text_content() for t in plot.locator(".nbm-key title").all()] == ["kernel", "python -c"]
     assert cell.locator(".jp-OutputArea-output img").count() == 0
-    columns = "svg => JSON.parse(svg.querySelector('metadata.nbm-data').textContent).t.length"
+    # A point per column along an area's top and back along its bottom: "M.. L.. L.. Z".
+    columns = "svg => svg.querySelector('.nbm-series').getAttribute('d').split('L').length / 2"
     wait_until(lambda: plot.evaluate(columns) >= 5, 30, "five seconds of usage")
+    assert plot.locator("metadata").count() == 0  # drawn from the picture, its columns given beside it
     assert plot.locator('.nbm-series[data-proc="1"]').count() == 2  # CPU and memory
 
     # The pointer reads out the column under it: the time and each process's values.
@@ -751,13 +754,18 @@ def show_a_cells_usage_plot(lab: Lab, page: Any) -> None:
     notebook = nbformat.read(saved, as_version=4)  # type: ignore[no-untyped-call]  # nbformat
     outputs = next(c for c in notebook.cells if "plotted-cell" in c.source).outputs
     bundle = next(o.data for o in outputs if USAGE_MIME in o.get("data", {}))
-    # GitHub and nbviewer show the picture: the same plot, legend and all, without its columns.
+    # GitHub and nbviewer show the picture: the plot, legend and all, kept once; its columns
+    # beside it, JSON text on one line of the file.
     picture = ElementTree.fromstring(bundle["image/svg+xml"])
     keys = [k.findtext(f"{SVG}title") for k in picture.iter(f"{SVG}g") if k.get("class") == "nbm-key"]
     assert keys == ["kernel", "python -c"]
     assert any(m.get("class") == "nbm-mark" for m in picture.iter(f"{SVG}g"))
     assert picture.find(f"{SVG}metadata") is None
-    assert ElementTree.fromstring(bundle[USAGE_MIME]["svg"]).find(f"{SVG}metadata") is not None
+    assert set(bundle[USAGE_MIME]) == {"peaks", "skipped", "columns"}
+    assert saved.read_text().count('class=\\"nbmonitor-usage\\"') == 1
+    columns = json.loads(bundle[USAGE_MIME]["columns"])
+    assert set(columns["cpu"]) == {"0", "1"}
+    assert len(columns["t"]) > 5
     assert bundle["text/plain"].splitlines() == bundle[USAGE_MIME]["peaks"]
 
 
@@ -767,8 +775,9 @@ def test_a_hostile_notebooks_usage_output_is_drawn_as_a_plot_and_nothing_more(la
 
 
 def open_a_hostile_usage_output(lab: Lab, page: Any) -> None:
-    """A notebook anyone could have written (so untrusted): its usage output is drawn with its
-    legend and read-out, and nothing in it runs, links or loads anything."""
+    """A notebook anyone could have written (so untrusted): its usage outputs are drawn with
+    their legends, a read-out only from columns that are arrays of numbers, and nothing in them
+    runs, links or loads anything."""
     from nbmonitor import history as h
 
     read = h.History("0" * 32, 0.0, name="train")
@@ -789,13 +798,43 @@ def open_a_hostile_usage_output(lab: Lab, page: Any) -> None:
         f'<text x="1" y="9" style="background: url({elsewhere}/style)" onclick="window.__pwned = 5">x</text>'
         f'<text x="1" y="9" fill="\\75 rl({elsewhere}/escaped)">y</text>'
     )
-    drawn = plot_module.svg(read, 640, title="train", data=True).replace("</svg>", f"{evil}</svg>")
+    picture, text = plot_module.svg_and_columns(read, 640, title="train")
+    drawn = picture.replace("</svg>", f"{evil}</svg>")
     peaks = ['<img src=x onerror="window.__pwned = 6">']
-    output = nbformat.v4.new_output(  # type: ignore[no-untyped-call]  # nbformat
-        "display_data",
-        {USAGE_MIME: {"svg": drawn, "peaks": peaks, "skipped": 0}, "image/svg+xml": drawn, "text/plain": "x"},
-    )
-    cell = nbformat.v4.new_code_cell("%%watch", outputs=[output])  # type: ignore[no-untyped-call]  # nbformat
+    # A process named by markup in well-formed columns: read out as text.
+    named = '<img src=x onerror="window.__pwned = 7">'
+    columns = json.loads(text or "")
+    for values in (columns["cpu"], columns["memory"], columns["gpu"]):
+        values[named] = values["0"]
+    # Columns that are not arrays of numbers: each plot is drawn, with no read-out.
+    length = len(columns["x"])
+    hostile: list[Any] = [
+        "{not json",
+        json.dumps({**columns, "cpu": {"0": [named] * length}}),  # text where a number goes
+        json.dumps({**columns, "memory": {"0": [{"toFixed": named}] * length}}),
+        json.dumps({**columns, "x": columns["x"][:-1]}),  # a column short
+        json.dumps({**columns, "t": [None] * length}),
+        json.dumps({**columns, "gpu": [named]}),
+        json.dumps({**columns, "t": ["far"] * length}).replace('"far"', "1e999"),  # Infinity
+        json.dumps([columns]),
+        columns,  # JSON, but not as text: no columns (and the picture embeds none)
+        42,
+    ]
+
+    def output(columns: Any, picture: str = drawn) -> Any:
+        bundle = {
+            # The plot is the bundle's picture: an SVG here is never drawn.
+            USAGE_MIME: {"peaks": peaks, "skipped": 0, "columns": columns, "svg": f"<svg>{evil}</svg>"},
+            "image/svg+xml": picture,
+            "text/plain": "x",
+        }
+        return nbformat.v4.new_output("display_data", bundle)  # type: ignore[no-untyped-call]  # nbformat
+
+    # And columns embedded in the picture alone, as the server's answer has them: just as checked.
+    inside = html.escape(json.dumps({**columns, "cpu": {"0": [named] * length}}))
+    embedded = drawn.replace("</svg>", f'<metadata class="nbm-data">{inside}</metadata></svg>')
+    outputs = [output(json.dumps(columns)), *(output(c) for c in hostile), output(None, embedded)]
+    cell = nbformat.v4.new_code_cell("%%watch", outputs=outputs)  # type: ignore[no-untyped-call]  # nbformat
     notebook = nbformat.v4.new_notebook(cells=[cell])  # type: ignore[no-untyped-call]  # nbformat
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(notebook, lab.root / "hostile.ipynb")  # type: ignore[no-untyped-call]  # nbformat
@@ -803,25 +842,34 @@ def open_a_hostile_usage_output(lab: Lab, page: Any) -> None:
     page.on("request", lambda request: requests.append(request.url))
 
     page.goto(lab.url("lab/tree/hostile.ipynb"))
-    plot = page.locator(".nbm-usage-output svg.nbmonitor-usage")
-    plot.wait_for(timeout=60_000)
-    assert page.locator(".nbm-usage-output .nbm-usage-peaks").inner_text() == peaks[0]  # as text
+    shown = page.locator(".nbm-usage-output")
+    wait_until(lambda: shown.locator("svg.nbmonitor-usage").count() == len(outputs), 60, "every plot")
+    plot = shown.first.locator("svg.nbmonitor-usage")
+    assert shown.first.locator(".nbm-usage-peaks").inner_text() == peaks[0]  # as text
     point_at(page, plot)
-    assert [row[0] for row in read_out(page.locator(".nbm-usage-output .nbm-usage-tip"))] == [
-        "kernel",
-        "worker",
-    ]
+    assert [row[0] for row in read_out(shown.first.locator(".nbm-usage-tip"))] == ["kernel", "worker", named]
     plot.locator('.nbm-key[data-proc="1"]').click()
     wait_until(lambda: plot.locator('.nbm-series[data-proc="1"]').first.is_hidden(), 5, "hidden")
-    for text in plot.locator("text").all():
-        text.hover(force=True)
-        text.click(force=True)
-    assert plot.locator("script, image, foreignObject, a").count() == 0
+    for i in range(1, len(outputs)):
+        other = shown.nth(i)
+        other.scroll_into_view_if_needed()
+        assert other.locator(".nbm-key").count() == 2, i  # the plot and its legend
+        box = other.locator("svg.nbmonitor-usage").bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + 40)
+        page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + 40)
+        tip = other.locator(".nbm-usage-tip")
+        assert tip.is_hidden(), i
+        assert tip.locator("table").count() == 0, i  # no read-out, ever
     every = "svg => [svg, ...svg.querySelectorAll('*')]"
-    attributes = plot.evaluate(f"{every}.flatMap(e => [...e.attributes].map(a => [a.name, a.value]))")
-    assert not [a for a, _ in attributes if a.startswith("on") or a in ("href", "xlink:href")]
-    assert {v for a, v in attributes if a == "style"} <= {"display: none;", ""}  # the legend's only
-    assert not [v for _, v in attributes if "url" in v or "\\" in v]
+    for plot in shown.locator("svg.nbmonitor-usage").all():
+        for text in plot.locator("text").all():
+            text.hover(force=True)
+            text.click(force=True)
+        assert plot.locator("script, image, foreignObject, a").count() == 0
+        attributes = plot.evaluate(f"{every}.flatMap(e => [...e.attributes].map(a => [a.name, a.value]))")
+        assert not [a for a, _ in attributes if a.startswith("on") or a in ("href", "xlink:href")]
+        assert {v for a, v in attributes if a == "style"} <= {"display: none;", ""}  # the legend's only
+        assert not [v for _, v in attributes if "url" in v or "\\" in v]
     assert page.evaluate("window.__pwned") is None
     assert not [url for url in requests if url.startswith(elsewhere)]
     assert page.locator(".nbm-usage-output img").count() == 0

@@ -183,9 +183,11 @@ def test_a_watched_cell_draws_its_usage_live_and_keeps_the_whole_plot_when_it_en
     assert any(m.startswith("finished at") for m in marks)
     bundles = [d for d in displays(messages, "update_display_data") if "image/svg+xml" in d]
     assert "peak memory" in bundles[-1]["text/plain"]
-    # JupyterLab's interactive plot: the same drawing, with its columns for the read-out.
-    interactive = ElementTree.fromstring(bundles[-1][USAGE_MIME]["svg"])
-    assert interactive.find(f"{SVG}metadata") is not None
+    # JupyterLab's interactive plot: the picture, with its columns beside it for the read-out.
+    assert set(bundles[-1][USAGE_MIME]) == {"peaks", "skipped", "columns"}
+    columns = json.loads(bundles[-1][USAGE_MIME]["columns"])
+    assert set(columns["cpu"]) == series
+    assert len(columns["t"]) == len(columns["x"]) == len(columns["memory"]["1"]) > 1
     assert bundles[-1][USAGE_MIME]["peaks"] == bundles[-1]["text/plain"].splitlines()
 
 

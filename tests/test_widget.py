@@ -160,19 +160,20 @@ def test_the_usage_plot_is_one_bundle_interactive_in_lab_a_picture_elsewhere_and
     assert {u.transient["display_id"] for u in updates} == {first.transient["display_id"]}
     live, final = (u.data for u in updates)
     assert set(live) == {USAGE_MIME, "image/svg+xml", "text/plain"}
+    assert set(live[USAGE_MIME]) == {"peaks", "skipped", "columns"}  # the plot itself once, as the picture
     assert live[USAGE_MIME]["peaks"] == plot.peak_lines(usage_history(5))
     assert live[USAGE_MIME]["skipped"] == 2
     assert live["text/plain"] == "\n".join(plot.peak_lines(usage_history(5)))
-    # Lab's plot carries its columns for the read-out; the picture is the same drawing without them.
-    interactive, picture = live[USAGE_MIME]["svg"], live["image/svg+xml"]
-    assert interactive == plot.svg(usage_history(5), 640, title="train", data=True)
+    # Lab draws the picture with its columns beside it: what the server's plot embeds, as text.
+    picture = live["image/svg+xml"]
     assert picture == plot.svg(usage_history(5), 640, title="train")
-    columns = ElementTree.fromstring(interactive).find(f"{SVG}metadata")
-    assert columns is not None
-    assert json.loads(columns.text or "")["t"] == [1, 2, 3, 4, 5]
     assert ElementTree.fromstring(picture).find(f"{SVG}metadata") is None
-    whole = ElementTree.fromstring(final[USAGE_MIME]["svg"]).findtext(f"{SVG}metadata", "")
-    assert json.loads(whole)["t"] == list(range(1, 9))  # the whole run
+    embedded = plot.svg(usage_history(5), 640, title="train", data=True)
+    assert live[USAGE_MIME]["columns"] == ElementTree.fromstring(embedded).findtext(f"{SVG}metadata")
+    columns = json.loads(live[USAGE_MIME]["columns"])
+    assert columns["t"] == [1, 2, 3, 4, 5]
+    assert columns["cpu"] == {"0": [90.0] * 5, "1": [1.0, 2.0, 3.0, 4.0, 5.0]}
+    assert json.loads(final[USAGE_MIME]["columns"])["t"] == list(range(1, 9))  # the whole run
     assert final[USAGE_MIME]["skipped"] == 0
 
 

@@ -1,9 +1,10 @@
 /**
  * A watched cell's usage plot in its output: the mime type that
- * nbmonitor.widget.UsagePlot publishes (with an image/svg+xml picture of the
- * same plot for GitHub, nbviewer and other front ends), drawn by the panel's
- * UsageChart: the legend hides and shows processes, the pointer reads out a
- * column. The kernel redraws the output once a second by its display id;
+ * nbmonitor.widget.UsagePlot publishes, the plot's columns and peak lines
+ * beside the bundle's image/svg+xml picture of it (what GitHub, nbviewer and
+ * other front ends show). The panel's UsageChart draws that picture with
+ * these columns: the legend hides and shows processes, the pointer reads out
+ * a column. The kernel redraws the output once a second by its display id;
  * JupyterLab then hands the new bundle to the same renderer, so what the
  * legend hid stays hidden.
  */
@@ -12,8 +13,13 @@ import { Widget } from '@lumino/widgets';
 
 import { asUsage, UsageChart } from './usage';
 
-/** nbmonitor.widget.USAGE_MIME: {svg, peaks, skipped}, the body of the server's usage answer. */
+/**
+ * nbmonitor.widget.USAGE_MIME: {peaks, skipped, columns}, the server's usage
+ * answer less its SVG, and the plot's columns as JSON text.
+ */
 export const USAGE_MIME = 'application/vnd.nbmonitor.usage+json';
+/** The bundle's picture of the plot: sent once, drawn here with the columns. */
+const PICTURE = 'image/svg+xml';
 
 /** One cell output's plot, drawn again with each update of the output. */
 export class UsageOutput extends Widget implements IRenderMime.IRenderer {
@@ -26,7 +32,12 @@ export class UsageOutput extends Widget implements IRenderMime.IRenderer {
   }
 
   async renderModel(model: IRenderMime.IMimeModel): Promise<void> {
-    const usage = asUsage(model.data[this._mimeType]);
+    // The model holds the whole bundle: its picture is the plot this draws.
+    const body = model.data[this._mimeType];
+    const usage =
+      typeof body === 'object' && body !== null && !Array.isArray(body)
+        ? asUsage({ ...body, svg: model.data[PICTURE] })
+        : null;
     if (usage === null || !this._chart.show(usage)) {
       this._chart.problem('this output holds no usage plot nbmonitor can draw');
     }
@@ -36,8 +47,9 @@ export class UsageOutput extends Widget implements IRenderMime.IRenderer {
 export const usageRendererFactory: IRenderMime.IRendererFactory = {
   // Safe, so an untrusted notebook (one opened, not run here) shows it too: the SVG only ever
   // goes through adoptSvg, which keeps the elements and attributes the plot draws (no scripts,
-  // handlers, links, styles or url()), and every text is set as text. JupyterLab's own
-  // image/svg+xml renderer is not safe: without this one an untrusted notebook shows the text.
+  // handlers, links, styles or url()), the columns are read only as arrays of numbers, and
+  // every text is set as text. JupyterLab's own image/svg+xml renderer is not safe: without
+  // this one an untrusted notebook shows the text.
   safe: true,
   mimeTypes: [USAGE_MIME],
   // Before the standard renderers (image/svg+xml is 80): JupyterLab draws this, not the picture.

@@ -5,9 +5,11 @@
  * UsageChart draws it, for a run's row in the Runs panel (UsageView, from
  * nbmonitor/api/runs/<id>/usage) and for a cell's output (./output.ts).
  *
- * The SVG may come from a notebook anyone wrote: it is parsed as SVG and only
- * the elements and attributes the plot draws are adopted. Nothing of it is
- * ever set as HTML, and every text built here is set with textContent.
+ * The SVG and the columns may come from a notebook anyone wrote: the SVG is
+ * parsed as SVG and only the elements and attributes the plot draws are
+ * adopted; the columns are read only when they are arrays of numbers. Nothing
+ * of either is ever set as HTML, and every text built here is set with
+ * textContent.
  */
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
@@ -65,22 +67,30 @@ const ATTRIBUTES = new Set([
 /** A colour function is the only one it draws with; no url(), which could fetch from anywhere. */
 const PLAIN_VALUE = /^(?:[^()\\]*|rgba?\([\d.,\s%]*\))$/;
 
-/** The body of a usage answer. */
+/** The body of a usage answer, or a cell's usage output. */
 export interface IUsage {
   svg: string;
   /** "peak memory 3.2 GB (most: DataLoader worker 2, 1.9 GB)", one per resource seen */
   peaks: string[];
   /** Damaged lines of the history that were left out. */
   skipped: number;
+  /**
+   * The read-out's columns as JSON text, given beside the SVG (a cell's
+   * output); when absent, the SVG's own (the server's answer embeds them).
+   */
+  columns?: string;
 }
 
-/** The columns plot.py embeds for a read-out: per process (by number), a value per column. */
+/** A value per column, or null where the process was not there. */
+type Series = (number | null)[];
+
+/** The columns plot.py draws for a read-out: per process (by number), a value per column. */
 interface IColumns {
   x: number[];
   t: number[];
-  cpu: Record<string, (number | null)[]>;
-  memory: Record<string, (number | null)[]>;
-  gpu: Record<string, (number | null)[]>;
+  cpu: Map<string, Series>;
+  memory: Map<string, Series>;
+  gpu: Map<string, Series>;
 }
 
 function div(className: string, text?: string): HTMLElement {
@@ -162,17 +172,61 @@ export function adoptSvg(text: string): SVGSVGElement | null {
   return document.importNode(root, true) as unknown as SVGSVGElement;
 }
 
-function columns(svg: SVGSVGElement): IColumns | null {
-  const meta = svg.querySelector('metadata.nbm-data');
-  if (!meta?.textContent) {
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** ``value`` if it is ``length`` finite numbers (or nulls, where ``gaps``), else null. */
+function numbers(value: unknown, length: number, gaps: boolean): Series | null {
+  const ok =
+    Array.isArray(value) &&
+    value.length === length &&
+    value.every(
+      v => (typeof v === 'number' && Number.isFinite(v)) || (gaps && v === null)
+    );
+  return ok ? (value as Series) : null;
+}
+
+/** Per process, ``length`` values each; null if any is not. */
+function series(value: unknown, length: number): Map<string, Series> | null {
+  if (!isRecord(value)) {
     return null;
   }
-  try {
-    const data = JSON.parse(meta.textContent) as IColumns;
-    return Array.isArray(data.x) && Array.isArray(data.t) ? data : null;
-  } catch {
-    return null; // no read-out; the plot itself is still worth showing
+  const out = new Map<string, Series>();
+  for (const [proc, values] of Object.entries(value)) {
+    const checked = numbers(values, length, true);
+    if (checked === null) {
+      return null;
+    }
+    out.set(proc, checked);
   }
+  return out;
+}
+
+/**
+ * The columns in ``text`` (JSON, from a notebook anyone may have written), or
+ * null, and so no read-out, unless all of them are what plot.py writes.
+ */
+function parseColumns(text: string): IColumns | null {
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  if (!isRecord(data) || !Array.isArray(data.x)) {
+    return null;
+  }
+  const length = data.x.length;
+  const x = numbers(data.x, length, false);
+  const t = numbers(data.t, length, false);
+  const cpu = series(data.cpu, length);
+  const memory = series(data.memory, length);
+  const gpu = series(data.gpu, length);
+  if (!x || !t || !cpu || !memory || !gpu) {
+    return null;
+  }
+  return { x: x as number[], t: t as number[], cpu, memory, gpu };
 }
 
 /** ``value`` as a usage plot's body (the server's answer, a notebook's output), or null. */
@@ -190,7 +244,8 @@ export function asUsage(value: unknown): IUsage | null {
     peaks: Array.isArray(usage.peaks)
       ? usage.peaks.filter((line): line is string => typeof line === 'string')
       : [],
-    skipped: typeof usage.skipped === 'number' ? usage.skipped : 0
+    skipped: typeof usage.skipped === 'number' ? usage.skipped : 0,
+    columns: typeof usage.columns === 'string' ? usage.columns : undefined
   };
 }
 
@@ -220,7 +275,11 @@ export class UsageChart {
     this.node.append(this._peaks, this._note, this._plot);
   }
 
-  /** Draws ``usage``; false (and nothing changed) when its SVG is no plot. */
+  /**
+   * Draws ``usage``; false (and nothing changed) when its SVG is no plot. The
+   * read-out's columns are ``usage.columns`` or else the SVG's own; columns
+   * that are not plot.py's give no read-out, and the plot is still drawn.
+   */
   show(usage: IUsage): boolean {
     const svg = adoptSvg(usage.svg);
     if (svg === null) {
@@ -255,7 +314,10 @@ export class UsageChart {
         ?.focus({ preventScroll: true });
     }
     old?.remove();
-    this._wirePointer(svg, names, colours);
+    const columns = parseColumns(
+      usage.columns ?? svg.querySelector('metadata.nbm-data')?.textContent ?? ''
+    );
+    this._wirePointer(svg, columns, names, colours);
     return true;
   }
 
@@ -307,10 +369,10 @@ export class UsageChart {
   /** The pointer reads out a column; where it already is, at once. */
   private _wirePointer(
     svg: SVGSVGElement,
+    data: IColumns | null,
     names: Map<string, string>,
     colours: Map<string, string>
   ): void {
-    const data = columns(svg);
     if (data === null || data.x.length === 0) {
       this._pointer = null;
       return;
@@ -375,14 +437,14 @@ export class UsageChart {
       }
     });
     const table = document.createElement('table');
-    const withGpu = Object.values(data.gpu).some(v => v[best]);
+    const withGpu = Array.from(data.gpu.values()).some(v => v[best]);
     const header = table.createTHead().insertRow();
     for (const name of ['', 'CPU', 'memory', ...(withGpu ? ['GPU'] : [])]) {
       header.appendChild(document.createElement('th')).textContent = name;
     }
     const body = table.createTBody();
-    for (const proc of Object.keys(data.cpu)) {
-      const cpu = data.cpu[proc][best];
+    for (const [proc, values] of data.cpu) {
+      const cpu = values[best];
       if (typeof cpu !== 'number' || this._hidden.has(proc)) {
         continue;
       }
@@ -396,9 +458,9 @@ export class UsageChart {
       const who = row.insertCell().appendChild(div('nbm-usage-who'));
       who.append(swatch, names.get(proc) ?? proc);
       row.insertCell().textContent = `${cpu.toFixed(0)}%`;
-      row.insertCell().textContent = bytes(data.memory[proc]?.[best] ?? 0);
+      row.insertCell().textContent = bytes(data.memory.get(proc)?.[best] ?? 0);
       if (withGpu) {
-        const gpu = data.gpu[proc]?.[best];
+        const gpu = data.gpu.get(proc)?.[best];
         row.insertCell().textContent = gpu ? bytes(gpu) : '';
       }
     }
