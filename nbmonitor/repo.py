@@ -219,12 +219,7 @@ class Repo:
 
     @staticmethod
     def _read_log(path: Path, run_id: str) -> tuple[list[LogLine], int]:
-        try:
-            text = path.read_bytes().decode("utf-8", errors="replace")
-        except FileNotFoundError:
-            raise
-        except OSError as e:
-            raise CorruptRecordError(str(path), f"unreadable ({e.strerror})") from e
+        text = _read_text(path)
         try:
             return parse_log(text, run_id)
         except ValueError as e:
@@ -287,12 +282,7 @@ class Repo:
         """A run's usage history. FileNotFoundError when it has none; CorruptRecordError naming
         the file when it is no history at all. Bad lines are left out with one warning."""
         path = self.usage_path(run_id)
-        try:
-            text = path.read_bytes().decode("utf-8", errors="replace")
-        except FileNotFoundError:
-            raise
-        except OSError as e:
-            raise CorruptRecordError(str(path), f"unreadable ({e.strerror})") from e
+        text = _read_text(path)
         try:
             history = parse(text.splitlines(), run_id)
         except ValueError as e:
@@ -487,6 +477,17 @@ class Scanner:
             log.warning("skipping run file %s: it holds run %s", path, record.id)
             return None
         return record
+
+
+def _read_text(path: Path) -> str:
+    """A file of lines as text (bytes that are no UTF-8 replaced). FileNotFoundError when it is
+    not there; CorruptRecordError naming it when it cannot be read."""
+    try:
+        return path.read_bytes().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise CorruptRecordError(str(path), f"unreadable ({e.strerror})") from e
 
 
 def read_record(path: Path) -> RunRecord:

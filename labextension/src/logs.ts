@@ -7,8 +7,9 @@
  * NUL) are shown escaped as the command line shows them: a line of output is
  * data, never markup and never a way to steer the page.
  */
-import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
+
+import { getRun } from './usage';
 
 /** Lines asked for, and how often a running run's are asked for again. */
 export const LINES = 50;
@@ -38,6 +39,20 @@ export function oneLine(text: string): string {
         : `\\u${code.toString(16).padStart(4, '0')}`)
     );
   });
+}
+
+/** Whether ``value`` is a line as the server sends one (a line it is not is left out). */
+function isLine(value: unknown): value is ILogLine {
+  const line = value as Partial<ILogLine> | null;
+  return (
+    typeof line === 'object' &&
+    line !== null &&
+    typeof line.t === 'number' &&
+    typeof line.level === 'string' &&
+    typeof line.stream === 'string' &&
+    typeof line.text === 'string' &&
+    (line.who === undefined || typeof line.who === 'string')
+  );
 }
 
 function span(className: string, text: string): HTMLElement {
@@ -93,33 +108,22 @@ export class LogsView {
 
   private async _fetch(active: boolean): Promise<void> {
     this._loading = true;
-    const url =
-      URLExt.join(
-        this._settings.baseUrl,
-        'nbmonitor',
-        'api',
-        'runs',
-        encodeURIComponent(this.id),
-        'logs'
-      ) + URLExt.objectToQueryString({ lines: String(LINES) });
     try {
-      const response = await ServerConnection.makeRequest(
-        url,
-        {},
-        this._settings
-      );
-      const body = (await response.json().catch(() => ({}))) as {
-        lines?: ILogLine[];
-        skipped?: number;
-        message?: string;
-      };
+      const { response, body } = await getRun(this._settings, this.id, 'logs', {
+        lines: String(LINES)
+      });
       if (this._disposed) {
         return;
       }
       if (!response.ok || !Array.isArray(body.lines)) {
-        this._note.textContent = `no log tail: ${body.message ?? `HTTP ${response.status}`}`;
+        const why =
+          typeof body.message === 'string'
+            ? body.message
+            : `HTTP ${response.status}`;
+        this._note.textContent = `no log tail: ${why}`;
       } else {
-        this._show(body.lines, body.skipped ?? 0);
+        const lines = body.lines.filter(isLine);
+        this._show(lines, typeof body.skipped === 'number' ? body.skipped : 0);
       }
     } catch (reason) {
       this._note.textContent = `the server does not answer (${reason})`;

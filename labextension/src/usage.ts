@@ -142,6 +142,33 @@ export function bytes(n: number): string {
  * when the text is no SVG. A notebook's output is as safe to show this way as
  * our server's answer, whoever wrote the notebook.
  */
+/**
+ * GET nbmonitor/api/runs/<id>/<what>: the answer, and its JSON body (empty when it has none,
+ * as an error page may); the body is unchecked, for the caller to check.
+ */
+export async function getRun(
+  settings: ServerConnection.ISettings,
+  id: string,
+  what: string,
+  query: Record<string, string>
+): Promise<{ response: Response; body: Record<string, unknown> }> {
+  const url =
+    URLExt.join(
+      settings.baseUrl,
+      'nbmonitor',
+      'api',
+      'runs',
+      encodeURIComponent(id),
+      what
+    ) + URLExt.objectToQueryString(query);
+  const response = await ServerConnection.makeRequest(url, {}, settings);
+  const body = (await response.json().catch(() => ({}))) as Record<
+    string,
+    unknown
+  >;
+  return { response, body };
+}
+
 export function adoptSvg(text: string): SVGSVGElement | null {
   const parsed = new DOMParser().parseFromString(text, 'image/svg+xml');
   const root = parsed.documentElement;
@@ -543,30 +570,25 @@ export class UsageView {
   private async _fetch(width: number): Promise<void> {
     this._loading = true;
     const active = this._active;
-    const url =
-      URLExt.join(
-        this._settings.baseUrl,
-        'nbmonitor',
-        'api',
-        'runs',
-        encodeURIComponent(this.id),
-        'usage'
-      ) + URLExt.objectToQueryString({ width: String(width) });
     try {
-      const response = await ServerConnection.makeRequest(
-        url,
-        {},
-        this._settings
+      const { response, body } = await getRun(
+        this._settings,
+        this.id,
+        'usage',
+        {
+          width: String(width)
+        }
       );
-      const body = (await response.json().catch(() => ({}))) as {
-        message?: string;
-      };
       if (this._disposed) {
         return;
       }
       const usage = response.ok ? asUsage(body) : null;
       if (usage === null) {
-        this._chart.problem(body.message ?? `HTTP ${response.status}`);
+        this._chart.problem(
+          typeof body.message === 'string'
+            ? body.message
+            : `HTTP ${response.status}`
+        );
       } else if (!this._chart.show(usage)) {
         this._chart.problem('the server sent no usage plot');
       }
