@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import CorruptRecordError, NbmonitorError, RepoError, WatcherError
 from .repo import Repo
-from .run import Run, current_run, mark, report_progress, track, watch
+from .run import Run, checkpoint, current_run, latest_checkpoint, mark, report_progress, track, watch
 
 __all__ = [
     "CorruptRecordError",
@@ -21,8 +21,10 @@ __all__ = [
     "Run",
     "WatcherError",
     "__version__",
+    "checkpoint",
     "configure",
     "current_run",
+    "latest_checkpoint",
     "mark",
     "report_progress",
     "track",

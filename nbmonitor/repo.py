@@ -89,6 +89,7 @@ class Repo:
         self.runs_dir = self.path / "runs"
         self.usage_dir = self.path / "usage"
         self.logs_dir = self.path / "logs"
+        self.checkpoints_dir = self.path / "checkpoints"
         self.events_dir = self.path / "events"
         self.outbox_dir = self.path / "outbox"
         self.deliveries_dir = self.path / "deliveries"
@@ -236,6 +237,20 @@ class Repo:
             log.warning("nbmonitor: no log tail from %s", e)
             return ()
         return tuple(lines[-count:]) if count > 0 else ()
+
+    def checkpoint_path(self, job_key: str, name: str) -> Path:
+        """The record of one checkpoint of a job (by its key, 32 hex digits); both are checked."""
+        if not is_run_id(job_key):
+            raise ValueError(f"not a job key: {job_key[:40]!r}")
+        if not re.fullmatch(r"[0-9]{15}-[0-9a-f]{12}", name):
+            raise ValueError(f"not a checkpoint record name: {name[:40]!r}")
+        folder = self.checkpoints_dir / job_key
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except FileNotFoundError:
+            self._again()
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return folder / f"{name}.json"
 
     def _again(self, folder: Path | None = None) -> None:
         """A write found no directory: create the repo (and ``folder``) again, saying so if the

@@ -8,12 +8,14 @@ the rest (see nbmonitor._writer).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import functools
 import math
 import operator
 import os
+import pathlib
 import sys
 import threading
 import traceback
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from . import _board, _capture, _process, _recorder, _stacks, _values, _writer, rules
 from ._once import Trouble
-from .errors import RepoError
+from .errors import NbmonitorError, RepoError
 from .logtail import LogLine
 from .record import ErrorInfo, GroupField, Origin, RunRecord, RunUsage, StackFrame, ThreadStack, clip
 from .repo import Repo
@@ -337,6 +339,66 @@ class Run:
     def set_usage(self, usage: RunUsage) -> None:
         """The latest resource reading of the run's process tree, written into its file."""
         self._usage = usage
+
+    def checkpoint(
+        self,
+        step: int | None = None,
+        *,
+        directory: str | os.PathLike[str] | None = None,
+        keep: int | None = 3,
+        best: str | None = None,
+        **metadata: Any,
+    ) -> contextlib.AbstractContextManager[pathlib.Path]:
+        """A fresh directory to save a checkpoint into: ``with run.checkpoint(step=1200, loss=0.31)
+        as path: torch.save(state, path / "model.pt")``. When the block ends its files are flushed,
+        the directory moved into place in one step and recorded with the run's job, so
+        ``nbmonitor.latest_checkpoint()`` finds it in the next attempt; an exception in the block
+        leaves no checkpoint. ``directory``: where the job's checkpoints go (default
+        ``$NBMONITOR_CHECKPOINT_DIR``, else ``checkpoints/<run name>`` beside the script or
+        notebook); ``keep`` the newest (and with ``best="loss"``, or ``"max:accuracy"``, the best
+        by that metadata value); the rest are removed."""
+        from . import checkpoints
+
+        where = pathlib.Path(directory) if directory is not None else self._checkpoint_dir()
+        saving = checkpoints.save(
+            self._repo,
+            self.job,
+            where,
+            step=step,
+            metadata=metadata,
+            run_id=self._id,
+            keep=keep,
+            best=best,
+        )
+        return self._marked(saving, step)
+
+    @contextlib.contextmanager
+    def _marked(
+        self, saving: contextlib.AbstractContextManager[pathlib.Path], step: int | None
+    ) -> Iterator[pathlib.Path]:
+        with saving as path:
+            yield path
+        self._history.mark("checkpoint", step, self._writer.mono(), by="nbmonitor")
+
+    @property
+    def job(self) -> str:
+        """The work this run does, the same across attempts: its checkpoints are the job's
+        (the supervisor's, torchrun's or SLURM's job, else the script or notebook and the name)."""
+        from . import checkpoints
+
+        return checkpoints.job_of(self._name, self._origin)
+
+    def _checkpoint_dir(self) -> pathlib.Path:
+        from . import checkpoints
+
+        return checkpoints.default_dir(self._name, self._origin)
+
+    def latest_checkpoint(self) -> Any:
+        """The newest complete checkpoint of this run's job (a ``Checkpoint``: ``path``,
+        ``step``, ``metadata``, ``at``), or None in its first attempt."""
+        from . import checkpoints
+
+        return checkpoints.latest(self._repo, self.job)
 
     def mark(self, label: str, value: float | int | str | None = None) -> None:
         """Put a labelled moment on the run's usage history (a vertical line on its plot):
@@ -698,6 +760,30 @@ def current_run() -> Run | None:
     for no later one."""
     blocks = _blocks.get()
     return blocks[-1] if blocks else _adopted()
+
+
+def checkpoint(step: int | None = None, **options: Any) -> contextlib.AbstractContextManager[pathlib.Path]:
+    """``run.checkpoint(...)`` of the current run (the innermost ``watch()`` block or
+    ``%%watch`` cell); ``NbmonitorError`` when none is open."""
+    run = current_run()
+    if run is None:
+        raise NbmonitorError(
+            "nbmonitor.checkpoint() needs a run: call it inside a watch() block or a %%watch cell"
+        )
+    return run.checkpoint(step, **options)
+
+
+def latest_checkpoint(name: str | None = None) -> Any:
+    """The newest complete checkpoint of the current run's job (or, outside any run, of the job
+    a run named ``name`` from this script or notebook works for), or None: the first attempt.
+    ``ckpt = nbmonitor.latest_checkpoint(); start = ckpt.step + 1 if ckpt else 0``."""
+    from . import checkpoints
+
+    run = current_run()
+    if run is not None and name is None:
+        return run.latest_checkpoint()
+    where = origin()
+    return checkpoints.latest(Repo(), checkpoints.job_of(name or default_name(where), where))
 
 
 def mark(label: str, value: float | int | str | None = None) -> None:

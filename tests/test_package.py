@@ -94,7 +94,7 @@ def readme_examples() -> list[str]:
 def test_every_readme_example_runs(tmp_path: Path) -> None:
     examples = readme_examples()
     assert len(examples) >= 4
-    env = child_env(tmp_path / "repo")
+    env = child_env(tmp_path / "repo") | {"NBMONITOR_CHECKPOINT_DIR": str(tmp_path / "checkpoints")}
     for example in examples:
         done = subprocess.run([sys.executable, "-c", example], env=env, capture_output=True, text=True)
         assert done.returncode == 0, f"{example}\n{done.stderr}"
@@ -106,6 +106,9 @@ def test_every_readme_example_runs(tmp_path: Path) -> None:
     assert runs["aim-style"].status == "finished"
     assert runs["gives-up"].status == "failed"
     assert (runs["shards"].status, runs["shards"].progress) == ("finished", 2000)
+    assert runs["resumable"].status == "finished"
+    saved = sorted(p.name.split("-")[1] for p in (tmp_path / "checkpoints" / "resumable").iterdir())
+    assert saved == ["000000000099", "000000000199", "000000000299"]
 
 
 def test_binder_installs_nbmonitor_with_node_for_its_lab_extension() -> None:
