@@ -15,7 +15,7 @@ from nbmonitor import _writer, checkpoints
 from nbmonitor.checkpoints import CheckpointError
 from nbmonitor.repo import Repo
 
-from .helpers import FakeClock, Proc, run_id_from
+from .helpers import FakeClock, Proc, run_id_from, wait_until
 from .test_faults import Disk
 from .test_faults import disk as disk  # the fixture: a small filesystem to fill
 
@@ -200,3 +200,38 @@ def test_a_job_is_the_same_across_attempts_and_launchers_name_it(tmp_path: Path)
     assert checkpoints.default_dir("t", script, {"NBMONITOR_CHECKPOINT_DIR": "/data/ck"}) == Path(
         "/data/ck/t"
     )
+
+
+CELL = """%%watch --eta 60 --name counter
+import json, time
+import nbmonitor
+ckpt = nbmonitor.latest_checkpoint()
+start = ckpt.step + 1 if ckpt else 0
+print("resumed from", start)
+for step in range(start, 6):
+    with nbmonitor.checkpoint(step=step) as path:
+        (path / "count").write_text(str(step))
+    if step == 2 and start == 0:
+        time.sleep(60)  # the kernel dies here
+"""
+
+
+def test_a_watched_cell_resumes_from_its_checkpoint_in_a_restarted_kernel(tmp_path: Path, repo: Repo) -> None:
+    from .kernels import Kernel
+
+    kernel = Kernel(repo.path)
+    try:
+        kernel.run(f"%load_ext nbmonitor\n%env NBMONITOR_CHECKPOINT_DIR={tmp_path / 'ckpt'}")
+        kernel.client.execute(CELL)
+        folder = tmp_path / "ckpt" / "counter"
+        wait_until(lambda: folder.is_dir() and len(list(folder.glob("step-*"))) == 3, 30, "three checkpoints")
+        kernel.manager.restart_kernel(now=True)  # killed mid-cell
+        kernel.client.wait_for_ready(timeout=60)
+        kernel.run(f"%load_ext nbmonitor\n%env NBMONITOR_CHECKPOINT_DIR={tmp_path / 'ckpt'}")
+        reply, messages = kernel.run(CELL)
+        assert reply["status"] == "ok"
+    finally:
+        kernel.stop()
+    said = "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream")
+    assert "resumed from 3" in said  # steps 0 to 2 were saved before the kernel died
+    assert sorted(p.name.split("-")[1] for p in folder.glob("step-*")) == [f"{s:012d}" for s in (3, 4, 5)]
