@@ -23,6 +23,16 @@ _START_TOLERANCE = 0.05
 
 
 @functools.cache
+def signal_name(number: int) -> str:
+    """``SIGKILL`` for 9; ``signal 99`` for a number that names none."""
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def host() -> str:
     """This machine's host name, as recorded in run files."""
     return socket.gethostname()

@@ -13,7 +13,6 @@ signal or status, when its process is this one's child and not reaped yet).
 from __future__ import annotations
 
 import os
-import signal
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -189,21 +188,14 @@ def _how_it_went(view: _board.SlotView) -> tuple[str, str | None]:
     if view.end == _board.FAILED:
         return "failed", "an exception"
     if view.end == _board.TERMINATED:
-        return "ended", f"stopped by its job ({_signal_name(view.signal)})"
+        return "ended", f"stopped by its job ({_process.signal_name(view.signal)})"
     status = _process.exit_status(view.pid, view.ticks or None)
     if status is None:
         return "crashed", "gone without finishing"
     code = os.waitstatus_to_exitcode(status)
     if code < 0:
-        return "crashed", f"killed by {_signal_name(-code)}"
+        return "crashed", f"killed by {_process.signal_name(-code)}"
     return "crashed", f"exit status {code}"
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def _pid_exists(pid: int) -> bool:

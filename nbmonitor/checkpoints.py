@@ -37,7 +37,7 @@ from .errors import NbmonitorError
 from .record import Origin
 from .repo import Repo, write_atomic
 
-__all__ = ["Checkpoint", "CheckpointError", "job_of", "latest", "save"]
+__all__ = ["Checkpoint", "CheckpointError", "attempt", "job_of", "latest", "save"]
 
 FORMAT = 1
 #: Bytes of a checkpoint's metadata (as JSON) kept in its record.
@@ -187,8 +187,8 @@ def save(
             "the previous one stays the latest"
         ) from None
     at = time.time()
-    attempt = _attempt()
-    made = Checkpoint(final, step, at, meta, run_id, size, attempt, f"{int(at * 1000):015d}-{nonce}")
+    made_in = attempt()
+    made = Checkpoint(final, step, at, meta, run_id, size, made_in, f"{int(at * 1000):015d}-{nonce}")
     key = job_key(job)
     try:
         write_atomic(repo.checkpoint_path(key, made.name), made.to_dict(job))
@@ -280,6 +280,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _attempt() -> int:
-    text = os.environ.get("NBMONITOR_RESTART_COUNT", "")
-    return int(text) if text.isdigit() else 0
+def attempt(environ: Mapping[str, str] | None = None) -> int:
+    """Which attempt of its job this process is: ``NBMONITOR_RESTART_COUNT`` (set by
+    ``nbmonitor-watcher run``), else torchrun's ``TORCHELASTIC_RESTART_COUNT``; 0 for the first."""
+    env = os.environ if environ is None else environ
+    for variable in ("NBMONITOR_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT"):
+        text = env.get(variable, "")
+        if text.isdigit():
+            return int(text)
+    return 0

@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -104,6 +106,42 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("run", metavar="RUN", help="a run or group: its id (or the first 8 of it) or its name")
     usage.add_argument("--html", metavar="FILE", help="write one self-contained page with the plot")
     usage.set_defaults(func=_usage)
+    run = commands.add_parser(
+        "run",
+        help="run a command as a job, and again when it crashes, fails or stalls: run [options] -- CMD ...",
+    )
+    run.add_argument(
+        "--max-restarts", type=_restarts, default=5, metavar="N", help="restarts at most (default 5)"
+    )
+    run.add_argument(
+        "--restart-on",
+        type=_restart_on,
+        default=("crashed", "failed", "stalled"),
+        metavar="WAYS",
+        help="how an attempt may end to be restarted: crashed,failed,stalled (the default), or some",
+    )
+    run.add_argument(
+        "--no-restart-on",
+        type=_pattern,
+        metavar="REGEX",
+        help="no restart when a line of the job's log tail matches (e.g. 'CUDA out of memory|SyntaxError')",
+    )
+    run.add_argument(
+        "--term-grace",
+        type=seconds_arg("term-grace", zero_ok=True, within=(0, 3600)),
+        default=10.0,
+        metavar="SECONDS",
+        help="between SIGTERM and SIGKILL when a stalled attempt is stopped (default 10)",
+    )
+    run.add_argument(
+        "--pause",
+        type=seconds_arg("pause", zero_ok=True, within=(0, 3600)),
+        default=1.0,
+        metavar="SECONDS",
+        help="before the first restart, doubling for each next one, at most a minute (default 1)",
+    )
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command, after --")
+    run.set_defaults(func=_run)
     logs = commands.add_parser("logs", help="the last lines a run (or a group's members) logged and printed")
     logs.add_argument("run", metavar="RUN", help="a run or group: its id (or the first 8 of it) or its name")
     logs.add_argument("--lines", "-n", type=int, default=20, metavar="N", help="how many (default 20)")
@@ -288,6 +326,56 @@ def _usage(repo: Repo, args: argparse.Namespace) -> int:
 
 
 _NO_TAIL = "has no log tail (made with logs=False, or by an older nbmonitor)"
+
+
+def _restarts(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number of restarts >= 0, got {text!r}")
+    return int(text)
+
+
+def _restart_on(text: str) -> tuple[str, ...]:
+    from .supervisor import RESTART_ON
+
+    ways = tuple(w.strip() for w in text.split(",") if w.strip())
+    wrong = [w for w in ways if w not in RESTART_ON]
+    if not ways or wrong:
+        raise argparse.ArgumentTypeError(
+            f"expected some of {','.join(RESTART_ON)}, got {(wrong or [text])[0]!r}"
+        )
+    return ways
+
+
+def _pattern(text: str) -> re.Pattern[str]:
+    try:
+        return re.compile(text)
+    except re.error as e:
+        raise argparse.ArgumentTypeError(f"not a regular expression: {e}") from None
+
+
+def _run(repo: Repo, args: argparse.Namespace) -> int:
+    from .supervisor import Supervisor
+
+    command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not command:
+        raise NbmonitorError("no command to run: nbmonitor-watcher run [options] -- python train.py ...")
+    if shutil.which(command[0]) is None:
+        raise NbmonitorError(f"no command {command[0]!r} found (not a file, not on PATH)")
+    repo.ensure()
+    supervisor = Supervisor(
+        repo,
+        command,
+        max_restarts=args.max_restarts,
+        restart_on=args.restart_on,
+        no_restart_on=args.no_restart_on,
+        term_grace=args.term_grace,
+        pause=args.pause,
+    )
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: supervisor.stop())
+    return supervisor.run()
+
+
 #: Seconds between two looks at a followed tail (its run writes it at most once a second).
 FOLLOW_EVERY = 0.5
 

@@ -213,6 +213,10 @@ class RunRecord:
     stack_error: str | None = None
     #: The native id of the thread that owns the run (what py-spy and the OS call it).
     thread_id: int | None = None
+    #: The work it does, the same across attempts (nbmonitor.checkpoints.job_of), and which
+    #: attempt it is (``NBMONITOR_RESTART_COUNT``: 0 for the first, 1 after one restart ...).
+    job: str | None = None
+    attempt: int = 0
     #: The process's other threads' stacks, taken with ``stack`` when the run asks for all
     #: threads' (``stacks="all"``); empty otherwise.
     threads: tuple[ThreadStack, ...] = ()
@@ -304,6 +308,8 @@ class RunRecord:
             stack_from=get.opt_text("stack_from") or "process",
             stack_error=get.opt_text("stack_error"),
             thread_id=get.opt_integer("thread_id"),
+            job=get.opt_text("job"),
+            attempt=get.opt_integer("attempt") or 0,
             format=fmt,
         )
 

@@ -386,7 +386,7 @@ class Run:
         (the supervisor's, torchrun's or SLURM's job, else the script or notebook and the name)."""
         from . import checkpoints
 
-        return checkpoints.job_of(self._name, self._origin)
+        return checkpoints.job_of(self._name, self._origin)  # about a microsecond: not kept
 
     def _checkpoint_dir(self) -> pathlib.Path:
         from . import checkpoints
@@ -574,6 +574,8 @@ class Run:
             stack_at=self._stack_at,
             thread_id=self._owner.native_id,
             threads=self._threads,
+            job=self.job,
+            attempt=_checkpoints().attempt(),
         )
 
     def _set_end(self, status: str, error: ErrorInfo | None, now_wall: float) -> None:
@@ -1095,6 +1097,12 @@ def _own_start() -> tuple[float | None, int | None]:
 
 
 _STACKS = ("thread", "all")
+
+
+def _checkpoints() -> Any:
+    from . import checkpoints  # here: only a run that writes its file needs it, not the import
+
+    return checkpoints
 
 
 def _stacks_option(value: object) -> str:
