@@ -464,6 +464,16 @@ def _one_run(repo: Repo, wanted: str) -> int:
     peaks = peaks_text(record)
     if peaks:
         print(f"  {peaks}")
+    if record.attempt:
+        print(f"  attempt {record.attempt + 1} of its job (restarted {record.attempt} time(s))")
+    if record.job is not None:
+        from . import checkpoints
+
+        latest = checkpoints.latest(repo, record.job)
+        if latest is not None:
+            ago = _format.duration(max(0.0, time.time() - latest.at))
+            step = f"at step {latest.step} " if latest.step is not None else ""
+            print(f"  latest checkpoint: {step}saved {ago} ago, {_format.one_line(str(latest.path))}")
     if record.stack:
         when = time.strftime(TIME_FORMAT, time.localtime(record.stack_at)) if record.stack_at else "?"
         now = "stuck" if record.stuck_in is not None else "last seen stuck"

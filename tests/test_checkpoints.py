@@ -15,7 +15,7 @@ from nbmonitor import _writer, checkpoints
 from nbmonitor.checkpoints import CheckpointError
 from nbmonitor.repo import Repo
 
-from .helpers import FakeClock, Proc, run_id_from, wait_until
+from .helpers import FakeClock, Proc, nbw, run_id_from, wait_until
 from .test_faults import Disk
 from .test_faults import disk as disk  # the fixture: a small filesystem to fill
 
@@ -181,6 +181,10 @@ def test_a_process_killed_while_saving_resumes_from_the_checkpoint_before(tmp_pa
     assert steps == [7, 8, 9]  # keep=3
     run_ids = {json.loads(p.read_text())["run"] for p in next(repo.checkpoints_dir.iterdir()).iterdir()}
     assert run_ids == {run_id_from(second, "started")}
+    shown = nbw(repo, "status", run_id_from(second, "started"))
+    (line,) = [x for x in shown.stdout.splitlines() if "latest checkpoint" in x]
+    assert line.startswith("  latest checkpoint: at step 9 saved ")
+    assert line.endswith(str(folder / sorted(p.name for p in folder.iterdir())[-1]))
 
 
 def test_a_job_is_the_same_across_attempts_and_launchers_name_it(tmp_path: Path) -> None:

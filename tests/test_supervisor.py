@@ -77,6 +77,12 @@ def test_a_job_killed_five_times_and_hung_twice_ends_as_an_uninterrupted_run_wou
     assert len(starts) == 8  # five kills, two hangs, then the one that ends
     for at, resumed in zip(killed_at, starts[1:6], strict=True):
         assert at - 10 < resumed <= at + 1  # at most one checkpoint interval lost
+    attempts = sorted((r.attempt, r.status) for r in repo.runs())
+    assert attempts[-1] == (7, "finished")
+    # A run per attempt that lived to write its file (a kill right at the start may come first).
+    assert len({a for a, _ in attempts}) == len(attempts)
+    (last,) = [r for r in repo.runs() if r.attempt == 7]
+    assert "  attempt 8 of its job (restarted 7 time(s))" in nbw(repo, "status", last.id).stdout
     said = job.matching("nbmonitor-watcher run:")
     assert len([line for line in said if "crashed (killed by SIGKILL); restarting" in line]) == 5
     assert len([line for line in said if "stalled (run 'counter' at step 150); stopping it" in line]) == 2
