@@ -128,8 +128,13 @@ class Supervisor:
         return f"attempt {attempt.number + 1} (pid {attempt.process.pid})"
 
     def _start(self, number: int) -> Attempt:
-        env = dict(os.environ, NBMONITOR_JOB_ID=self.job_id, NBMONITOR_RESTART_COUNT=str(number))
-        env.setdefault("NBMONITOR_REPO", str(self.repo.path))
+        # Its runs go to the repo this supervisor looks at, whatever the environment said.
+        env = dict(
+            os.environ,
+            NBMONITOR_JOB_ID=self.job_id,
+            NBMONITOR_RESTART_COUNT=str(number),
+            NBMONITOR_REPO=str(self.repo.path),
+        )
         try:
             process = subprocess.Popen(self.command, env=env, start_new_session=True)
         except OSError as e:
