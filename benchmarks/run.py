@@ -893,6 +893,116 @@ def row_checkpoint(times: int, work: Path) -> Row:
     )
 
 
+# -- 19 and 20. restarts under nbmonitor-watcher run ---------------------------------------------------
+
+SUPERVISED = """
+import os, sys, time
+import nbmonitor
+print("up", time.time(), flush=True)
+with nbmonitor.watch(eta=1, grace=0.5, name="supervised") as run:
+    run.report_progress()
+    print("progress", time.time(), flush=True)
+    time.sleep(3600)  # killed (row 19), or stalled and stopped (row 20)
+"""
+
+
+Lines = list[tuple[float, str]]
+
+
+def supervised_lines(work: Path, act: Callable[[subprocess.Popen[str], Lines], None]) -> Lines:
+    """Run the script under ``nbmonitor-watcher run --pause 0``; ``act`` on its lines as they come."""
+    script = work / "supervised.py"
+    script.write_text(SUPERVISED)
+    args = [sys.executable, "-m", "nbmonitor", "--repo", str(work / "r19"), "run", "--pause", "0"]
+    args += ["--term-grace", "5", "--max-restarts", "1", "--", sys.executable, str(script)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: Lines = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append((time.time(), line.strip()))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        act(proc, lines)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        reader.join(5)
+    return lines
+
+
+def wait_line(lines: Lines, part: str, count: int = 1, timeout: float = 60) -> tuple[float, str]:
+    """The ``count``-th line with ``part`` (and when it came), waiting for it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [entry for entry in lines if part in entry[1]]
+        if len(found) >= count:
+            return found[count - 1]
+        time.sleep(0.01)
+    raise RuntimeError(f"no line with {part!r} within {timeout} s")
+
+
+def row_restarts(times: int, work: Path) -> list[Row]:
+    import psutil
+
+    restarts: list[float] = []
+    stops: list[float] = []
+    starts: list[float] = []
+    killed: list[float] = []
+
+    def kill(proc: subprocess.Popen[str], lines: Lines) -> None:
+        wait_line(lines, "progress")
+        (child,) = psutil.Process(proc.pid).children()
+        killed.append(time.time())
+        child.kill()
+        wait_line(lines, "up ", count=2)
+
+    def hang(proc: subprocess.Popen[str], lines: Lines) -> None:
+        wait_line(lines, "stopping it")
+        wait_line(lines, "up ", count=2)
+
+    bare = [sys.executable, "-c", "import nbmonitor; print('up')"]
+    for _ in range(times):
+        lines = supervised_lines(work, kill)
+        restarts.append(wait_line(lines, "up ", count=2)[0] - killed[-1])
+        start = time.time()
+        subprocess.run(bare, check=True, capture_output=True)
+        starts.append(time.time() - start)
+        lines = supervised_lines(work, hang)
+        progress = float(wait_line(lines, "progress")[1].split()[1])
+        stops.append(wait_line(lines, "stopping it")[0] - (progress + 1.5))
+    restart, start, stop = statistics.median(restarts), statistics.median(starts), statistics.median(stops)
+    return [
+        Row(
+            19,
+            "a supervised job SIGKILLed → its next attempt running",
+            f"median {restart:.2f} s",
+            f"a new python importing nbmonitor: {start:.2f} s",
+            restart / start,
+            "< 1 s + the pause",
+            restart < 1.0,
+            "nbmonitor-watcher run --pause 0 -- python script.py: the script prints when it starts; "
+            "from the SIGKILL of its process to the next attempt's first line, against the time a bare "
+            f"python takes to import nbmonitor and print (what any restart pays); median of {times}.",
+        ),
+        Row(
+            20,
+            "a supervised run's stall deadline → its process stopped",
+            f"median {stop:.2f} s",
+            "one poll (0.5 s) + the SIGTERM grace",
+            stop / 0.5,
+            "< one poll + the grace",
+            stop < 0.5 + 0.5,  # the script dies at the SIGTERM: no grace is spent
+            "A run with eta 1 s and grace 0.5 s stops reporting; from its deadline (its last progress + "
+            "1.5 s) to the supervisor's 'stalled; stopping it' line, which SIGTERMs its process group. "
+            f"Median of {times}; the rules add the writer's lag (0.2 s) to every deadline.",
+        ),
+    ]
+
+
 # -- 15 to 17. logging and printing while a run keeps its log tail -------------------------------------
 
 
@@ -1353,6 +1463,7 @@ def results(rows: list[Row], command: str, quick: bool, only: set[int] | None, p
     dated = [f"Measured {measured}."]
     if only is not None and previous:
         old = previous.splitlines()
+        only = only | {r.number for r in rows}  # a step may measure several rows (15: 15 to 17)
         lines = [(n, line) for n, line in numbered(old, r"\| (\d+) \|") if n not in only] + lines
         how = [(n, line) for n, line in numbered(old, r"(\d+)\. \*\*") if n not in only] + how
         earlier = [
@@ -1438,6 +1549,7 @@ def main() -> int:
         (14, "stack", lambda: [row_stack(200 if quick else 2000)]),
         (15, "logs", lambda: row_logs(5000 if quick else 50_000, work)),
         (18, "checkpoint", lambda: [row_checkpoint(10 if quick else 50, work)]),
+        (19, "restarts", lambda: row_restarts(2 if quick else 5, work)),
     ]
     try:
         for number, name, step in steps:
