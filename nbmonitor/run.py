@@ -508,11 +508,15 @@ class Run:
         if since > deadline and self._stalled_at is None:
             self._stalled_at = self._last_mono + deadline
             self._history.mark("stalled", None, self._stalled_at, by="nbmonitor")
-            self._take_stack("stalled", now_wall)
+            self._take_stack("stalled", now_wall, now_mono)
         elif since > self._eta and self._stack_state is None:
-            self._take_stack("late", now_wall)
+            self._take_stack("late", now_wall, now_mono)
 
-    def _take_stack(self, state: str, now_wall: float) -> None:
+    def _take_stack(self, state: str, now_wall: float, now_mono: float) -> None:
+        if self._group is not None:
+            # Where a member waits decides whom a group's alarm blames: read now, with the stack,
+            # not up to a second later (a rank just into its all_reduce was once blamed).
+            self._waiting, self._waiting_at = _stacks.collective(self._owner), now_mono
         stack = _stacks.capture(self._owner)
         if stack or self._stack_state is None:
             self._stack, self._stack_state, self._stack_at = stack, state, now_wall
