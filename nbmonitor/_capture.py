@@ -254,7 +254,6 @@ class Capture:
         #: Recent log messages (time, line of the message, level name): a stream line soon after
         #: that is the line, or ends with it after a prefix naming the level, is a handler's copy.
         self._recent: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=64)
-        self._drained = 0  # entries drained in the last drain (a full queue may have overflowed)
 
     @property
     def runs(self) -> list[RunLog]:

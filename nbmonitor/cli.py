@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import re
@@ -410,24 +409,12 @@ def _logs(repo: Repo, args: argparse.Namespace) -> int:
 
 
 def _tail_of(repo: Repo, members: list[tuple[str, RunRecord]], *, say: bool = True) -> list[LogLine]:
-    """The tails of ``members`` in one, by time; a group member's lines say which it is."""
-    found: list[LogLine] = []
-    for tag, record in members:
-        try:
-            lines, bad = repo.read_log(record.id)
-        except FileNotFoundError:
-            continue
-        except CorruptRecordError as e:
-            if say:
-                print(f"{PROG}: left out {e}", file=sys.stderr)
-            continue
-        if bad and say:
-            print(f"{PROG}: left out {bad} bad line(s) of {repo.log_path(record.id)}", file=sys.stderr)
-        if tag and len(members) > 1:
-            lines = [x if x.who else dataclasses.replace(x, who=tag) for x in lines]
-        found += lines
-    found.sort(key=lambda x: x.t)  # stable: each member's own order stays
-    return found
+    """The tails of ``members`` in one, by time; a group's members' lines say which it is."""
+    tagged = [(tag if len(members) > 1 else "", record.id) for tag, record in members]
+    lines, _, problems = repo.read_logs(tagged)
+    for problem in problems if say else ():
+        print(f"{PROG}: left out {problem}", file=sys.stderr)
+    return lines
 
 
 def _reread(repo: Repo, members: list[tuple[str, RunRecord]]) -> list[tuple[str, RunRecord]]:

@@ -26,7 +26,7 @@ import re
 import stat
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +217,30 @@ class Repo:
             bad += skipped
         lines.sort(key=lambda x: x.t)  # stable: each file's own order stays
         return lines, bad
+
+    def read_logs(self, members: list[tuple[str, str]]) -> tuple[list[LogLine], int, list[str]]:
+        """The tails of several runs (a group's members) in one, by time, as (tag, run id) for
+        each: a line of a member with a tag says it (unless it says who already). Also how many
+        lines and files were left out, and a sentence for each file that lost some; the others
+        are still worth reading."""
+        found: list[LogLine] = []
+        skipped = 0
+        problems: list[str] = []
+        for tag, run_id in members:
+            try:
+                lines, bad = self.read_log(run_id)
+            except FileNotFoundError:
+                continue
+            except CorruptRecordError as e:
+                skipped += 1
+                problems.append(str(e))
+                continue
+            if bad:
+                skipped += bad
+                problems.append(f"{bad} bad line(s) of {self.log_path(run_id)}")
+            found += [x if x.who or not tag else replace(x, who=tag) for x in lines]
+        found.sort(key=lambda x: x.t)  # stable: each member's own order stays
+        return found, skipped, problems
 
     @staticmethod
     def _read_log(path: Path, run_id: str) -> tuple[list[LogLine], int]:

@@ -20,7 +20,6 @@ so a slow or large repo never blocks the server's event loop. The repo is
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import threading
@@ -38,7 +37,6 @@ from . import _format, logtail, rules
 from ._version import version
 from .errors import CorruptRecordError, NbmonitorError, RepoError
 from .groups import GroupObservation, gather, role
-from .logtail import LogLine
 from .membership import group_id
 from .observe import Observation, Observer, watcher_info
 from .record import RunRecord, is_run_id
@@ -146,20 +144,9 @@ class _Reader:
             _, members = self._group(run_id)
             if not members and not repo.run_path(run_id).exists():
                 raise _NoPlot(f"no run or group {run_id}")
-        found: list[LogLine] = []
-        skipped = 0
-        for tag, member in members:
-            try:
-                lines, bad = repo.read_log(member)
-            except FileNotFoundError:
-                continue
-            except CorruptRecordError as e:
-                log.warning("nbmonitor: left out %s", e)
-                skipped += 1
-                continue
-            skipped += bad
-            found += [x if x.who or not tag else dataclasses.replace(x, who=tag) for x in lines]
-        found.sort(key=lambda x: x.t)
+        found, skipped, problems = repo.read_logs(members)
+        for problem in problems:
+            log.warning("nbmonitor: left out %s", problem)
         return {"lines": [x.to_dict() for x in found[-count:]] if count else [], "skipped": skipped}
 
     def _group(self, wanted: str) -> tuple[str, list[tuple[str, str]]]:

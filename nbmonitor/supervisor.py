@@ -32,7 +32,7 @@ from . import _format, _process
 from .errors import NbmonitorError
 from .observe import Observer
 from .record import RunRecord
-from .repo import Repo
+from .repo import Repo, Scanner
 from .rules import State
 
 __all__ = ["RESTART_ON", "Supervisor"]
@@ -86,6 +86,7 @@ class Supervisor:
         self.job_id = uuid.uuid4().hex
         self._stop = threading.Event()
         self._observer = Observer(repo)
+        self._scanner = Scanner(repo)  # every poll: only the run files that changed are read
 
     def stop(self) -> None:
         """Stop the job for good (SIGTERM or Ctrl-C to the supervisor)."""
@@ -161,7 +162,7 @@ class Supervisor:
 
     def _runs(self, attempt: Attempt) -> list[RunRecord]:
         prefix = f"nbmonitor:{self.job_id}:"
-        runs = self.repo.runs()
+        runs = self._scanner.scan()
         return [r for r in runs if (r.job or "").startswith(prefix) and r.attempt == attempt.number]
 
     def _stalled(self, attempt: Attempt) -> str | None:
