@@ -34,10 +34,19 @@ from typing import Any
 
 from . import _process
 from .errors import NbmonitorError
-from .record import Origin
+from .record import Origin, SupervisorField
 from .repo import Repo, write_atomic
 
-__all__ = ["Checkpoint", "CheckpointError", "attempt", "job_of", "latest", "save"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "attempt",
+    "job_of",
+    "latest",
+    "max_restarts",
+    "save",
+    "supervisor",
+]
 
 FORMAT = 1
 #: Bytes of a checkpoint's metadata (as JSON) kept in its record.
@@ -282,10 +291,29 @@ def _fsync_dir(path: Path) -> None:
 
 def attempt(environ: Mapping[str, str] | None = None) -> int:
     """Which attempt of its job this process is: ``NBMONITOR_RESTART_COUNT`` (set by
-    ``nbmonitor-watcher run``), else torchrun's ``TORCHELASTIC_RESTART_COUNT``; 0 for the first."""
+    ``nbmonitor-watcher run``), else torchrun's ``TORCHELASTIC_RESTART_COUNT``, else SLURM's
+    ``SLURM_RESTART_COUNT`` (a requeued job); 0 for the first."""
     env = os.environ if environ is None else environ
-    for variable in ("NBMONITOR_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT"):
+    for variable in ("NBMONITOR_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"):
         text = env.get(variable, "")
         if text.isdigit():
             return int(text)
     return 0
+
+
+def max_restarts(environ: Mapping[str, str] | None = None) -> int | None:
+    """How many restarts the launcher allows in all (torchrun's ``TORCHELASTIC_MAX_RESTARTS``),
+    or None where no launcher that restarts by itself says."""
+    env = os.environ if environ is None else environ
+    text = env.get("TORCHELASTIC_MAX_RESTARTS", "")
+    return int(text) if text.isdigit() else None
+
+
+def supervisor(environ: Mapping[str, str] | None = None) -> SupervisorField | None:
+    """The ``nbmonitor-watcher run`` that started this process's job (``NBMONITOR_SUPERVISOR``:
+    ``<pid>`` or ``<pid>:<start ticks>``), or None."""
+    env = os.environ if environ is None else environ
+    pid, _, ticks = env.get("NBMONITOR_SUPERVISOR", "").partition(":")
+    if not pid.isdigit() or not (ticks == "" or ticks.isdigit()):
+        return None
+    return SupervisorField(int(pid), int(ticks) if ticks else None)

@@ -21,7 +21,7 @@ from functools import partial
 from . import _process, rules
 from ._once import Trouble
 from .config import NotifierConfig
-from .events import TAIL_LINES, Event
+from .events import TAIL_LINES, Event, RestartInfo
 from .groups import GroupObservation
 from .logtail import LogLine
 from .observe import Observation
@@ -30,7 +30,7 @@ from .record import RunRecord
 from .repo import Repo
 from .templates import describe
 
-__all__ = ["Claimer", "log_event"]
+__all__ = ["Claimer", "log_event", "restart_info"]
 
 log = logging.getLogger("nbmonitor.watcher")
 event_log = logging.getLogger("nbmonitor.events")
@@ -42,7 +42,27 @@ def log_event(event: Event) -> None:
 
 
 #: The events whose alarms quote what the run said last.
-_TOLD_WITH_TAIL = frozenset({"stalled", "crashed", "lost", "failed"})
+_TOLD_WITH_TAIL = frozenset({"stalled", "crashed", "lost", "failed", "restarting", "gave-up"})
+
+
+def restart_info(
+    repo: Repo, run: RunRecord, *, ended: str, why: str, by: str, max_restarts: int, reason: str = ""
+) -> RestartInfo:
+    """What a *restarting* or *gave-up* event of ``run``'s attempt tells: how it ended, and the
+    latest checkpoint of its job (the next attempt resumes from it)."""
+    from . import checkpoints  # here: only the end of a restarted attempt needs it
+
+    latest = checkpoints.latest(repo, run.job) if run.job is not None else None
+    return RestartInfo(
+        ended=ended,
+        why=why,
+        attempt=run.attempt,
+        max_restarts=max_restarts,
+        by=by,
+        reason=reason,
+        checkpoint_step=latest.step if latest is not None else None,
+        checkpoint_at=latest.at if latest is not None else None,
+    )
 
 
 @dataclass(slots=True)
@@ -87,12 +107,14 @@ class Claimer:
         now = self.wall()
         won: list[Event] = []
         for obs in observations:
-            won += self._claim_due(obs.run.id, obs.state, obs.run.progress, partial(self._event, obs, now))
+            event = partial(self._event, obs, now)
+            won += self._claim_due(obs.run.id, obs.state, obs.run.progress, event, obs.run, obs.supervised)
         for group in groups:
             self.groups[group.id] = {m.run.id for m in group.members}
-            won += self._claim_due(
-                group.id, group.state, group.progress, partial(self._group_event, group, now)
-            )
+            subject = (group.blamed or group.members)[0].run
+            supervised = any(m.supervised for m in group.members)
+            event = partial(self._group_event, group, now)
+            won += self._claim_due(group.id, group.state, group.progress, event, subject, supervised)
             if group.id in self.done:
                 self.done.update(m.run.id for m in group.members)  # nothing more for its members either
         return won
@@ -104,7 +126,13 @@ class Claimer:
         self.done = {k for k in self.done if k in run_ids or k in self.groups}
 
     def _claim_due(
-        self, subject: str, state: rules.State, progress: int, event: Callable[[rules.Due], Event]
+        self,
+        subject: str,
+        state: rules.State,
+        progress: int,
+        event: Callable[[rules.Due], Event],
+        run: RunRecord,
+        supervised: bool,
     ) -> list[Event]:
         claimed = self._claimed.get(subject)
         if claimed is None or claimed.progress != progress:
@@ -112,6 +140,11 @@ class Claimer:
             claimed = self._claimed[subject] = _Claimed(progress, self.repo.claims(subject))
         won: list[Event] = []
         for due in rules.due_events(state, progress, claimed.keys):
+            if due.key == rules.END_KEY and due.event in rules.RESTARTED:
+                kind = rules.end_of_attempt(due.event, run.attempt, run.max_restarts)
+                if kind != "restarting" and supervised:
+                    continue  # its nbmonitor-watcher run says how the attempt ended, and what next
+                due = rules.Due(kind, due.key)
             made = event(due)
             targets = [n for n in self.notifiers() if n.wants(due.event)]
             try:
@@ -139,7 +172,10 @@ class Claimer:
         if due.event == "stalled" and self.outside is not None and run.stuck_in is None:
             run = self.outside(run)
         tail = self._tail(due.event, run.id)
-        return Event(due.event, due.key, run, now, obs.since_progress, grace, self.seen_by, None, tail)
+        restart = self._restart(due.event, obs.state.value, run)
+        return Event(
+            due.event, due.key, run, now, obs.since_progress, grace, self.seen_by, None, tail, restart
+        )
 
     def _group_event(self, group: GroupObservation, now: float, due: rules.Due) -> Event:
         # The event speaks of the member to blame (or the first): its host, pid and step.
@@ -155,6 +191,24 @@ class Claimer:
             self.seen_by,
             group.info(),
             self._tail(due.event, subject.run.id),
+            self._restart(due.event, group.state.value, subject.run),
+        )
+
+    def _restart(self, kind: str, ended: str, run: RunRecord) -> RestartInfo | None:
+        """For the end of an attempt that torchrun restarts (or gave up restarting): how it
+        ended and the checkpoint the next attempt resumes from."""
+        if kind not in ("restarting", "gave-up") or run.max_restarts is None:
+            return None
+        return restart_info(
+            self.repo,
+            run,
+            ended=ended,
+            why=run.error.summary() if run.error is not None else "",
+            by="torchrun",
+            max_restarts=run.max_restarts,
+            reason=f"no restarts left (torchrun --max-restarts {run.max_restarts})"
+            if kind == "gave-up"
+            else "",
         )
 
     def _tail(self, kind: str, run_id: str) -> tuple[LogLine, ...]:

@@ -28,7 +28,11 @@ __all__ = ["DEFAULT_EVENTS", "NotifierConfig", "NotifierStore", "UnknownNotifier
 FORMAT = 1
 
 #: The events a notifier gets unless told otherwise; finished and interrupted are opt-in.
-DEFAULT_EVENTS = ("stalled", "crashed", "lost", "failed", "recovered")
+DEFAULT_EVENTS = ("stalled", "crashed", "lost", "failed", "recovered", "restarting", "gave-up")
+#: The defaults before restarts had events of their own. A notifier saved with exactly these
+#: gets today's: restarting and gave-up take the place of crashed and failed for a restarted job,
+#: which would otherwise go untold.
+_DEFAULTS_BEFORE = ("stalled", "crashed", "lost", "failed", "recovered")
 
 
 class UnknownNotifierError(NbmonitorError, LookupError):
@@ -116,10 +120,13 @@ class NotifierConfig:
     def from_dict(cls, data: Any) -> NotifierConfig:
         if not isinstance(data, dict):
             raise ConfigError("notifier", f"must be an object, got {type(data).__name__}")
+        events = data.get("events")
+        if isinstance(events, list) and tuple(events) == _DEFAULTS_BEFORE:
+            events = None
         return cls.create(
             type=str(data.get("type")),
             args=_mapping("args", data.get("args", {})),
-            events=data.get("events"),
+            events=events,
             templates=_mapping("templates", data.get("templates") or {}),
             message=data.get("message"),
             enabled=data.get("enabled", True),

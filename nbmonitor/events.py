@@ -17,7 +17,7 @@ from .logtail import LogLine
 from .record import FORMAT, RunRecord, is_run_id
 from .rules import EVENTS, is_event_key
 
-__all__ = ["Event", "GroupInfo", "MemberInfo"]
+__all__ = ["Event", "GroupInfo", "MemberInfo", "RestartInfo"]
 
 _MAX_BLAMED = 8  # members named in one event at most
 #: Lines of its run's log tail an event carries: enough for the longest default (e-mail,
@@ -119,6 +119,41 @@ class GroupInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class RestartInfo:
+    """How an attempt of a restarted job ended, and what comes next (*restarting*, *gave-up*)."""
+
+    ended: str  # crashed, failed, lost or stalled
+    why: str  # "killed by SIGKILL", "exit status 1", "RuntimeError: ...", or nothing
+    attempt: int  # the attempt that ended: 0 for the first
+    max_restarts: int
+    by: str  # who restarts: "nbmonitor-watcher run" or "torchrun"
+    #: For *gave-up*: why no restart follows ("no restarts left", a line matching --no-restart-on).
+    reason: str = ""
+    #: The latest checkpoint of the job, which the next attempt resumes from (None: from the start).
+    checkpoint_step: int | None = None
+    checkpoint_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RestartInfo:
+        if not isinstance(data, dict):
+            raise ValueError(f"field 'restart' must be an object, got {type(data).__name__}")
+        step, at = data.get("checkpoint_step"), data.get("checkpoint_at")
+        return cls(
+            ended=_text(data, "ended"),
+            why=_text(data, "why"),
+            attempt=_count(data, "attempt"),
+            max_restarts=_count(data, "max_restarts"),
+            by=_text(data, "by"),
+            reason=_text(data, "reason"),
+            checkpoint_step=None if step is None else _count(data, "checkpoint_step"),
+            checkpoint_at=None if at is None else _number(data, "checkpoint_at"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     """One event of one run, as claimed by a watcher or a kernel."""
 
@@ -132,6 +167,8 @@ class Event:
     group: GroupInfo | None = None  # an event of a group: ``run`` is its member to blame
     #: The last lines ``run`` logged and printed when the event was claimed (alarms quote them).
     log_tail: tuple[LogLine, ...] = ()
+    #: A *restarting* or *gave-up* event: how the attempt ended, and what comes next.
+    restart: RestartInfo | None = None
 
     @property
     def subject(self) -> str:
@@ -153,6 +190,8 @@ class Event:
             data["group"] = self.group.to_dict()
         if self.log_tail:
             data["log_tail"] = [line.to_dict() for line in self.log_tail]
+        if self.restart is not None:
+            data["restart"] = self.restart.to_dict()
         return data
 
     @classmethod
@@ -175,7 +214,7 @@ class Event:
             raise ValueError(f"field 'seen_by' must be a string, got {_shown(seen_by)}")
         if "run" not in data:
             raise ValueError("field 'run' is missing")
-        grace, group = data.get("grace"), data.get("group")
+        grace, group, restart = data.get("grace"), data.get("group"), data.get("restart")
         tail = data.get("log_tail", [])
         if not isinstance(tail, list) or len(tail) > TAIL_LINES:
             raise ValueError(f"field 'log_tail' must be a list of at most {TAIL_LINES} lines")
@@ -189,6 +228,7 @@ class Event:
             seen_by=seen_by,
             group=None if group is None else GroupInfo.from_dict(group),
             log_tail=tuple(LogLine.from_dict(line) for line in tail),
+            restart=None if restart is None else RestartInfo.from_dict(restart),
         )
 
 

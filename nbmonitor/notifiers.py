@@ -350,6 +350,8 @@ class WebhookNotifier(_Http):
             event = message.events[0]
             body["run"] = template_fields(event, self.tail_lines)
             body["log_tail"] = [line.to_dict() for line in event.log_tail[-self.tail_lines :]]
+            if event.restart is not None:
+                body["restart"] = event.restart.to_dict()
         else:
             body["events"] = [{"event": e.kind, "run": template_fields(e, 0)} for e in message.events]
         headers = {"Idempotency-Key": message.key, **(self.args.get("headers") or {})}
@@ -415,7 +417,7 @@ class NtfyNotifier(_Http):
     )
 
     def send(self, message: Message) -> str:
-        urgent = message.kind in ("stalled", "crashed", "lost", "failed", "digest")
+        urgent = message.kind in ("stalled", "crashed", "lost", "failed", "gave-up", "digest")
         body = {
             "topic": self.args["topic"],
             "title": message.title,

@@ -44,6 +44,8 @@ class Observation:
     state: State
     since_progress: float
     grace: float | None = None  # the grace that applied (runs with an ETA)
+    #: Its job's ``nbmonitor-watcher run`` is alive: it reports how the attempt ended.
+    supervised: bool = False
 
 
 @dataclass(slots=True)
@@ -163,7 +165,19 @@ class Observer:
             lag=lag,
             silent=silent,
         )
-        return Observation(run, current, max(since, 0.0), grace)
+        supervised = run.supervisor is not None and run.host == self.host and self._supervised(run, alive)
+        return Observation(run, current, max(since, 0.0), grace, supervised)
+
+    def _supervised(self, run: RunRecord, seen: _Alive) -> bool:
+        """Whether the run's ``nbmonitor-watcher run`` (same host) still runs."""
+        supervisor = run.supervisor
+        assert supervisor is not None
+        if run.boot_id is not None and run.boot_id != self.boot_id:
+            return False
+        key = (supervisor.pid, None, supervisor.start_ticks if run.boot_id == self.boot_id else None)
+        if key not in seen:
+            seen[key] = self.alive(*key)
+        return seen[key]
 
     def _alive(self, run: RunRecord, seen: _Alive) -> bool:
         """Whether a run's process (same host) still runs, asked once per look per process."""

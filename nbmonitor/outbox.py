@@ -348,7 +348,8 @@ class Sender:
         if len(events) == 1:
             tail = TYPES[config.type].tail_lines
             text = text_for(events[0], config.templates, config.message, tail)
-            return Message(f"{events[0].run.name} {events[0].kind}", text, tuple(events), key)
+            title = f"{events[0].run.name} {events[0].kind.replace('-', ' ')}"  # "train gave up"
+            return Message(title, text, tuple(events), key)
         # A digest is a line per event: no log tails (each run's alarm had its own).
         lines = [text_for(e, config.templates, config.message, 0) for e in events]
         shown = "\n".join(f"- {line}" for line in lines[:_DIGEST_LINES])

@@ -23,6 +23,7 @@ __all__ = [
     "RunRecord",
     "RunUsage",
     "StackFrame",
+    "SupervisorField",
     "UsagePeak",
     "WorkerField",
     "is_run_id",
@@ -145,6 +146,15 @@ class GroupField:
 
 
 @dataclass(frozen=True, slots=True)
+class SupervisorField:
+    """The ``nbmonitor-watcher run`` that restarts the run's job, on the run's host: it, not a
+    watcher, reports how an attempt ended while it lives."""
+
+    pid: int
+    start_ticks: int | None = None  # its start in clock ticks since boot (Linux), against pid reuse
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerField:
     """One multiprocessing worker that reports progress for this run, as the run's process saw it."""
 
@@ -217,6 +227,11 @@ class RunRecord:
     #: attempt it is (``NBMONITOR_RESTART_COUNT``: 0 for the first, 1 after one restart ...).
     job: str | None = None
     attempt: int = 0
+    #: How many restarts its launcher allows in all (torchrun's ``--max-restarts``): an attempt
+    #: that fails before the last is followed by another. None: no launcher that restarts says.
+    max_restarts: int | None = None
+    #: The ``nbmonitor-watcher run`` that restarts its job (``NBMONITOR_SUPERVISOR``), or None.
+    supervisor: SupervisorField | None = None
     #: The process's other threads' stacks, taken with ``stack`` when the run asks for all
     #: threads' (``stacks="all"``); empty otherwise.
     threads: tuple[ThreadStack, ...] = ()
@@ -310,6 +325,8 @@ class RunRecord:
             thread_id=get.opt_integer("thread_id"),
             job=get.opt_text("job"),
             attempt=get.opt_integer("attempt") or 0,
+            max_restarts=get.opt_integer("max_restarts"),
+            supervisor=_supervisor(data.get("supervisor")),
             format=fmt,
         )
 
@@ -456,6 +473,15 @@ def _group(data: object) -> GroupField | None:
         local_rank=get.opt_integer("local_rank"),
         mode=mode,
     )
+
+
+def _supervisor(data: object) -> SupervisorField | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ValueError(f"field 'supervisor' must be an object or null, got {_kind(data)}")
+    get = _Fields(data, "supervisor.")
+    return SupervisorField(pid=get.integer("pid"), start_ticks=get.opt_integer("start_ticks"))
 
 
 _MAX_FRAMES = 32

@@ -21,11 +21,13 @@ __all__ = [
     "END_KEY",
     "EVENTS",
     "HEARTBEATS_MISSED",
+    "RESTARTED",
     "TERMINAL",
     "Due",
     "State",
     "default_grace",
     "due_events",
+    "end_of_attempt",
     "grace_for",
     "is_event_key",
     "stall_key",
@@ -63,8 +65,23 @@ class State(str, enum.Enum):
 
 TERMINAL = frozenset({State.FINISHED, State.FAILED, State.CRASHED, State.LOST, State.INTERRUPTED})
 
-#: Every event name, in the order a run can produce them.
-EVENTS = ("stalled", "recovered", "crashed", "lost", "failed", "finished", "interrupted")
+#: Every event name, in the order a run can produce them. *restarting* and *gave-up* end an
+#: attempt of a job that is restarted (by ``nbmonitor-watcher run`` or torchrun) in place of its
+#: crashed, failed, lost or stalled: one message says what happened and what comes next.
+EVENTS = (
+    "stalled",
+    "recovered",
+    "crashed",
+    "lost",
+    "failed",
+    "finished",
+    "interrupted",
+    "restarting",
+    "gave-up",
+)
+
+#: The ends of an attempt that a launcher restarts.
+RESTARTED = frozenset({"crashed", "failed", "lost"})
 
 #: Claim key of the one terminal event a run can have, whoever sees it first.
 END_KEY = "end"
@@ -158,6 +175,14 @@ def due_events(current: State, progress: int, claimed: Collection[str]) -> list[
     if current in TERMINAL and END_KEY not in claimed:
         due.append(Due(current.value, END_KEY))
     return due
+
+
+def end_of_attempt(ended: str, attempt: int, max_restarts: int | None) -> str:
+    """The event that ends an attempt of a job whose launcher restarts it by itself (torchrun):
+    *restarting* while restarts are left, *gave-up* after the last; otherwise ``ended`` as it is."""
+    if max_restarts is None or max_restarts < 1 or ended not in RESTARTED:
+        return ended
+    return "restarting" if attempt < max_restarts else "gave-up"
 
 
 def is_event_key(key: object) -> TypeGuard[str]:

@@ -26,7 +26,7 @@ from itertools import chain
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from . import _board, _capture, _process, _recorder, _stacks, _values, _writer, rules
+from . import _board, _capture, _format, _onstall, _process, _recorder, _stacks, _values, _writer, rules
 from ._once import Trouble
 from .errors import NbmonitorError, RepoError
 from .logtail import LogLine
@@ -81,6 +81,7 @@ class Run:
         "_ended_at",
         "_error",
         "_eta",
+        "_exit_now",
         "_folded",
         "_grace",
         "_group",
@@ -93,6 +94,7 @@ class Run:
         "_log",
         "_mode",
         "_name",
+        "_on_stall",
         "_origin",
         "_owner",
         "_owns_loop",
@@ -112,6 +114,7 @@ class Run:
         "_started_at",
         "_status",
         "_step",
+        "_teller",
         "_threads",
         "_total",
         "_track",
@@ -140,8 +143,12 @@ class Run:
         usage: bool = True,
         logs: bool = True,
         stacks: str | None = None,
+        on_stall: str | None = None,
     ) -> None:
         self._stack_scope = _stacks_option(stacks)
+        self._on_stall = _onstall.choice(on_stall)
+        self._exit_now = False  # on_stall="exit": ended for its stall; the process goes next
+        self._teller: _onstall.Teller | None = None
         self._eta = _duration("expect_next_in", expect_next_in, zero_ok=False)
         self._grace = _duration("grace", grace, zero_ok=True)
         self._total = _count("total", total)
@@ -448,6 +455,12 @@ class Run:
     def tick(self, now_wall: float, now_mono: float, force: bool = False) -> bool:
         """Stamp new progress and write the file if it changed and is due. True once the
         run has ended and its final state is on disk."""
+        done = self._tick(now_wall, now_mono, force)
+        if done and self._exit_now:
+            _onstall.leave(self._name, now_mono - (self._stalled_at or now_mono) < _onstall.WAIT)
+        return done
+
+    def _tick(self, now_wall: float, now_mono: float, force: bool) -> bool:
         with self._lock:
             if self._cut_off:
                 return True
@@ -460,6 +473,8 @@ class Run:
                     self._history.mark("recovered", None, now_mono, by="nbmonitor")
             elif self._eta is not None and self._status == "running":
                 self._late(now_wall, now_mono)
+                if self._stalled_at is not None and self._on_stall == "exit":
+                    self._end_for_stall(now_wall, now_mono, progress, step)
             self._history.flush(now_mono, force=self._status != "running")
             if self._log is not None:
                 self._log.flush(now_mono, force=self._status != "running")
@@ -511,6 +526,26 @@ class Run:
             self._take_stack("stalled", now_wall, now_mono)
         elif since > self._eta and self._stack_state is None:
             self._take_stack("late", now_wall, now_mono)
+
+    def _end_for_stall(self, now_wall: float, now_mono: float, progress: int, step: int) -> None:
+        """on_stall="exit": once the stall is claimed (or after ``_onstall.WAIT``), end the run
+        as failed, so that its final state is written and the process exits (``tick``)."""
+        assert self._stalled_at is not None
+        assert self._eta is not None
+        if self._teller is None:
+            self._teller = _onstall.Teller(self._repo)
+        waited = now_mono - self._stalled_at
+        if waited < _onstall.WAIT and not self._teller.told(self._record(now_wall, progress, step), now_mono):
+            return
+        grace = rules.grace_for(self._eta, self._grace)
+        message = (
+            f"no progress for {_format.duration(now_mono - self._last_mono)} (promised within "
+            f"{_format.duration(self._eta)}, grace {_format.duration(grace)}); its process exits "
+            f"so that its launcher restarts it (on_stall='exit')"
+        )
+        where = self._stack[0].where if self._stack else None
+        self._set_end("failed", ErrorInfo("Stalled", message, where), now_wall)
+        self._exit_now = True
 
     def _take_stack(self, state: str, now_wall: float, now_mono: float) -> None:
         if self._group is not None:
@@ -580,6 +615,8 @@ class Run:
             threads=self._threads,
             job=self.job,
             attempt=_checkpoints().attempt(),
+            max_restarts=_checkpoints().max_restarts(),
+            supervisor=_checkpoints().supervisor(),
         )
 
     def _set_end(self, status: str, error: ErrorInfo | None, now_wall: float) -> None:
@@ -707,6 +744,7 @@ def watch(
     usage: bool = True,
     logs: bool = True,
     stacks: str | None = None,
+    on_stall: str | None = None,
 ) -> Run:
     """A run for a ``with`` block: ``with nbmonitor.watch(eta=30) as run: ...``.
 
@@ -716,7 +754,8 @@ def watch(
     ``group`` (with ``rank`` and ``world_size``) makes it a member of a job
     watched as one (see ``Run``). ``usage=False``: no CPU, memory and GPU history;
     ``logs=False``: no log tail; ``stacks="all"``: every thread's stack when it turns late
-    or stalled, not only its own thread's.
+    or stalled, not only its own thread's; ``on_stall="exit"``: a stall ends the process (its
+    stall told first), so that a launcher (torchrun, ``nbmonitor-watcher run``, SLURM) restarts it.
     """
     return Run(
         name=name,
@@ -731,6 +770,7 @@ def watch(
         usage=usage,
         logs=logs,
         stacks=stacks,
+        on_stall=on_stall,
     )
 
 

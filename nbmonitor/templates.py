@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 
 from . import _format, logtail
-from .events import Event, GroupInfo
+from .events import Event, GroupInfo, RestartInfo
 from .record import RunRecord
 
 __all__ = [
@@ -36,7 +36,7 @@ __all__ = [
 FIELDS: Mapping[str, str] = {
     "name": "the run's name",
     "id": "the run's id",
-    "event": "stalled, recovered, crashed, lost, failed, finished or interrupted",
+    "event": "stalled, recovered, crashed, lost, failed, finished, interrupted, restarting or gave-up",
     "status": "the run's state when the event was seen",
     "host": "host of the run's process",
     "pid": "pid of the run's process",
@@ -55,6 +55,13 @@ FIELDS: Mapping[str, str] = {
     "workers": "the run's multiprocessing workers that failed or crashed, and how (empty if none)",
     "peaks": "the run's peak memory, CPU and GPU memory, each with the process that held most (or nothing)",
     "stack": "where a stalled run's code is stuck, innermost first (or why that is not known)",
+    "ended": "how an attempt of a restarted job ended: stalled, crashed (killed by SIGKILL), failed (error)",
+    "restart": (
+        "which restart comes and from where: 2 of 3 from the checkpoint at step 1200 saved 4 min ago; "
+        "about 34 steps lost"
+    ),
+    "attempts": "how many attempts a job that gave up made: 3 attempts",
+    "reason": "why a job gave up: no restarts left, or the log line that matched --no-restart-on",
     "log_tail": (
         "the last lines the run logged and printed (a traceback's last lines for a failure), on lines "
         "of their own: 5 in chat messages, 20 in e-mail and webhooks, none in log lines"
@@ -81,6 +88,10 @@ DEFAULTS: Mapping[str, str] = {
     ),
     "finished": "{name} finished in {elapsed}. {origin} on {host}, step {steps}.{workers}{peaks}",
     "interrupted": "{name} was interrupted after {elapsed}. {origin} on {host}, step {steps}.{workers}",
+    "restarting": "{name} {ended} at step {steps}, restarting {restart}. {origin} on {host}.{log_tail}",
+    "gave-up": (
+        "{name} gave up after {attempts}: {ended} at step {steps}; {reason}. {origin} on {host}.{log_tail}"
+    ),
     "test": "Test message from nbmonitor on {host}: this notifier works.",
 }
 
@@ -93,6 +104,8 @@ GROUP_DEFAULTS: Mapping[str, str] = {
     "failed": "{name} failed: {blame}: {error}. {group}: {members}.{log_tail}",
     "finished": "{name} finished in {elapsed}, step {steps}. {group}: {members}.",
     "interrupted": "{name} was interrupted after {elapsed}, step {steps}. {group}: {members}.",
+    "restarting": "{name} {ended}: {blame}; restarting {restart}. {group}: {members}.{log_tail}",
+    "gave-up": "{name} gave up after {attempts}: {ended}: {blame}; {reason}. {group}: {members}.{log_tail}",
 }
 
 _FIELD = re.compile(r"\{([a-z_]+)\}")
@@ -142,7 +155,14 @@ def fields(event: Event, tail_lines: int = TAIL_LINES) -> dict[str, str]:
         "peaks": f" {peaks_text(run)}." if run.usage is not None and run.usage.peaks else "",
         "stack": _stack(event.kind, run),
         "log_tail": logtail.text(event.log_tail, tail_lines),
+        "ended": "",
+        "restart": "",
+        "attempts": "",
+        "reason": "",
     }
+    if event.restart is not None:
+        step = event.group.step if event.group is not None else run.step
+        values |= _restart(event.restart, step, event.at)
     group = event.group
     if group is not None:
         values |= {
@@ -155,6 +175,27 @@ def fields(event: Event, tail_lines: int = TAIL_LINES) -> dict[str, str]:
             "members": ", ".join(f"{n} {state}" for state, n in group.states),
         }
     return values
+
+
+def _restart(info: RestartInfo, step: int, now: float) -> dict[str, str]:
+    """The fields of a *restarting* or *gave-up* event."""
+    why = f" ({_format.one_line(info.why)})" if info.why else ""
+    if info.checkpoint_at is None:
+        source = "from the start (no checkpoint yet)"
+    else:
+        ago = _format.duration(max(0.0, now - info.checkpoint_at))
+        at_step = f" at step {info.checkpoint_step}" if info.checkpoint_step is not None else ""
+        source = f"from the checkpoint{at_step} saved {ago} ago"
+        if info.checkpoint_step is not None and step >= info.checkpoint_step:
+            lost = step - info.checkpoint_step
+            source += f"; about {lost} step{'s' if lost != 1 else ''} lost"
+    made = info.attempt + 1
+    return {
+        "ended": info.ended + why,
+        "restart": f"{info.attempt + 1} of {info.max_restarts} {source}",
+        "attempts": f"{made} attempt{'s' if made != 1 else ''}",
+        "reason": _format.one_line(info.reason) or "no restart",
+    }
 
 
 _WORKERS_NAMED = 4

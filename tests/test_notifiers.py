@@ -421,9 +421,19 @@ def test_events_are_checked(events: Any, message: str) -> None:
 
 def test_default_events_leave_finished_and_interrupted_opt_in() -> None:
     config = NotifierConfig.create("logger")
-    assert config.events == ("stalled", "crashed", "lost", "failed", "recovered")
+    assert config.events == ("stalled", "crashed", "lost", "failed", "recovered", "restarting", "gave-up")
     assert not config.wants("finished")
     assert NotifierConfig.create("logger", events="finished").wants("finished")
+
+
+def test_a_notifier_saved_with_the_defaults_of_before_restarts_gets_today_s() -> None:
+    # Else a restarted job's crash, told as restarting, would go untold to it.
+    before = ["stalled", "crashed", "lost", "failed", "recovered"]
+    loaded = NotifierConfig.from_dict({"type": "logger", "events": before})
+    assert loaded.wants("restarting")
+    assert loaded.wants("gave-up")
+    chosen = NotifierConfig.from_dict({"type": "logger", "events": ["stalled", "crashed"]})
+    assert not chosen.wants("restarting")  # a choice of one's own stays as it was
 
 
 def test_every_type_has_a_label_and_fields_with_flags() -> None:

@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nbmonitor.config import DEFAULT_EVENTS, NotifierConfig, NotifierStore
 from nbmonitor.repo import Repo
 
 from .helpers import Proc, nbw, wait_until
+from .servers import HttpRecorder
 
 COUNTER = """
 import json, os, sys, time
@@ -50,15 +52,19 @@ def supervised(repo: Repo, script: Path, *options: str, env: dict[str, str] | No
 
 
 def test_a_job_killed_five_times_and_hung_twice_ends_as_an_uninterrupted_run_would(
-    tmp_path: Path, repo: Repo
+    tmp_path: Path, repo: Repo, http: HttpRecorder
 ) -> None:
     script = tmp_path / "counter.py"
     script.write_text(COUNTER)
+    events = [*DEFAULT_EVENTS, "finished"]
+    NotifierStore(repo).add(NotifierConfig.create("webhook", {"url": f"{http.url}/hook"}, events=events))
     env = {"NBMONITOR_CHECKPOINT_DIR": str(tmp_path / "ckpt"), "HANG_ON": "5,6"}
+    watcher = Proc.watcher(repo.path, "--interval", "0.5")  # a watcher beside it: still told once
     job = supervised(repo, script, "--max-restarts", "8", "--pause", "0.1", "--term-grace", "2", env=env)
     chosen = random.Random(1234)
     killed_at = []
     try:
+        watcher.wait_for("watching", timeout=30)
         for attempt in range(5):
             job.wait_for(f"attempt {attempt} pid", timeout=60)
             line = job.matching(f"attempt {attempt} pid")[0].split()
@@ -69,8 +75,10 @@ def test_a_job_killed_five_times_and_hung_twice_ends_as_an_uninterrupted_run_wou
             subprocess.run(["kill", "-KILL", str(pid)], check=True)
             killed_at.append(at)
         assert job.wait_exit(180) == 0
+        wait_until(lambda: any(r.json()["event"] == "finished" for r in http.answered()), 30, "finished")
     finally:
         job.stop()
+        watcher.stop()
     uninterrupted = sum(step * step for step in range(200))
     assert job.matching("final") == [f"final {uninterrupted}"]
     starts = [int(line.split()[5]) for line in job.matching("attempt", "pid", "from")]
@@ -88,6 +96,26 @@ def test_a_job_killed_five_times_and_hung_twice_ends_as_an_uninterrupted_run_wou
     assert len([line for line in said if "stalled (run 'counter' at step 150); stopping it" in line]) == 2
     assert said[-1].endswith("attempt 8 (pid " + said[-1].split("(pid ")[1].split(")")[0] + ") finished")
 
+    # Told: one restarting per restart, in place of the crash; each stall once; then the finish.
+    posts = [r.json() for r in http.answered()]
+    assert sorted(p["event"] for p in posts) == ["finished"] + ["restarting"] * 7 + ["stalled"] * 2
+    restarts = sorted((p for p in posts if p["event"] == "restarting"), key=lambda p: p["restart"]["attempt"])
+    assert [p["restart"]["attempt"] for p in restarts] == list(range(7))
+    assert [p["restart"]["ended"] for p in restarts] == ["crashed"] * 5 + ["stalled"] * 2
+    for post, resumed in zip(restarts, starts[1:], strict=True):
+        restart = post["restart"]
+        assert restart["max_restarts"] == 8
+        assert restart["by"] == "nbmonitor-watcher run"
+        # The next attempt began where it said.
+        assert restart["checkpoint_step"] == (resumed - 1 if resumed else None)
+        what = "crashed (killed by SIGKILL)" if restart["ended"] == "crashed" else "stalled"
+        assert post["text"].startswith(f"counter {what} at step ")
+        source = f"from the checkpoint at step {resumed - 1} saved " if resumed else "from the start"
+        assert f", restarting {restart['attempt'] + 1} of 8 {source}" in post["text"]
+    hung = [p for p in restarts if p["restart"]["ended"] == "stalled"]
+    assert all(p["run"]["step"] == "150" and "steps lost" in p["text"] for p in hung)
+    assert all("about 1 step lost" in p["text"] for p in hung)  # the checkpoint at 149
+
 
 HOPELESS = """
 import sys
@@ -100,9 +128,12 @@ with nbmonitor.watch(name="oom"):
 """
 
 
-def test_a_failure_matching_no_restart_on_is_not_retried(tmp_path: Path, repo: Repo) -> None:
+def test_a_failure_matching_no_restart_on_is_not_retried(
+    tmp_path: Path, repo: Repo, http: HttpRecorder
+) -> None:
     script = tmp_path / "oom.py"
     script.write_text(HOPELESS)
+    NotifierStore(repo).add(NotifierConfig.create("webhook", {"url": f"{http.url}/hook"}))
     job = supervised(repo, script, "--no-restart-on", "CUDA out of memory|SyntaxError", "--pause", "0.1")
     assert job.wait_exit(60) == 1  # the job's own exit status
     (line,) = job.matching("gave up")
@@ -112,6 +143,35 @@ def test_a_failure_matching_no_restart_on_is_not_retried(tmp_path: Path, repo: R
         in line
     )
     assert len(job.matching("loading the model")) == 1  # one attempt only
+    # One gave-up, sent by the supervisor itself (no watcher runs), with the line and the tail.
+    (post,) = [r.json() for r in http.answered()]
+    assert post["event"] == "gave-up"
+    assert post["title"] == "oom gave up"
+    assert post["text"].startswith("oom gave up after 1 attempt: failed (exit status 1) at step 0; its last")
+    assert (
+        "match --no-restart-on: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB." in post["text"]
+    )
+    assert [x["text"] for x in post["log_tail"]][-2:] == [
+        "loading the model",
+        "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB",
+    ]
+
+
+def test_a_job_that_fails_before_it_makes_a_run_is_told_from_its_stderr(
+    tmp_path: Path, repo: Repo, http: HttpRecorder
+) -> None:
+    script = tmp_path / "typo.py"
+    script.write_text("import nbmonitor\nprint('hello'\n")
+    NotifierStore(repo).add(NotifierConfig.create("webhook", {"url": f"{http.url}/hook"}))
+    job = supervised(repo, script, "--no-restart-on", "SyntaxError", "--pause", "0.1")
+    assert job.wait_exit(60) == 1
+    assert job.matching("SyntaxError: '(' was never closed")  # passed through as it came
+    (post,) = [r.json() for r in http.answered()]
+    assert post["event"] == "gave-up"
+    assert post["text"].startswith("typo.py gave up after 1 attempt: failed (exit status 1) at step 0;")
+    assert "--no-restart-on: SyntaxError: '(' was never closed" in post["text"]
+    assert post["log_tail"][-1]["text"] == "SyntaxError: '(' was never closed"
+    assert not repo.runs()  # told, but no run file made up for it
 
 
 def test_stopping_the_supervisor_stops_the_job_without_a_restart(tmp_path: Path, repo: Repo) -> None:

@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 
 from nbmonitor.cli import main
+from nbmonitor.config import DEFAULT_EVENTS, NotifierConfig, NotifierStore
 from nbmonitor.membership import group_id
 from nbmonitor.record import RunRecord
 from nbmonitor.repo import Repo
 
 from .helpers import Proc, child_env, event_lines, wait_until, watching
+from .servers import HttpRecorder
 
 pytest.importorskip("torch", reason="torch is installed by the README's test command")
 
@@ -137,6 +139,101 @@ def test_a_killed_rank_is_one_crashed_alarm_naming_it_as_torchrun_tears_the_rest
     (crashed,) = event_lines(watcher)
     assert "CRASHED" in crashed
     assert f"rank 1 on {victim.host}, pid {victim.pid}: step 5" in crashed
+
+
+# Rank 0 saves a checkpoint every 10 steps; rank 1 hangs at step 30 in the first attempt only.
+RESUMING = """
+import os, sys, time
+import torch, torch.distributed as dist
+import nbmonitor
+
+dist.init_process_group("gloo")
+rank, attempt = dist.get_rank(), int(os.environ["TORCHELASTIC_RESTART_COUNT"])
+
+def say(*words):  # each rank's own file: ranks writing to one stdout mix their lines
+    with open(os.path.join(sys.argv[1], f"rank-{rank}"), "a") as f:
+        f.write(" ".join(str(w) for w in words) + "\\n")
+
+with nbmonitor.watch(eta=1.0, grace=1.0, name="ddp", on_stall="exit") as run:
+    ckpt = nbmonitor.latest_checkpoint()
+    start, total = (ckpt.step + 1, ckpt.metadata["total"]) if ckpt else (0, 0)
+    say("attempt", attempt, "rank", rank, "from", start)
+    for step in range(start, 60):
+        if rank == 1 and step == 30 and attempt == 0:
+            say("hanging", rank, os.getpid())
+            time.sleep(600)
+        value = torch.tensor([float(step)])
+        dist.all_reduce(value)
+        total += int(value.item())
+        run.report_progress(step=step)
+        time.sleep(0.02)
+        if rank == 0 and step % 10 == 9:
+            with run.checkpoint(step=step, total=total) as path:
+                (path / "total").write_text(str(total))
+        dist.barrier()  # no rank reads a checkpoint that another is still writing
+    say("final", rank, total)
+dist.destroy_process_group()
+"""
+
+
+def test_a_hang_becomes_a_torchrun_restart_that_resumes_from_the_checkpoint(
+    tmp_path: Path, repo: Repo, watcher: Proc, http: HttpRecorder
+) -> None:
+    events = [*DEFAULT_EVENTS, "finished"]
+    NotifierStore(repo).add(NotifierConfig.create("webhook", {"url": f"{http.url}/hook"}, events=events))
+    script = tmp_path / "resuming.py"
+    script.write_text(RESUMING)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    env = {
+        "OMP_NUM_THREADS": "1",
+        "NBMONITOR_CHECKPOINT_DIR": str(tmp_path / "ckpt"),
+        # Else a restart's ranks may read the last attempt's addresses (pytorch/pytorch#135712).
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+    }
+    job = Proc([*command, "--max-restarts", "2", str(script), str(tmp_path)], repo.path, env=env)
+    try:
+        assert job.wait_exit(timeout=240) == 0, job.text
+        watcher.wait_for("FINISHED", timeout=30)
+        wait_until(lambda: len(http.answered()) == 3, 30, "three deliveries")
+    finally:
+        job.stop()
+    said = [line for rank in (0, 1) for line in (tmp_path / f"rank-{rank}").read_text().splitlines()]
+    (hanging,) = [line for line in said if line.startswith("hanging")]
+    pid = int(hanging.split()[-1])
+    assert sorted(line for line in said if line.startswith("attempt")) == [
+        "attempt 0 rank 0 from 0",
+        "attempt 0 rank 1 from 0",
+        "attempt 1 rank 0 from 30",  # from the checkpoint at step 29: nothing lost but the hang
+        "attempt 1 rank 1 from 30",
+    ]
+    uninterrupted = 2 * sum(range(60))
+    assert sorted(line for line in said if line.startswith("final")) == [
+        f"final 0 {uninterrupted}",
+        f"final 1 {uninterrupted}",
+    ]
+
+    # The first attempt's group: one stalled, then one restarting in place of its failure.
+    posts = [r.json() for r in http.answered()]
+    assert [p["event"] for p in posts] == ["stalled", "restarting", "finished"]
+    stalled, restarting, finished = posts
+    assert f"rank 1 on {os.uname().nodename}, pid {pid}: step 29" in stalled["text"]
+    assert "stuck in <module> (resuming.py:" in stalled["text"]
+    assert restarting["restart"] == restarting["restart"] | {
+        "attempt": 0,
+        "max_restarts": 2,
+        "by": "torchrun",
+        "checkpoint_step": 29,
+    }
+    assert "; restarting 1 of 2 from the checkpoint at step 29 saved " in restarting["text"]
+    assert f"rank 1 on {os.uname().nodename}, pid {pid}: step 29" in restarting["text"]
+    assert "Stalled: no progress for " in restarting["text"]
+    assert finished["text"].startswith("ddp finished in ")
+    assert [line.split()[2] for line in event_lines(watcher)] == ["STALLED", "RESTARTING", "FINISHED"]
+    runs = repo.runs()
+    first = [r for r in runs if r.attempt == 0]
+    assert sorted((r.group.rank, r.status) for r in first) == [(0, "failed"), (1, "failed")]  # type: ignore[union-attr]
+    assert all(r.error is not None and r.error.type == "Stalled" for r in first)
+    assert sorted((r.attempt, r.status) for r in runs if r.attempt == 1) == [(1, "finished")] * 2
 
 
 SPAWN = """

@@ -9,8 +9,10 @@ import pytest
 import nbmonitor
 from nbmonitor import _writer
 from nbmonitor.events import Event
+from nbmonitor.record import GroupField, SupervisorField
 from nbmonitor.repo import Repo
 from nbmonitor.rules import State
+from nbmonitor.templates import text_for
 from nbmonitor.watcher import Watcher
 
 from .helpers import FakeClock
@@ -218,3 +220,73 @@ def test_a_run_keeping_a_short_promise_is_never_late_to_a_watcher_reading_its_fi
     monitor.tick()
     watcher.poll()
     assert [e.kind for e in events] == ["finished"]
+
+
+# -- restarted jobs: the end of an attempt is told as restarting or gave-up ----------------
+
+
+def test_a_supervised_crash_is_left_to_its_live_supervisor_and_told_once_it_is_gone(world: World) -> None:
+    watcher = world.watcher()
+    world.write(pid=77, eta=3600.0, supervisor=SupervisorField(88, None))
+    world.dead.add(77)
+    watcher.poll()
+    watcher.poll()
+    assert world.events == []  # nbmonitor-watcher run (pid 88) says how the attempt ended
+    assert world.repo.claims("a" * 32) == set()
+    world.dead.add(88)  # it was killed before it could: the crash is told as it always was
+    watcher.poll()
+    assert world.kinds() == ["crashed"]
+
+
+def test_a_supervised_run_s_stall_and_finish_are_told_as_ever(world: World) -> None:
+    watcher = world.watcher()
+    run = world.write(eta=1.0, supervisor=SupervisorField(88, None))
+    world.clock.advance(3.5)
+    watcher.poll()
+    world.repo.write_run(run.with_changes(status="finished", ended_at=world.clock.wall()))
+    watcher.poll()
+    assert world.kinds() == ["stalled", "recovered", "finished"]
+
+
+@pytest.mark.parametrize(("attempt", "told"), [(0, "restarting"), (1, "restarting"), (2, "gave-up")])
+def test_a_torchrun_group_that_fails_is_restarting_until_its_restarts_run_out(
+    world: World, attempt: int, told: str
+) -> None:
+    watcher = world.watcher()
+    group = GroupField(f"job-9 restart {attempt}", "torchrun", 0, 2, 0)
+    for rank, pid in ((0, 70), (1, 71)):
+        world.write(
+            f"{rank}" * 32,
+            pid=pid,
+            eta=3600.0,
+            step=30,
+            group=GroupField(group.job, "torchrun", rank, 2, rank),
+            attempt=attempt,
+            max_restarts=2,
+        )
+    watcher.poll()
+    world.dead.update({70, 71})
+    watcher.poll()
+    watcher.poll()
+    (event,) = world.events
+    assert event.kind == told
+    assert event.group is not None
+    assert event.restart is not None
+    assert (event.restart.ended, event.restart.attempt, event.restart.max_restarts) == ("crashed", attempt, 2)
+    assert event.restart.by == "torchrun"
+    assert event.restart.checkpoint_step is None  # none saved: from the start
+    # As claimed, and read back by whoever delivers it.
+    assert Event.from_dict(world.repo.read_claim(event.subject, "end")).restart == event.restart
+    text = text_for(event)
+    if told == "restarting":
+        blamed = "rank 0 on box, pid 70: step 30; rank 1 on box, pid 71: step 30"
+        assert text.startswith(f"train crashed: {blamed}; restarting {attempt + 1} of 2 ")
+        assert "from the start (no checkpoint yet)" in text
+    else:
+        assert text.startswith(
+            "train gave up after 3 attempts: crashed: rank 0 on box, pid 70: step 30; rank 1 "
+        )
+        assert (
+            "; no restarts left (torchrun --max-restarts 2). torchrun job job-9 re…, 2 ranks: 2 crashed."
+            in text
+        )
