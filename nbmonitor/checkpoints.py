@@ -43,9 +43,9 @@ __all__ = [
     "attempt",
     "job_of",
     "latest",
-    "max_restarts",
     "save",
     "supervisor",
+    "torchrun_restarts",
 ]
 
 FORMAT = 1
@@ -301,12 +301,12 @@ def attempt(environ: Mapping[str, str] | None = None) -> int:
     return 0
 
 
-def max_restarts(environ: Mapping[str, str] | None = None) -> int | None:
-    """How many restarts the launcher allows in all (torchrun's ``TORCHELASTIC_MAX_RESTARTS``),
-    or None where no launcher that restarts by itself says."""
+def torchrun_restarts(environ: Mapping[str, str] | None = None) -> tuple[int | None, int]:
+    """torchrun's restarts: how many it allows in all (``TORCHELASTIC_MAX_RESTARTS``; None outside
+    torchrun) and which this is (``TORCHELASTIC_RESTART_COUNT``)."""
     env = os.environ if environ is None else environ
-    text = env.get("TORCHELASTIC_MAX_RESTARTS", "")
-    return int(text) if text.isdigit() else None
+    most, count = env.get("TORCHELASTIC_MAX_RESTARTS", ""), env.get("TORCHELASTIC_RESTART_COUNT", "")
+    return (int(most) if most.isdigit() else None), (int(count) if count.isdigit() else 0)
 
 
 def supervisor(environ: Mapping[str, str] | None = None) -> SupervisorField | None:

@@ -46,7 +46,15 @@ _TOLD_WITH_TAIL = frozenset({"stalled", "crashed", "lost", "failed", "restarting
 
 
 def restart_info(
-    repo: Repo, run: RunRecord, *, ended: str, why: str, by: str, max_restarts: int, reason: str = ""
+    repo: Repo,
+    run: RunRecord,
+    *,
+    attempt: int,
+    ended: str,
+    why: str,
+    by: str,
+    max_restarts: int,
+    reason: str = "",
 ) -> RestartInfo:
     """What a *restarting* or *gave-up* event of ``run``'s attempt tells: how it ended, and the
     latest checkpoint of its job (the next attempt resumes from it)."""
@@ -56,7 +64,7 @@ def restart_info(
     return RestartInfo(
         ended=ended,
         why=why,
-        attempt=run.attempt,
+        attempt=attempt,
         max_restarts=max_restarts,
         by=by,
         reason=reason,
@@ -141,7 +149,7 @@ class Claimer:
         won: list[Event] = []
         for due in rules.due_events(state, progress, claimed.keys):
             if due.key == rules.END_KEY and due.event in rules.RESTARTED:
-                kind = rules.end_of_attempt(due.event, run.attempt, run.max_restarts)
+                kind = rules.end_of_attempt(due.event, run.restart_count, run.max_restarts)
                 if kind != "restarting" and supervised:
                     continue  # its nbmonitor-watcher run says how the attempt ended, and what next
                 due = rules.Due(kind, due.key)
@@ -199,16 +207,16 @@ class Claimer:
         ended and the checkpoint the next attempt resumes from."""
         if kind not in ("restarting", "gave-up") or run.max_restarts is None:
             return None
+        last = kind == "gave-up"
         return restart_info(
             self.repo,
             run,
+            attempt=run.restart_count,
             ended=ended,
             why=run.error.summary() if run.error is not None else "",
             by="torchrun",
             max_restarts=run.max_restarts,
-            reason=f"no restarts left (torchrun --max-restarts {run.max_restarts})"
-            if kind == "gave-up"
-            else "",
+            reason=f"no restarts left (torchrun --max-restarts {run.max_restarts})" if last else "",
         )
 
     def _tail(self, kind: str, run_id: str) -> tuple[LogLine, ...]:

@@ -17,6 +17,7 @@ from .errors import NewerFormatError
 __all__ = [
     "FORMAT",
     "STATUSES",
+    "CheckpointField",
     "ErrorInfo",
     "GroupField",
     "Origin",
@@ -155,6 +156,15 @@ class SupervisorField:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckpointField:
+    """The latest checkpoint of its job that a run saved, or else resumed from."""
+
+    step: int | None
+    at: float  # when it was saved (wall clock)
+    resumed: bool = False  # True: the run started from it (latest_checkpoint()); False: it saved it
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerField:
     """One multiprocessing worker that reports progress for this run, as the run's process saw it."""
 
@@ -227,11 +237,18 @@ class RunRecord:
     #: attempt it is (``NBMONITOR_RESTART_COUNT``: 0 for the first, 1 after one restart ...).
     job: str | None = None
     attempt: int = 0
-    #: How many restarts its launcher allows in all (torchrun's ``--max-restarts``): an attempt
-    #: that fails before the last is followed by another. None: no launcher that restarts says.
+    #: torchrun's restarts: how many it allows in all (``--max-restarts``) and which this is (its
+    #: attempt, while ``attempt`` is the job's, which ``nbmonitor-watcher run`` may count around
+    #: torchrun): an attempt that fails before the last is followed by another. None: no torchrun.
     max_restarts: int | None = None
+    restart_count: int = 0
+    #: What the run does when it stalls: "report", or "exit" (its process ends for a launcher to
+    #: restart it; a supervisor lets it).
+    on_stall: str = "report"
     #: The ``nbmonitor-watcher run`` that restarts its job (``NBMONITOR_SUPERVISOR``), or None.
     supervisor: SupervisorField | None = None
+    #: The latest checkpoint of its job this run saved, or else resumed from; None: neither yet.
+    checkpoint: CheckpointField | None = None
     #: The process's other threads' stacks, taken with ``stack`` when the run asks for all
     #: threads' (``stacks="all"``); empty otherwise.
     threads: tuple[ThreadStack, ...] = ()
@@ -326,7 +343,10 @@ class RunRecord:
             job=get.opt_text("job"),
             attempt=get.opt_integer("attempt") or 0,
             max_restarts=get.opt_integer("max_restarts"),
+            restart_count=get.opt_integer("restart_count") or 0,
+            on_stall=get.opt_text("on_stall") or "report",
             supervisor=_supervisor(data.get("supervisor")),
+            checkpoint=_checkpoint(data.get("checkpoint")),
             format=fmt,
         )
 
@@ -482,6 +502,18 @@ def _supervisor(data: object) -> SupervisorField | None:
         raise ValueError(f"field 'supervisor' must be an object or null, got {_kind(data)}")
     get = _Fields(data, "supervisor.")
     return SupervisorField(pid=get.integer("pid"), start_ticks=get.opt_integer("start_ticks"))
+
+
+def _checkpoint(data: object) -> CheckpointField | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ValueError(f"field 'checkpoint' must be an object or null, got {_kind(data)}")
+    get = _Fields(data, "checkpoint.")
+    resumed = data.get("resumed", False)
+    if not isinstance(resumed, bool):
+        raise ValueError(f"field 'checkpoint.resumed' must be true or false, got {_kind(resumed)}")
+    return CheckpointField(step=get.opt_integer("step"), at=get.number("at"), resumed=resumed)
 
 
 _MAX_FRAMES = 32

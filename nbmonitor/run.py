@@ -30,7 +30,17 @@ from . import _board, _capture, _format, _onstall, _process, _recorder, _stacks,
 from ._once import Trouble
 from .errors import NbmonitorError, RepoError
 from .logtail import LogLine
-from .record import ErrorInfo, GroupField, Origin, RunRecord, RunUsage, StackFrame, ThreadStack, clip
+from .record import (
+    CheckpointField,
+    ErrorInfo,
+    GroupField,
+    Origin,
+    RunRecord,
+    RunUsage,
+    StackFrame,
+    ThreadStack,
+    clip,
+)
 from .repo import Repo
 
 if TYPE_CHECKING:
@@ -76,6 +86,7 @@ class Run:
         "_abandoned",
         "_abandoned_at",
         "_beats",
+        "_checkpoint",
         "_crew",
         "_cut_off",
         "_ended_at",
@@ -149,6 +160,7 @@ class Run:
         self._on_stall = _onstall.choice(on_stall)
         self._exit_now = False  # on_stall="exit": ended for its stall; the process goes next
         self._teller: _onstall.Teller | None = None
+        self._checkpoint: CheckpointField | None = None  # saved, or else resumed from
         self._eta = _duration("expect_next_in", expect_next_in, zero_ok=False)
         self._grace = _duration("grace", grace, zero_ok=True)
         self._total = _count("total", total)
@@ -385,6 +397,7 @@ class Run:
     ) -> Iterator[pathlib.Path]:
         with saving as path:
             yield path
+        self._checkpoint = CheckpointField(step, self._writer.wall())
         self._history.mark("checkpoint", step, self._writer.mono(), by="nbmonitor")
 
     @property
@@ -405,7 +418,10 @@ class Run:
         ``step``, ``metadata``, ``at``), or None in its first attempt."""
         from . import checkpoints
 
-        return checkpoints.latest(self._repo, self.job)
+        found = checkpoints.latest(self._repo, self.job)
+        if found is not None and self._checkpoint is None:
+            self._checkpoint = CheckpointField(found.step, found.at, resumed=True)
+        return found
 
     def mark(self, label: str, value: float | int | str | None = None) -> None:
         """Put a labelled moment on the run's usage history (a vertical line on its plot):
@@ -496,6 +512,7 @@ class Run:
                 self._crew.version if self._crew is not None else 0,
                 self._waiting,
                 self._stack_at,
+                self._checkpoint,
             )
             final = self._status != "running"
             if state == self._written:
@@ -581,6 +598,7 @@ class Run:
         )
 
     def _record(self, now_wall: float, progress: int, step: int) -> RunRecord:
+        restarts = _checkpoints().torchrun_restarts()
         return RunRecord(
             id=self._id,
             name=self._name,
@@ -615,8 +633,11 @@ class Run:
             threads=self._threads,
             job=self.job,
             attempt=_checkpoints().attempt(),
-            max_restarts=_checkpoints().max_restarts(),
+            max_restarts=restarts[0],
+            restart_count=restarts[1],
+            on_stall=self._on_stall,
             supervisor=_checkpoints().supervisor(),
+            checkpoint=self._checkpoint,
         )
 
     def _set_end(self, status: str, error: ErrorInfo | None, now_wall: float) -> None:

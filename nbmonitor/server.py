@@ -41,7 +41,7 @@ from .membership import group_id
 from .observe import Observation, Observer, watcher_info
 from .record import RunRecord, is_run_id
 from .repo import Repo
-from .templates import blame, job_label
+from .templates import attempt_text, blame, job_label
 
 __all__ = ["Nbmonitor", "load"]
 
@@ -256,6 +256,9 @@ def _run_json(obs: Observation, root_dir: str | None = None) -> dict[str, Any]:
             for w in run.workers
         ],
         "stack": _stack_json(run),
+        "attempt": run.attempt,
+        # "attempt 2 · resumed from the checkpoint at step 1200, saved 4 min ago", or "".
+        "attempt_text": attempt_text(run, run.ended_at or time.time()),
     }
 
 
@@ -310,7 +313,15 @@ def _group_json(group: GroupObservation, root_dir: str | None = None) -> dict[st
         "blame": blame(info) if group.blamed else None,
         "problems": list(group.problems),
         "members": [_run_json(m, root_dir) | {"blamed": m.run.id in blamed} for m in group.members],
+        "attempt_text": _group_attempt(group),
     }
+
+
+def _group_attempt(group: GroupObservation) -> str:
+    """The group's attempt and latest checkpoint, as its members that saved one say."""
+    saved = [m.run for m in group.members if m.run.checkpoint is not None] or [group.members[0].run]
+    run = max(saved, key=lambda r: r.checkpoint.at if r.checkpoint is not None else 0.0)
+    return attempt_text(run, run.ended_at or time.time())
 
 
 class _Handler(APIHandler):

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from . import _format, _process, logtail, rules
+from . import _format, _onstall, _process, logtail, rules
 from .claims import restart_info
 from .errors import NbmonitorError
 from .events import TAIL_LINES, Event
@@ -58,6 +58,7 @@ RESTART_ON = ("crashed", "failed", "stalled")
 POLL = 0.5  # seconds between looks
 PAUSE_MAX = 60.0
 BY = "nbmonitor-watcher run"
+SELF_EXIT_MARGIN = 5.0  # seconds more a run with on_stall="exit" gets to end itself
 _STDERR_KEPT = 200  # lines of the attempt's stderr kept, for --no-restart-on and the last event
 
 
@@ -223,9 +224,18 @@ class Supervisor:
         if not runs:
             return None
         for seen in self._observer.glance(runs):
-            if seen.state == State.STALLED:
+            if seen.state == State.STALLED and not self._ends_itself(seen):
                 return f"run {seen.run.name!r} at step {seen.run.step}"
         return None
+
+    @staticmethod
+    def _ends_itself(seen: Observation) -> bool:
+        """A run made with on_stall="exit" ends its own process (so that torchrun, inside the
+        attempt, restarts it): left to it for a while, then stopped like any other."""
+        run = seen.run
+        if run.on_stall != "exit" or run.eta is None or seen.grace is None:
+            return False
+        return seen.since_progress < run.eta + seen.grace + _onstall.WAIT + SELF_EXIT_MARGIN
 
     def _hopeless(self, attempt: Attempt) -> str | None:
         """The last line of the attempt's runs (or of its stderr) that matches --no-restart-on."""
@@ -279,7 +289,14 @@ class Supervisor:
             why = attempt.why if attempt.ended != "stalled" else ""
             ended = str(attempt.ended)
             restart = restart_info(
-                self.repo, run, ended=ended, why=why, by=BY, max_restarts=self.max_restarts, reason=reason
+                self.repo,
+                run,
+                attempt=attempt.number,
+                ended=ended,
+                why=why,
+                by=BY,
+                max_restarts=self.max_restarts,
+                reason=reason,
             )
         event = Event(
             kind,

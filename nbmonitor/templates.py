@@ -23,6 +23,7 @@ __all__ = [
     "FIELDS",
     "GROUP_DEFAULTS",
     "SAMPLE",
+    "attempt_text",
     "blame",
     "describe",
     "fields",
@@ -248,6 +249,20 @@ def peaks_text(run: RunRecord) -> str:
         parts.append(f"{what} {show(peak.total)} (most: {who}, {show(peak.process_value)})")
     text = "; ".join(parts)
     return text[:1].upper() + text[1:]
+
+
+def attempt_text(run: RunRecord, now: float) -> str:
+    """``attempt 2 · resumed from the checkpoint at step 1200, saved 4 min ago``, or ``checkpoint
+    at step 1400, saved 12 s ago``: which attempt of its job a run is, and its latest checkpoint;
+    nothing for a first attempt that saved none."""
+    parts = [f"attempt {run.attempt + 1}"] if run.attempt else []
+    saved = run.checkpoint
+    if saved is not None:
+        at_step = f" at step {saved.step}" if saved.step is not None else ""
+        ago = _format.duration(max(0.0, now - saved.at))
+        what = "resumed from the checkpoint" if saved.resumed else "checkpoint"
+        parts.append(f"{what}{at_step}, saved {ago} ago")
+    return " · ".join(parts)
 
 
 def blame(group: GroupInfo) -> str:

@@ -66,6 +66,7 @@ def view(cell: CellRun, record: RunRecord, now_mono: float, *, watcher: str | No
         members=members(record),
         peaks=templates.peaks_text(record),
         stuck=record.stuck_in if cell.state in ("late", "stalled") else None,
+        attempt=templates.attempt_text(record, end),
     )
 
 

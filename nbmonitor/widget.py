@@ -78,6 +78,7 @@ class View:
     members: tuple[MemberView, ...] = ()  # the run's multiprocessing workers
     peaks: str = ""  # "Peak memory 3.2 GB (most: DataLoader worker 2, 1.9 GB); ...", once known
     stuck: str | None = None  # "wait_for_batch (data.py:42) ← train (train.py:88)" while late or stalled
+    attempt: str = ""  # "attempt 2 · resumed from the checkpoint at step 1200, saved 4 min ago"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -229,6 +230,8 @@ def render_html(view: View) -> str:
     """The display as HTML: a badge, the name, a bar, progress, the promise, usage, the watcher."""
     parts = [f'<div>{_badge(view.state)} <b class="nbm-name">{_esc(view.name)}</b></div>', _bar(view)]
     parts.append(f"<div>{_esc(_progress(view))}</div>")
+    if view.attempt:
+        parts.append(f'<div class="nbm-attempt">{_esc(view.attempt)}</div>')
     parts.append(_members_html(view))
     if view.error:
         parts.append(f'<div style="color:{COLOURS["failed"]}">{_esc(view.error)}</div>')
@@ -249,7 +252,10 @@ def render_html(view: View) -> str:
 
 def render_text(view: View) -> str:
     """The display as plain text, for terminals, viewers and logs."""
-    lines = [f"nbmonitor · {view.name} · {view.state} · {_progress(view)}", *_members_text(view)]
+    lines = [f"nbmonitor · {view.name} · {view.state} · {_progress(view)}"]
+    if view.attempt:
+        lines.append(view.attempt)
+    lines += _members_text(view)
     if view.error:
         lines.append(view.error)
     if view.stuck:

@@ -238,4 +238,14 @@ def test_a_watched_cell_resumes_from_its_checkpoint_in_a_restarted_kernel(tmp_pa
         kernel.stop()
     said = "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream")
     assert "resumed from 3" in said  # steps 0 to 2 were saved before the kernel died
+    shown = [
+        m["content"]["data"]["text/plain"]
+        for m in messages
+        if m["msg_type"] in ("display_data", "update_display_data")
+        and m["content"]["data"].get("text/plain", "").startswith("nbmonitor · counter")
+    ]
+    assert "\ncheckpoint at step 5, saved " in shown[-1]  # the display it ends with
+    (second,) = [r for r in repo.runs() if r.status == "finished"]
+    assert second.checkpoint is not None
+    assert (second.checkpoint.step, second.checkpoint.resumed) == (5, False)
     assert sorted(p.name.split("-")[1] for p in folder.glob("step-*")) == [f"{s:012d}" for s in (3, 4, 5)]

@@ -14,7 +14,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from nbmonitor import history, logtail
 from nbmonitor._format import COLOURS, duration
 from nbmonitor.logtail import LogLine
-from nbmonitor.record import RunUsage
+from nbmonitor.record import CheckpointField, RunUsage
 from nbmonitor.repo import Repo
 
 from .records import sample
@@ -50,7 +50,8 @@ def write_runs(repo: Repo) -> None:
     )  # fmt: skip
     repo.write_run(
         sample(id="b" * 32, name="done", status="finished", ended_at=now, started_at=now - 5,
-               usage=RunUsage(150.0, 3 * 2**30, 2**30))
+               usage=RunUsage(150.0, 3 * 2**30, 2**30), attempt=1,
+               checkpoint=CheckpointField(1200, now - 240, resumed=True))
     )  # fmt: skip
 
 
@@ -74,6 +75,11 @@ async def test_runs_lists_what_the_repo_holds(jp_fetch: Any, repo: Repo) -> None
     assert (runs["b"]["status"], runs["b"]["since_progress"]) == ("finished", None)
     assert runs["b"]["usage"] == {"cpu_percent": 150.0, "rss": 3 * 2**30, "gpu_memory": 2**30}
     assert stuck["usage"] is None
+    assert (stuck["attempt"], stuck["attempt_text"]) == (0, "")
+    assert (runs["b"]["attempt"], runs["b"]["attempt_text"]) == (
+        1,
+        "attempt 2 · resumed from the checkpoint at step 1200, saved 4 min ago",  # as it ended
+    )
 
 
 async def test_a_runs_stack_says_where_its_thread_was_stuck(jp_fetch: Any, repo: Repo) -> None:
@@ -140,6 +146,7 @@ async def test_a_group_is_listed_once_with_its_members_and_whom_to_blame(jp_fetc
     assert [m["group"]["role"] for m in group["members"]] == ["rank 0", "rank 1"]
     assert [m["blamed"] for m in group["members"]] == [False, True]
     assert group["blame"].startswith(f"rank 1 on {host}, pid {os.getpid()}: step 9")
+    assert group["attempt_text"] == ""
 
 
 async def test_a_corrupt_run_file_does_not_break_the_listing(jp_fetch: Any, repo: Repo) -> None:

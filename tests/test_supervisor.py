@@ -113,7 +113,7 @@ def test_a_job_killed_five_times_and_hung_twice_ends_as_an_uninterrupted_run_wou
         source = f"from the checkpoint at step {resumed - 1} saved " if resumed else "from the start"
         assert f", restarting {restart['attempt'] + 1} of 8 {source}" in post["text"]
     hung = [p for p in restarts if p["restart"]["ended"] == "stalled"]
-    assert all(p["run"]["step"] == "150" and "steps lost" in p["text"] for p in hung)
+    assert all(p["run"]["step"] == "150" for p in hung)
     assert all("about 1 step lost" in p["text"] for p in hung)  # the checkpoint at 149
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from nbmonitor import templates
-from nbmonitor.record import ErrorInfo, RunUsage, UsagePeak
+from nbmonitor.events import Event, RestartInfo
+from nbmonitor.record import CheckpointField, ErrorInfo, RunUsage, UsagePeak
 
 VALUES = {"name": "train", "step": "40", "error": "KeyError: '{x}'"}
 
@@ -111,3 +112,40 @@ def test_a_stall_says_where_the_code_is_stuck_or_why_that_is_not_known() -> None
     )
     crashed = templates.SAMPLE.__class__("crashed", "end", run, 0.0, 9.0, None, "x")
     assert templates.fields(crashed)["stack"] == ""
+
+
+def test_a_restart_says_how_the_attempt_ended_what_comes_next_and_what_is_lost() -> None:
+    run = templates.SAMPLE.run.with_changes(attempt=1, step=1234)
+    at = templates.SAMPLE.at
+    info = RestartInfo("stalled", "", 1, 3, "nbmonitor-watcher run", "", 1200, at - 240)
+    restarting = Event("restarting", "end", run, at, 95.0, None, "test", restart=info)
+    assert templates.text_for(restarting).startswith(
+        "train-resnet stalled at step 1234/5000, restarting 2 of 3 from the checkpoint at step 1200 "
+        "saved 4 min ago; about 34 steps lost. experiments/train.ipynb, cell 12 on gpu-box."
+    )
+    fresh = RestartInfo("crashed", "killed by SIGKILL", 0, 3, "torchrun")
+    text = templates.text_for(Event("restarting", "end", run, at, 1.0, None, "test", restart=fresh))
+    assert (
+        "crashed (killed by SIGKILL) at step 1234/5000, restarting 1 of 3 from the start (no checkpoint yet)"
+        in (text)
+    )
+    last = RestartInfo(
+        "failed", "exit status 1", 2, 2, "torchrun", "no restarts left (torchrun --max-restarts 2)"
+    )
+    gave_up = templates.text_for(Event("gave-up", "end", run, at, 1.0, None, "test", restart=last))
+    assert gave_up.startswith(
+        "train-resnet gave up after 3 attempts: failed (exit status 1) at step 1234/5000; "
+        "no restarts left (torchrun --max-restarts 2)."
+    )
+
+
+def test_a_run_says_its_attempt_and_latest_checkpoint() -> None:
+    run = templates.SAMPLE.run
+    now = run.started_at + 600
+    assert templates.attempt_text(run, now) == ""  # a first attempt that saved none
+    resumed = run.with_changes(attempt=2, checkpoint=CheckpointField(1200, now - 240, resumed=True))
+    assert templates.attempt_text(resumed, now) == (
+        "attempt 3 · resumed from the checkpoint at step 1200, saved 4 min ago"
+    )
+    saved = run.with_changes(checkpoint=CheckpointField(None, now - 12))
+    assert templates.attempt_text(saved, now) == "checkpoint, saved 12 s ago"

@@ -176,8 +176,9 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.parametrize("supervised", [False, True], ids=["torchrun", "nbmonitor-watcher-run-torchrun"])
 def test_a_hang_becomes_a_torchrun_restart_that_resumes_from_the_checkpoint(
-    tmp_path: Path, repo: Repo, watcher: Proc, http: HttpRecorder
+    tmp_path: Path, repo: Repo, watcher: Proc, http: HttpRecorder, supervised: bool
 ) -> None:
     events = [*DEFAULT_EVENTS, "finished"]
     NotifierStore(repo).add(NotifierConfig.create("webhook", {"url": f"{http.url}/hook"}, events=events))
@@ -190,10 +191,12 @@ def test_a_hang_becomes_a_torchrun_restart_that_resumes_from_the_checkpoint(
         # Else a restart's ranks may read the last attempt's addresses (pytorch/pytorch#135712).
         "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
     }
-    job = Proc([*command, "--max-restarts", "2", str(script), str(tmp_path)], repo.path, env=env)
+    command += ["--max-restarts", "2", str(script), str(tmp_path)]
+    if supervised:  # torchrun restarts the hang inside the supervisor's attempt, which is left to it
+        command = [sys.executable, "-m", "nbmonitor", "--repo", str(repo.path), "run", "--", *command]
+    job = Proc(command, repo.path, env=env)
     try:
         assert job.wait_exit(timeout=240) == 0, job.text
-        watcher.wait_for("FINISHED", timeout=30)
         wait_until(lambda: len(http.answered()) == 3, 30, "three deliveries")
     finally:
         job.stop()
@@ -228,12 +231,15 @@ def test_a_hang_becomes_a_torchrun_restart_that_resumes_from_the_checkpoint(
     assert f"rank 1 on {os.uname().nodename}, pid {pid}: step 29" in restarting["text"]
     assert "Stalled: no progress for " in restarting["text"]
     assert finished["text"].startswith("ddp finished in ")
-    assert [line.split()[2] for line in event_lines(watcher)] == ["STALLED", "RESTARTING", "FINISHED"]
+    # (Whoever claimed each first: the watcher, the stalled rank, or nbmonitor-watcher run.)
     runs = repo.runs()
-    first = [r for r in runs if r.attempt == 0]
+    first = [r for r in runs if r.restart_count == 0]
     assert sorted((r.group.rank, r.status) for r in first) == [(0, "failed"), (1, "failed")]  # type: ignore[union-attr]
     assert all(r.error is not None and r.error.type == "Stalled" for r in first)
-    assert sorted((r.attempt, r.status) for r in runs if r.attempt == 1) == [(1, "finished")] * 2
+    assert sorted((r.restart_count, r.status) for r in runs if r.restart_count == 1) == [(1, "finished")] * 2
+    if supervised:
+        assert all(r.attempt == 0 and r.supervisor is not None for r in runs)  # the supervisor's one attempt
+        assert job.matching("nbmonitor-watcher run: attempt 1 (pid ")[-1].endswith(") finished")
 
 
 SPAWN = """

@@ -261,7 +261,7 @@ def test_a_torchrun_group_that_fails_is_restarting_until_its_restarts_run_out(
             eta=3600.0,
             step=30,
             group=GroupField(group.job, "torchrun", rank, 2, rank),
-            attempt=attempt,
+            restart_count=attempt,
             max_restarts=2,
         )
     watcher.poll()

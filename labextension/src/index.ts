@@ -71,6 +71,10 @@ export interface IRun {
   workers: IWorker[];
   /** Where its thread was when it turned late or stalled; null when never seen stuck. */
   stack: IStack | null;
+  /** Which attempt of its job (0: the first), and with its latest checkpoint, as a line
+   * ("attempt 2 · resumed from the checkpoint at step 1200, saved 4 min ago"; "" for none). */
+  attempt: number;
+  attempt_text: string;
 }
 
 /** One frame of a run's stack: a code location and its source line. */
@@ -130,6 +134,8 @@ export interface IGroup {
   blame: string | null;
   problems: string[];
   members: IMember[];
+  /** The group's attempt and latest checkpoint, as a line ("" for none). */
+  attempt_text: string;
 }
 
 const RECENT_S = 3600;
@@ -467,6 +473,9 @@ class RunsPanel extends Widget {
       const text = `CPU ${Math.round(run.usage.cpu_percent)}% · ${bytes(run.usage.rss)}${gpu}`;
       row.appendChild(el('div', 'nbm-usage nbm-detail', text));
     }
+    if (run.attempt_text) {
+      row.appendChild(el('div', 'nbm-attempt nbm-detail', run.attempt_text));
+    }
     const open = this._usage.has(run.id);
     const stuck = run.stack?.stuck_in;
     if (stuck && (STUCK.has(run.status) || open)) {
@@ -505,6 +514,9 @@ class RunsPanel extends Widget {
     }
     for (const problem of group.problems) {
       row.appendChild(el('div', 'nbm-detail nbm-warning', problem));
+    }
+    if (group.attempt_text) {
+      row.appendChild(el('div', 'nbm-attempt nbm-detail', group.attempt_text));
     }
     const members = el('ul', 'nbm-members');
     for (const member of group.members) {
