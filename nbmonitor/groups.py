@@ -133,7 +133,11 @@ def _judge(members: tuple[Observation, ...]) -> tuple[State, tuple[Observation, 
     if failed:
         return State.FAILED, _stragglers(failed)
     stalled = [m for m in members if m.state is State.STALLED]
-    if stalled:  # the ranks waiting behind a hung one stall too: name the one that stopped first
+    if stalled:
+        # The ranks waiting behind a hung one stall too, and one of them may cross its deadline
+        # a tick before the hung one, still only late then: it is the one to name.
+        if any(m.run.waiting for m in stalled):
+            stalled += [m for m in members if m.state is State.LATE and not m.run.waiting]
         return State.STALLED, _stragglers(stalled)
     late = [m for m in members if m.state is State.LATE]
     if late:

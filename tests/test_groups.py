@@ -169,6 +169,21 @@ def test_the_rank_that_stopped_first_is_blamed_and_not_those_waiting_behind_it()
     assert [m.run.group.rank for m in group.blamed if m.run.group] == [1]
 
 
+def test_a_hung_rank_still_only_late_is_blamed_when_one_waiting_for_it_stalls_first() -> None:
+    # Their deadlines are a writer's tick apart: the one waiting in all_reduce may cross first.
+    group = combine(
+        [
+            member(0, State.LATE, step=10, since=2.1, waiting="all_reduce"),
+            member(1, State.LATE, step=10, since=2.1),
+            member(2, State.STALLED, step=10, since=2.2, waiting="all_reduce"),
+        ]
+    )
+    assert group.state is State.STALLED
+    assert [m.run.group.rank for m in group.blamed if m.run.group] == [1]
+    sharded = combine([member(0, State.STALLED, step=30, mode="sharded"), member(1, State.LATE, step=5)])
+    assert [m.run.pid for m in sharded.blamed] == [100]  # no one waits for anyone: the stalled one
+
+
 def test_the_group_alarm_names_where_the_straggler_is_stuck() -> None:
     from nbmonitor import templates
     from nbmonitor.events import Event

@@ -533,6 +533,8 @@ import nbmonitor
 
 
 def work(i):
+    if i < 2:  # the first two tasks meet: each worker has work, however busy the machine
+        barrier.wait(30)
     print(f"worker says {i}", flush=True)
     logging.getLogger("w").warning("worker logs %d", i)
     return i
@@ -545,10 +547,11 @@ def dies():
 
 if __name__ == "__main__":
     mp.set_start_method("fork")
+    barrier = mp.Barrier(2)
     with nbmonitor.watch(name="pool") as run:
         print("started", run.id, flush=True)
         pool = mp.Pool(2)
-        print(sorted(pool.map(work, range(4))), flush=True)
+        print(sorted(pool.map(work, range(4), chunksize=1)), flush=True)
         pool.close()
         pool.join()
         loader = mp.Process(target=dies, name="loader")
