@@ -266,16 +266,18 @@ def test_a_group_and_a_cells_workers_in_the_panel_and_the_cell(lab: Lab, page: A
 
 def write_group(repo: Path) -> None:
     """A torchrun job of four ranks of this (live) process: rank 2 stopped first, the rest wait."""
-    from nbmonitor.record import GroupField
+    from nbmonitor.record import CheckpointField, GroupField
 
     now, host = time.time(), os.uname().nodename
+    resumed = CheckpointField(1150, now - 300, resumed=True)  # its second attempt, from step 1150
     for rank in range(4):
         Repo(repo).write_run(
             sample(id=f"{rank + 1:032x}", name="ddp-resnet", host=host, pid=os.getpid(), process_start=None,
                    boot_id=None, eta=2.0, step=1200 if rank == 2 else 1240, total=5000,
                    last_progress_at=now - (95 if rank == 2 else 80), started_at=now - 600,
                    waiting=None if rank == 2 else "all_reduce",
-                   group=GroupField("c3a1f09e-77b2-4d1c-9e0a-1f2e3d4c5b6a", "torchrun", rank, 4, rank))
+                   group=GroupField("c3a1f09e-77b2-4d1c-9e0a-1f2e3d4c5b6a", "torchrun", rank, 4, rank),
+                   attempt=1, checkpoint=resumed)
         )  # fmt: skip
 
 
@@ -302,6 +304,8 @@ def show_a_group_and_workers(lab: Lab, page: Any) -> None:
     assert "rank 2" in blamed.inner_text()
     assert "to blame" in blamed.inner_text()
     assert "rank 2 on" in group.locator(".nbm-blame").inner_text()
+    attempt = group.locator(".nbm-attempt").inner_text()  # its attempt, and where it resumed from
+    assert attempt.startswith("attempt 2 · resumed from the checkpoint at step 1150, saved 5 min")
     page.get_by_text("ddp-resnet stalled: rank 2 on").first.wait_for(timeout=10_000)  # one toast, the group's
     pooled = page.locator(".nbm-run", has_text="pooled-cell")
     wait_until(
