@@ -172,20 +172,24 @@ class Observer:
         """Whether the run's ``nbmonitor-watcher run`` (same host) still runs."""
         supervisor = run.supervisor
         assert supervisor is not None
-        if run.boot_id is not None and run.boot_id != self.boot_id:
-            return False
-        key = (supervisor.pid, None, supervisor.start_ticks if run.boot_id == self.boot_id else None)
-        if key not in seen:
-            seen[key] = self.alive(*key)
-        return seen[key]
+        return self._alive(run, seen, supervisor.pid, None, supervisor.start_ticks)
 
-    def _alive(self, run: RunRecord, seen: _Alive) -> bool:
-        """Whether a run's process (same host) still runs, asked once per look per process."""
+    def _alive(
+        self,
+        run: RunRecord,
+        seen: _Alive,
+        pid: int | None = None,
+        start: float | None = None,
+        ticks: int | None = None,
+    ) -> bool:
+        """Whether a run's process (default), or another of the run's boot (``pid``, ``start``,
+        ``ticks``), still runs on this host, asked once per look per process."""
         if run.boot_id is not None and self.boot_id is not None and run.boot_id != self.boot_id:
             return False  # the host rebooted since: every process of that boot is gone
+        if pid is None:
+            pid, start, ticks = run.pid, run.process_start, run.process_start_ticks
         # Start ticks are comparable within one boot only.
-        ticks = run.process_start_ticks if run.boot_id == self.boot_id else None
-        key = (run.pid, run.process_start, ticks)
+        key = (pid, start, ticks if run.boot_id == self.boot_id else None)
         if key not in seen:
             seen[key] = self.alive(*key)
         return seen[key]

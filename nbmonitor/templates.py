@@ -193,7 +193,7 @@ def _restart(info: RestartInfo, step: int, now: float) -> dict[str, str]:
     made = info.attempt + 1
     return {
         "ended": info.ended + why,
-        "restart": f"{info.attempt + 1} of {info.max_restarts} {source}",
+        "restart": f"{made} of {info.max_restarts} {source}",
         "attempts": f"{made} attempt{'s' if made != 1 else ''}",
         "reason": _format.one_line(info.reason) or "no restart",
     }
