@@ -93,6 +93,8 @@ class TqdmProbe:
 
     Called from the writer thread. A bar's last count is kept (with the bar)
     until the bar is seen closed, so its final steps are counted before it is freed.
+    ``total`` is the bar's total while the run has had one bar only (a loop of one tqdm, the
+    common case); with nested or successive bars their counts add up to no total of theirs.
     """
 
     def __init__(self, run: Any, started: float, current: Callable[[], Any]) -> None:
@@ -101,6 +103,8 @@ class TqdmProbe:
         self._current = current
         self._last: dict[Any, int] = {}
         self.count = 0
+        self.total: int | None = None
+        self._bars: set[int] = set()  # ids of the bars seen, up to two: more say no more
         self._closed()  # from now on, the bars of the run that close are kept for it
 
     def __call__(self) -> int:
@@ -108,6 +112,7 @@ class TqdmProbe:
         if read is None:
             return self.count  # not readable this time: nothing is forgotten, nothing added twice
         mine, closed = read
+        self._note_bars([bar_id for bar_id, _ in closed], mine)
         seen = {id(bar) for bar in self._last}
         for bar_id, n in closed:
             if bar_id not in seen:  # opened and closed between two looks
@@ -119,6 +124,17 @@ class TqdmProbe:
         for bar in [b for b in self._last if id(b) not in mine]:
             del self._last[bar]  # closed: its final count is in
         return self.count
+
+    def _note_bars(self, closed: list[int], mine: dict[int, Any]) -> None:
+        if len(self._bars) > 1:
+            return
+        self._bars.update(closed[:2], list(mine)[:2])
+        if len(self._bars) != 1:
+            self.total = None
+        elif mine:
+            (bar,) = mine.values()
+            total = getattr(bar, "total", None)
+            self.total = int(total) if isinstance(total, int | float) and total > 0 else None
 
     def _read(self) -> tuple[dict[int, Any], list[tuple[int, int]]] | None:
         """The open bars of the run (by id: tqdm bars compare equal by screen position) and the

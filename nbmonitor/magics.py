@@ -124,7 +124,8 @@ class WatchMagics(Magics):
             logs=not args.no_logs,
         )
         attribute_bars(current_run)  # tqdm bars opened from now on count for the run they were opened in
-        run.count_also(TqdmProbe(run, time.time(), current_run))
+        probe = TqdmProbe(run, time.time(), current_run)
+        run.count_also(probe, lambda: probe.total)
         watched = self.agent.start_cell(run, show=not args.quiet, usage=not args.no_usage)
         try:
             with run:

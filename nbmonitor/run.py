@@ -112,6 +112,7 @@ class Run:
         "_pid",
         "_predates",
         "_probe",
+        "_probe_total",
         "_process_start",
         "_process_ticks",
         "_records_usage",
@@ -189,6 +190,7 @@ class Run:
         self._step: int | None = None
         self._track: _Track | None = None
         self._probe: Callable[[], int] | None = None
+        self._probe_total: Callable[[], int | None] | None = None
         self._usage: RunUsage | None = None  # set by a kernel that samples usage
         self._crew: _workers.Crew | None = None  # multiprocessing workers reporting for this run
         self._waiting: str | None = None  # the collective call its thread was last seen in
@@ -350,10 +352,12 @@ class Run:
         """The run is a ``track()`` loop's own: it ends with its loop."""
         return self._owns_loop
 
-    def count_also(self, source: Callable[[], int]) -> None:
+    def count_also(self, source: Callable[[], int], total: Callable[[], int | None] | None = None) -> None:
         """Count what ``source`` returns (a count that only grows: how far the tqdm bars of a
-        cell moved) as progress of this run too. It is called on the writer thread."""
+        cell moved) as progress of this run too, and show what ``total`` returns as the run's
+        total when it was given none. Both are called on the writer thread."""
         self._probe = source
+        self._probe_total = total
 
     def set_usage(self, usage: RunUsage) -> None:
         """The latest resource reading of the run's process tree, written into its file."""
@@ -447,6 +451,12 @@ class Run:
         else:
             self.end("failed", exc)
 
+    def _shown_total(self) -> int | None:
+        """The total given, else the one its tqdm bar knows."""
+        if self._total is None and self._probe_total is not None:
+            return self._probe_total()
+        return self._total
+
     def _counts(self) -> tuple[int, int]:
         """(progress reports so far, step to show)."""
         track = self._track
@@ -505,7 +515,7 @@ class Run:
                 self._status,
                 progress,
                 step,
-                self._total,
+                self._shown_total(),
                 self._eta,
                 self._name,
                 # Not the usage: it changes every second, and rides along with the next write.
@@ -613,7 +623,7 @@ class Run:
             eta=self._eta,
             grace=self._grace,
             step=step,
-            total=self._total,
+            total=self._shown_total(),
             progress=progress,
             last_progress_at=self._last_wall,
             last_progress_mono=self._last_mono,

@@ -75,7 +75,7 @@ def test_progress_track_and_tqdm_inside_the_cell_count_for_its_run(ip: Interacti
     found = runs(ip)
     assert (found["reports"].progress, found["reports"].step) == (5, 5)
     assert (found["tracked"].step, found["tracked"].total) == (7, 7)
-    assert found["bars"].progress == 9
+    assert (found["bars"].progress, found["bars"].total) == (9, 9)  # the bar's total is the cell's
     assert set(found) == {"reports", "tracked", "bars"}  # track() made no run of its own
 
 

@@ -113,3 +113,31 @@ def test_bars_opening_all_the_time_in_another_thread_are_never_counted_twice(
         for other in others:
             other.close()
     assert probe() == 2000
+
+
+def looked(probe: TqdmProbe) -> tuple[int, int | None]:
+    return probe(), probe.total
+
+
+def test_the_total_of_a_runs_only_bar_is_its_total_and_nested_bars_give_none(
+    monitor: _writer.Writer, repo: Repo
+) -> None:
+    with nbmonitor.watch(name="one", repo=repo) as run:
+        probe = TqdmProbe(run, time.time(), nbmonitor.current_run)
+        assert (probe(), probe.total) == (0, None)
+        epoch = bar(total=30)
+        epoch.update(3)
+        assert (probe(), probe.total) == (3, 30)
+        epoch.close()
+        assert (probe(), probe.total) == (3, 30)  # still the total once the bar is closed
+    with nbmonitor.watch(name="nested", repo=repo) as run:
+        probe = TqdmProbe(run, time.time(), nbmonitor.current_run)
+        outer = bar(total=2)
+        assert probe.total is None  # until the probe looked
+        assert looked(probe) == (0, 2)
+        inner = bar(total=100)
+        inner.update(1)
+        assert (probe(), probe.total) == (1, None)  # 1 of 2 epochs, or of 200 batches? neither
+        inner.close()
+        outer.update(1)
+        assert (probe(), probe.total) == (2, None)
