@@ -3,9 +3,12 @@
 Everything ``nbmonitor-watcher notifiers`` does, with stock ipywidgets, on
 the same file under the same lock (NotifierStore): a change here shows in
 ``notifiers list`` and reaches a running watcher at its next poll. Each
-field is validated before anything is written, and its error shows next to
-it. Secrets are typed into password fields and never sent back to the
-browser: editing a notifier leaves a secret as it was unless a new one is typed.
+field is validated before anything is written; a field in error is outlined
+in red with its message under it, both gone as soon as it is edited. Secrets
+are typed into password fields and never sent back to the browser: editing a
+notifier leaves a secret as it was unless a new one is typed. A URL that holds
+a secret (a webhook) shows itself masked as it is typed (scheme and host
+readable, so a typo there shows) and whole on a click of "show".
 """
 
 from __future__ import annotations
@@ -17,21 +20,23 @@ from collections.abc import Callable
 from typing import Any
 
 import ipywidgets as w
+import traitlets
 
 from . import templates
 from .config import DEFAULT_EVENTS, NotifierConfig, NotifierStore
 from .errors import CorruptRecordError
 from .events import Event
-from .fields import ConfigError, Field
+from .fields import ConfigError, Field, mask_url
 from .notifiers import TYPES
 from .outbox import last_result, send_test
 from .repo import Repo
 from .rules import EVENTS
 
-__all__ = ["Editor", "NotifierForm", "Row", "configure"]
+__all__ = ["Editor", "NotifierForm", "Row", "SecretUrl", "configure"]
 
 _ALL = "every event (message)"
-_ERROR = "color:#c62828"
+_RED = "#c62828"
+_ERROR = f"color:{_RED}"
 
 
 def configure(repo: Repo | str | os.PathLike[str] | None = None) -> NotifierForm:
@@ -167,8 +172,20 @@ class Editor:
             self.inputs[field.name] = _input(field, config)
             self.errors[field.name] = w.HTML()
             rows += [self.inputs[field.name], self.errors[field.name]]
+            self.inputs[field.name].observe(lambda _, name=field.name: self._unmark(name), names="value")
         self.fields_box.children = tuple(rows)
         self._preview()
+
+    def _mark(self, name: str, message: str) -> None:
+        """Outline the field in red, its message under it."""
+        self.inputs[name].layout.border = f"1px solid {_RED}"
+        self.errors[name].value = f'<small style="{_ERROR}">{_esc(message)}</small>'
+
+    def _unmark(self, name: str) -> None:
+        """The field was edited: its error is no longer true."""
+        if name in self.inputs:
+            self.inputs[name].layout.border = None
+            self.errors[name].value = ""
 
     def _switch_template(self, change: dict[str, Any]) -> None:
         self._keep_template(change["old"])
@@ -218,7 +235,9 @@ class Editor:
 
     def submit(self) -> NotifierConfig | None:
         """Validate every field; save only if all are valid. Returns what was saved."""
-        for label in (*self.errors.values(), self.events_error, self.template_error):
+        for name in self.errors:
+            self._unmark(name)
+        for label in (self.events_error, self.template_error):
             label.value = ""
         self._keep_template(self.template_event.value)
         cls = TYPES[self.type.value]
@@ -231,7 +250,7 @@ class Editor:
             try:
                 args[field.name] = field.parse(value if value != "" else None)
             except ConfigError as e:
-                self.errors[field.name].value = f'<small style="{_ERROR}">{_esc(e)}</small>'
+                self._mark(field.name, str(e))
                 failed = True
         chosen = [e for e, box in self.events.items() if box.value]
         if not chosen:
@@ -253,10 +272,11 @@ class Editor:
                 id=self.editing.id if self.editing else None,
             )
         except ConfigError as e:
-            target = self.events_error if e.field == "events" else self.template_error
             if e.field in self.errors:
-                target = self.errors[e.field]
-            target.value = f'<small style="{_ERROR}">{_esc(e)}</small>'
+                self._mark(e.field, str(e))
+            else:
+                target = self.events_error if e.field == "events" else self.template_error
+                target.value = f'<small style="{_ERROR}">{_esc(e)}</small>'
             failed = True
         if failed:
             self.status.value = f'<span style="{_ERROR}">Not saved: fix the fields marked in red.</span>'
@@ -274,6 +294,52 @@ class Editor:
         return saved
 
 
+class SecretUrl(w.VBox):  # type: ignore[misc]  # ipywidgets is untyped
+    """A URL that holds a secret: typed as a password, shown masked under it as it is typed
+    (``https://hooks.slack.com/****wxyz``: scheme and host readable), whole on "show"."""
+
+    value = traitlets.Unicode("")
+
+    def __init__(self, *, placeholder: str, description: str) -> None:
+        style = {"description_width": "initial"}
+        grow = w.Layout(flex="1 1 auto", width="auto")
+        self.hidden = w.Password(placeholder=placeholder, description=description, style=style, layout=grow)
+        self.shown = w.Text(placeholder=placeholder, description=description, style=style, layout=grow)
+        self.reveal = w.ToggleButton(
+            value=False,
+            description="show",
+            icon="eye",
+            tooltip="show the whole URL",
+            layout=w.Layout(width="auto"),
+        )
+        self.masked = w.HTML()
+        self._row = w.HBox([self.hidden, self.reveal], layout=w.Layout(width="95%"))
+        super().__init__([self._row, self.masked])
+        traitlets.link((self, "value"), (self.hidden, "value"))
+        traitlets.link((self, "value"), (self.shown, "value"))
+        self.reveal.observe(self._swap, names="value")
+        self.observe(self._mask, names="value")
+
+    @property
+    def placeholder(self) -> str:
+        """What the empty field says (for an edited notifier: its URL, masked)."""
+        return str(self.hidden.placeholder)
+
+    def _swap(self, change: dict[str, Any]) -> None:
+        shown = bool(change["new"])
+        self._row.children = (self.shown if shown else self.hidden, self.reveal)
+        self.reveal.description = "hide" if shown else "show"
+        self.reveal.icon = "eye-slash" if shown else "eye"
+        self._mask({"new": self.value})
+
+    def _mask(self, change: dict[str, Any]) -> None:
+        typed = str(change["new"])
+        if not typed or self.reveal.value:
+            self.masked.value = ""
+            return
+        self.masked.value = f'<small style="color:#757575">→ {_esc(mask_url(typed.strip()))}</small>'
+
+
 def _key(shown: str) -> str:
     return "message" if shown == _ALL else shown
 
@@ -289,6 +355,8 @@ def _input(field: Field, config: NotifierConfig | None) -> w.Widget:
         )
     if field.secret:
         hint = f"unchanged ({field.show(current)})" if current else field.help
+        if field.kind == "secret_url":
+            return SecretUrl(placeholder=hint, description=label)
         return w.Password(value="", placeholder=hint, description=label, style=style, layout=layout)
     if isinstance(current, list):
         current = ", ".join(current)

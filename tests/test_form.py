@@ -12,7 +12,7 @@ import pytest
 
 import nbmonitor
 from nbmonitor.config import NotifierConfig, NotifierStore
-from nbmonitor.form import NotifierForm, Row
+from nbmonitor.form import NotifierForm, Row, SecretUrl
 from nbmonitor.repo import Repo
 
 from .helpers import nbw
@@ -99,6 +99,32 @@ def test_a_bad_field_shows_its_error_inline_and_nothing_is_written(form: Notifie
     assert "Not saved" in form.editor.status.value
     assert not NotifierStore(repo).path.exists()
     assert SECRET not in shown_text(form).replace(form.editor.inputs["access_token"].value, "")
+    # The fields in error are outlined, and each error goes as soon as its field is edited.
+    assert form.editor.inputs["group_id"].layout.border == "1px solid #c62828"
+    assert form.editor.inputs["access_token"].layout.border is None
+    form.editor.inputs["group_id"].value = "1234"
+    assert form.editor.inputs["group_id"].layout.border is None
+    assert form.editor.errors["group_id"].value == ""
+    assert "must start with https" in form.editor.errors["base_url"].value  # not edited: still wrong
+
+
+def test_a_webhook_url_shows_itself_masked_as_it_is_typed_and_whole_on_show(form: NotifierForm) -> None:
+    url = "https://hooks.slack.com/services/T000/B000/XXXXXXXXXXXXXXXXXXXX1234"
+    form.editor.type.value = "slack"
+    typed = form.editor.inputs["webhook_url"]
+    assert isinstance(typed, SecretUrl)
+    typed.value = url
+    assert "→ https://hooks.slack.com/****1234" in html.unescape(typed.masked.value)
+    assert typed.hidden.value == url  # typed as a password: dots on the screen
+    assert typed.hidden in typed.children[0].children
+    typed.reveal.value = True
+    assert typed.shown in typed.children[0].children  # the whole URL, readable
+    assert typed.shown.value == url
+    assert typed.masked.value == ""
+    typed.shown.value = url.replace("slack", "slak")  # a typo seen and fixed there is the value
+    assert typed.value == url.replace("slack", "slak")
+    typed.reveal.value = False
+    assert "hooks.slak.com" in typed.masked.value
 
 
 def test_templates_have_a_live_preview_and_are_saved_per_event(form: NotifierForm, repo: Repo) -> None:
