@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._once import Once
 from .errors import CorruptRecordError, RepoError
@@ -37,6 +37,9 @@ from .logtail import LogLine
 from .logtail import parse as parse_log
 from .record import RunRecord, is_run_id
 from .rules import is_event_key
+
+if TYPE_CHECKING:
+    from .listing import Runs
 
 __all__ = ["Repo", "Scanner", "default_path", "make_private", "owned"]
 
@@ -153,9 +156,12 @@ class Repo:
         """Read and validate one run file; CorruptRecordError names it if it is bad."""
         return read_record(self.run_path(run_id))
 
-    def runs(self) -> list[RunRecord]:
-        """Every valid run in the repo, newest first; bad files are skipped with a warning."""
-        return sorted(Scanner(self).scan(), key=lambda r: r.started_at, reverse=True)
+    def runs(self) -> Runs:
+        """Every valid run in the repo, newest first; bad files are skipped with a warning. A
+        list that shows itself as a table (nbmonitor.listing)."""
+        from .listing import Runs
+
+        return Runs(sorted(Scanner(self).scan(), key=lambda r: r.started_at, reverse=True))
 
     def usage_path(self, run_id: str) -> Path:
         """The usage history of run ``run_id`` (docs/repo-format.md); the id is checked."""
