@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-__all__ = ["COLOURS", "clip", "duration", "one_line", "steps", "table"]
+__all__ = ["COLOURS", "clip", "count", "duration", "one_line", "rate", "steps", "table"]
 
 #: The colour of each run state: the notebook display's badge, the lab panel, the status bar.
 COLOURS = {
@@ -40,6 +40,25 @@ def duration(seconds: float) -> str:
         return f"{hours} h {minutes} min" if minutes else f"{hours} h"
     days, hours = divmod(hours, 24)
     return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def count(n: float) -> str:
+    """``7``, ``3.4``, ``258``, ``2.6k``, ``26k``, ``1.2M``: a number as people read it."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size * 0.9995:
+            n /= size
+            return f"{n:.1f}{unit}" if n < 9.95 else f"{n:.0f}{unit}"
+    if n == int(n) or n >= 9.95:
+        return f"{n:.0f}"
+    return f"{n:.1f}"
+
+
+def rate(per_second: float) -> str:
+    """``2.6k it/s``, ``12 it/s``, ``3.2 s/it``, ``2 min 5 s/it``: steps a second, or seconds a
+    step when it takes more than one, as tqdm shows them."""
+    if per_second >= 1 or per_second <= 0:
+        return f"{count(max(0.0, per_second))} it/s"
+    return f"{duration(1 / per_second)}/it"
 
 
 def one_line(text: str) -> str:

@@ -59,9 +59,10 @@ def _this_process(pid: int, start: float | None, ticks: int | None) -> bool:
 class KernelAgent:
     """The kernel's share of monitoring; one per kernel, attached by ``%load_ext nbmonitor``."""
 
-    def __init__(self, writer: _writer.Writer | None = None, *, widgets: bool = True) -> None:
+    def __init__(self, writer: _writer.Writer | None = None, *, live: bool = True) -> None:
         self.writer = writer or _writer.get()
-        self.widgets = widgets
+        #: Displays are updated while their runs run (a kernel's front end); else shown twice.
+        self.live = live
         self.cells: dict[str, CellRun] = {}
         #: The events this kernel claimed, latest last (for ``%watch status``).
         self.events: deque[Event] = deque(maxlen=50)
@@ -120,14 +121,11 @@ class KernelAgent:
         """Watch a cell's run; show its display unless ``show`` is false."""
         self._repo(run.repo)
         history = History() if usage and run.usage_history is not None else None
-        display = plot = None
+        display = None
         if show:
-            mode = "widget" if self.widgets else "static"
             first = self._view(CellRun(run, None, history), run.record(), time.monotonic())
-            display = RunDisplay(first, mode=mode)
-            if history is not None:
-                plot = UsagePlot(run.name, live=mode == "widget")
-        cell = CellRun(run, display, history, plot=plot)
+            display = RunDisplay(first, mode="live" if self.live else "static")
+        cell = CellRun(run, display, history)
         with self._lock:
             self.cells[run.id] = cell
         return cell
@@ -142,8 +140,8 @@ class KernelAgent:
         cell.state = record.status
         if cell.display is not None:
             cell.display.finish(self._view(cell, record, time.monotonic()))
-        if cell.plot is not None:
-            cell.plot.finish(_whole_history(cell.run))
+            if cell.usage is not None:  # the plot under it, a picture a saved notebook keeps
+                UsagePlot(record.name).show(_whole_history(cell.run))
 
     # -- the writer thread ------------------------------------------------------------
 
@@ -171,15 +169,13 @@ class KernelAgent:
 
     def _sample_usage(self, cells: list[CellRun], now_mono: float) -> None:
         # The run's own recorder samples the tree (nbmonitor._recorder); the display takes
-        # each new sample once, and redraws the plot at most once a second.
+        # each new sample once.
         for cell in cells:
             kept = cell.run.usage_history
             if cell.usage is None or kept is None or kept.latest is None or kept.samples == cell.samples:
                 continue
             cell.samples = kept.samples
             cell.usage.add(kept.latest)
-            if cell.plot is not None:
-                cell.plot.refresh(kept.snapshot(), now_mono)
 
     def _claim(self, runs: list[tuple[Repo, RunRecord]]) -> dict[str, Observation]:
         """Observe these runs of this kernel and claim what is due; their observations by id."""

@@ -202,7 +202,7 @@ class WatchMagics(Magics):
 def load(shell: InteractiveShell) -> KernelAgent:
     """Register the magics and hooks on ``shell``; start nothing heavy."""
     kernel = getattr(shell, "kernel", None)
-    agent = KernelAgent(widgets=kernel is not None and _has_ipywidgets())
+    agent = KernelAgent(live=kernel is not None)
     agent.attach(kernel)
     shell.register_magics(WatchMagics(shell, agent))
 
@@ -257,11 +257,3 @@ def parse_cell(line: str) -> argparse.Namespace:
         return parser.parse_args(_words(parser, line))
     except UsageError as e:
         raise UsageError(f"%%watch: {str(e).removeprefix('%watch: ')}") from None
-
-
-def _has_ipywidgets() -> bool:
-    try:
-        import ipywidgets  # noqa: F401
-    except ImportError:
-        return False
-    return True

@@ -126,6 +126,8 @@ class _Reader:
             history, title = combine(histories), f"{name} (group of {len(members)})"
         except CorruptRecordError as e:
             raise _NoPlot(f"the usage history cannot be read: {e}") from e
+        if not history.rows:  # a picture of nothing says less than this
+            raise _NoPlot(f"no usage recorded yet for {run_id}: it is sampled once a second")
         return {
             "svg": plot.svg(history, width, title=title, data=True),
             "peaks": plot.peak_lines(history),

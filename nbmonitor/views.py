@@ -11,15 +11,43 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from . import rules, templates
+from . import _format, rules, templates
 from .record import RunRecord, WorkerField
 from .run import Run
 from .usage import History
-from .widget import MemberView, RunDisplay, UsagePlot, View
+from .widget import MemberView, RunDisplay, View
 
-__all__ = ["RATE_WINDOW", "CellRun", "members", "view"]
+__all__ = ["RATE_WINDOW", "CellRun", "Incidents", "members", "view"]
 
 RATE_WINDOW = 10.0  # seconds of progress the rate is measured over
+
+
+class Incidents:
+    """The stalls of a run, as its display tells them once they are over: "stalled 12 s at
+    step 1, recovered". A spell of lateness that never became a stall is no incident."""
+
+    def __init__(self) -> None:
+        self.told: list[str] = []
+        self._open: tuple[float, int] | None = None  # (wall time of the last progress, its step)
+
+    def note(self, state: str, step: int, since_progress: float, now: float) -> None:
+        """The run is in ``state`` at wall time ``now``, ``since_progress`` seconds after its last
+        progress (at ``step``)."""
+        if state == "stalled":
+            if self._open is None:
+                self._open = (now - since_progress, step)
+        elif state != "late" and self._open is not None:
+            since, at = self._open
+            self._open = None
+            how = "recovered" if state == "running" else f"then {state}"
+            self.told.append(f"stalled {_format.duration(now - since)} at step {at}, {how}")
+
+    def now(self, now: float) -> tuple[str, ...]:
+        """The incidents over, and the stall going on at ``now`` if one is."""
+        if self._open is None:
+            return tuple(self.told)
+        since, at = self._open
+        return (*self.told, f"stalled at step {at} for {_format.duration(now - since)}")
 
 
 @dataclass
@@ -30,7 +58,7 @@ class CellRun:
     display: RunDisplay | None
     usage: History | None
     state: str = "running"
-    plot: UsagePlot | None = None  # the usage plot under the display
+    incidents: Incidents = field(default_factory=lambda: Incidents())
     samples: int = 0  # usage samples taken in so far
     progress: deque[tuple[float, int]] = field(default_factory=deque)
     since_progress: float = 0.0
@@ -47,6 +75,7 @@ def view(cell: CellRun, record: RunRecord, now_mono: float, *, watcher: str | No
     if len(progress) > 1 and progress[-1][0] > progress[0][0]:
         rate = max(0.0, (progress[-1][1] - progress[0][1]) / (progress[-1][0] - progress[0][0]))
     end = record.ended_at if record.ended_at is not None else time.time()
+    cell.incidents.note(cell.state, record.step, cell.since_progress, end)
     grace = rules.grace_for(record.eta, record.grace) if record.eta is not None else None
     return View(
         name=record.name,
@@ -67,6 +96,8 @@ def view(cell: CellRun, record: RunRecord, now_mono: float, *, watcher: str | No
         peaks=templates.peaks_text(record),
         stuck=record.stuck_in if cell.state in ("late", "stalled") else None,
         attempt=templates.attempt_text(record, end),
+        incidents=cell.incidents.now(end),
+        run_id=record.id,
     )
 
 

@@ -10,9 +10,11 @@ from typing import Any
 
 from jupyter_client.manager import KernelManager
 
+from nbmonitor.widget import RUN_MIME
+
 from .helpers import ROOT, child_env
 
-__all__ = ["WIDGET_MIME", "Kernel", "displays", "idle", "widget_values"]
+__all__ = ["WIDGET_MIME", "Kernel", "displays", "idle", "plots", "run_views", "snapshots"]
 
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -62,15 +64,13 @@ def idle(msg: dict[str, Any]) -> bool:
     return bool(msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle")
 
 
-def widget_values(messages: list[dict[str, Any]]) -> list[str]:
-    """Every HTML value the widget was given, in order."""
-    values = []
-    for msg in messages:
-        if msg["msg_type"] in ("comm_open", "comm_msg"):
-            state = msg["content"].get("data", {}).get("state", {})
-            if "value" in state:
-                values.append(state["value"])
-    return values
+def run_views(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every state a run's display showed, in order: its RUN_MIME data, first shown then updated."""
+    return [
+        m["content"]["data"][RUN_MIME]
+        for m in messages
+        if m["msg_type"] in ("display_data", "update_display_data") and RUN_MIME in m["content"]["data"]
+    ]
 
 
 def displays(messages: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -78,10 +78,10 @@ def displays(messages: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 
 def snapshots(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Updates of a run's display (not of its usage plot, the other output a cell has)."""
-    return [d for d in displays(messages, "update_display_data") if "text/html" in d]
+    """The final snapshots of the runs' displays (the updates that say their runs ended)."""
+    return [d for d in displays(messages, "update_display_data") if d.get(RUN_MIME, {}).get("ended")]
 
 
 def plots(messages: list[dict[str, Any]]) -> list[str]:
     """The usage plots a cell drew, in order (SVG text)."""
-    return [d["image/svg+xml"] for d in displays(messages, "update_display_data") if "image/svg+xml" in d]
+    return [d["image/svg+xml"] for d in displays(messages, "display_data") if "image/svg+xml" in d]

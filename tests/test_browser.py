@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ import pytest
 from nbmonitor import plot as plot_module
 from nbmonitor.record import ErrorInfo
 from nbmonitor.repo import Repo
-from nbmonitor.widget import USAGE_MIME
+from nbmonitor.widget import COLOURS, USAGE_MIME
 
 from .helpers import ROOT, wait_until
 from .records import sample
@@ -50,9 +51,10 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="no Chromium at /u
 
 
 class Lab:
-    """A JupyterLab server of its own: config, settings, repo and a copy of the quickstart."""
+    """A JupyterLab (or Notebook 7: ``app="notebook"``) server of its own: config, settings, repo
+    and a copy of the quickstart."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, app: str = "jupyterlab") -> None:
         self.token = "nbmonitor-browser-test"
         self.port = free_port()
         self.root = work / "root"
@@ -72,12 +74,14 @@ class Lab:
             NBM_GO=str(self.go),
         )
         self.log = (work / "lab.log").open("w")
+        self.app = app
+        own = "LabApp" if app == "jupyterlab" else "JupyterNotebookApp"
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
+                sys.executable, "-m", app, "--no-browser", "--allow-root",
                 f"--port={self.port}", f"--IdentityProvider.token={self.token}",
-                f"--ServerApp.root_dir={self.root}", f"--LabApp.user_settings_dir={work / 'settings'}",
-                "--LabApp.expose_app_in_browser=True",
+                f"--ServerApp.root_dir={self.root}", f"--{own}.user_settings_dir={work / 'settings'}",
+                f"--{own}.expose_app_in_browser=True",
             ],
             env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -118,7 +122,25 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 
 
 @pytest.fixture
+def notebook7(tmp_path: Path) -> Iterator[Lab]:
+    server = Lab(tmp_path, app="notebook")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def page(lab: Lab) -> Iterator[Any]:
+    yield from browser_page()
+
+
+@pytest.fixture
+def notebook7_page(notebook7: Lab) -> Iterator[Any]:
+    yield from browser_page()
+
+
+def browser_page() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -185,7 +207,11 @@ def test_the_runs_panel_and_status_bar_follow_a_stalling_cell(lab: Lab, page: An
 
 def open_quickstart(lab: Lab, page: Any) -> None:
     """Open the quickstart and run its first code cell (which loads nbmonitor)."""
-    page.goto(lab.url("lab/tree/quickstart.ipynb"))
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.goto(
+        lab.url("lab/tree/quickstart.ipynb" if lab.app == "jupyterlab" else "notebooks/quickstart.ipynb")
+    )
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     # Keys pressed before the kernel is connected are lost: wait for it to be idle. On a loaded
     # machine Lab may not have the kernel specs yet when the notebook opens, and asks which kernel
@@ -196,18 +222,31 @@ def open_quickstart(lab: Lab, page: Any) -> None:
     if page.locator(asked).count():
         page.locator(asked).click()
     page.wait_for_selector(idle, timeout=60_000)
+    # Opening it changes nothing: once the kernel's language_info is in (it is saved as the kernel
+    # of this Python says it), the notebook is not marked modified.
+    page.evaluate(
+        "async () => { const s = window.jupyterapp.shell.currentWidget.sessionContext;"
+        " await s.ready; await s.session.kernel.info; }"
+    )
+    assert not page.evaluate("window.jupyterapp.shell.currentWidget.context.model.dirty"), "marked modified"
     first = page.locator(".jp-Notebook .jp-CodeCell").first
     # Lab can drop the first run request while the kernel's connection settles, even once the
     # indicator reads idle (seen on a loaded machine: the prompt stayed "[ ]"). Loading the
     # extension is idempotent, so ask again rather than wait in vain.
     for attempt in range(3):
-        first.locator(".jp-InputArea-prompt").click()
+        # The kernel dialog can also come after the indicator read idle (seen in CI): it covers
+        # the notebook, and a click on the prompt waits under it in vain.
+        if page.locator(asked).count():
+            page.locator(asked).click()
+            page.wait_for_selector(idle, timeout=60_000)
         try:
+            first.locator(".jp-InputArea-prompt").click(timeout=10_000)
             run_active_cell(page, timeout=15 if attempt < 2 else 30)
             break
-        except AssertionError:
+        except (AssertionError, PlaywrightTimeout) as e:
             if attempt == 2:
-                raise
+                dialogs = page.locator(".jp-Dialog").all_inner_texts()
+                raise AssertionError(f"the first cell did not run; dialogs: {dialogs}") from e
     first.locator(".jp-InputArea-prompt", has_text="[1]").wait_for(timeout=60_000)
 
 
@@ -221,13 +260,29 @@ def follow_a_stalling_cell(lab: Lab, page: Any) -> None:
             "while not os.path.exists(os.environ['NBM_GO']): time.sleep(0.05)",
         ],
     )
+    # The status bar turns red with the news, and a toast says it in one line.
+    status = page.locator(".nbm-statusbar")
+    wait_until(lambda: "1 stalled" in status.inner_text(), 60, "the stall in the status bar")
+    assert "nbm-bad" in (status.get_attribute("class") or "")
+    page.get_by_text("browser-stall stalled · quickstart.ipynb").first.wait_for(timeout=10_000)
+    neighbour = page.locator("#jp-main-statusbar .jp-StatusBar-TextItem:not(.nbm-statusbar)").first
+    centre = [(b["y"] + b["height"] / 2) for b in (status.bounding_box(), neighbour.bounding_box())]
+    assert abs(centre[0] - centre[1]) <= 1, centre  # its text level with its neighbours'
+    assert status.evaluate("e => getComputedStyle(e).fontSize") == neighbour.evaluate(
+        "e => getComputedStyle(e).fontSize"
+    )
+    page.screenshot(path=str(ARTIFACTS / "lab-stalled-news.png"))
+    # Opening the panel, where the stall is listed, is seeing it: the status bar is red no longer.
     page.locator(".jp-SideBar .lm-TabBar-tab", has_text="Runs").first.click()
     stalled = page.locator('.nbm-run[data-status="stalled"]', has_text="browser-stall")
     stalled.wait_for(timeout=60_000)
-    page.get_by_text("browser-stall stalled:").first.wait_for(timeout=10_000)  # the notification toast
-    status = page.locator(".nbm-statusbar")
+    wait_until(lambda: "nbm-bad" not in (status.get_attribute("class") or ""), 10, "the news seen")
     assert "1 stalled" in status.inner_text()
-    assert "nbm-bad" in (status.get_attribute("class") or "")
+    # Where it runs: the notebook's path from the server's root, and when it started.
+    place = stalled.locator(".nbm-where")
+    assert place.locator(".nbm-file").inner_text().startswith("quickstart.ipynb, cell ")
+    facts = stalled.locator(".nbm-facts").inner_text()
+    assert re.fullmatch(r"step 0 · last progress [\d.]+ s ago · started \d\d:\d\d", facts), facts
     page.locator("#nbmonitor-runs").screenshot(path=str(ARTIFACTS / "runs-panel-stalled.png"))
     page.screenshot(path=str(ARTIFACTS / "lab-stalled.png"))
     assert stalled.get_attribute("title") == "open quickstart.ipynb"  # a click opens the notebook
@@ -306,14 +361,14 @@ def show_a_group_and_workers(lab: Lab, page: Any) -> None:
     assert "rank 2 on" in group.locator(".nbm-blame").inner_text()
     attempt = group.locator(".nbm-attempt").inner_text()  # its attempt, and where it resumed from
     assert attempt.startswith("attempt 2 · resumed from the checkpoint at step 1150, saved 5 min")
-    page.get_by_text("ddp-resnet stalled: rank 2 on").first.wait_for(timeout=10_000)  # one toast, the group's
+    page.get_by_text("ddp-resnet stalled · torchrun").first.wait_for(timeout=10_000)  # one toast, the group's
     pooled = page.locator(".nbm-run", has_text="pooled-cell")
     wait_until(
         lambda: pooled.locator(".nbm-workers .nbm-member").count() == 3, 30, "the cell's three workers"
     )
     cell = page.locator(".jp-Notebook .jp-CodeCell").nth(1)
     wait_until(lambda: cell.locator(".nbm-member").count() == 3, 30, "a small bar per worker in the cell")
-    wait_until(lambda: "step 60" in cell.inner_text(), 30, "the workers' steps added up")
+    wait_until(lambda: cell.locator(".nbm-progress").inner_text() == "60", 30, "the workers' steps added up")
     panel = page.locator("#nbmonitor-runs")
     panel.screenshot(path=str(ARTIFACTS / "runs-panel-group.png"))
     cell.screenshot(path=str(ARTIFACTS / "cell-workers.png"))
@@ -697,17 +752,33 @@ def show_a_cells_usage_plot(lab: Lab, page: Any) -> None:
         ],
     )
     cell = page.locator(".jp-Notebook .jp-CodeCell").nth(1)
-    output = cell.locator(".nbm-usage-output")
-    plot = output.locator("svg.nbmonitor-usage")
-    plot.wait_for(timeout=60_000)  # an SVG of the page (not an <img>), redrawn once a second
-    wait_until(lambda: plot.locator(".nbm-key").count() == 2, 30, "the kernel and its child in the legend")
-    assert [t.text_content() for t in plot.locator(".nbm-key title").all()] == ["kernel", "python -c"]
-    assert cell.locator(".jp-OutputArea-output img").count() == 0
+    display = cell.locator(".nbm-run-output")
+    display.locator(".nbm-badge", has_text="running").wait_for(timeout=60_000)
+    assert cell.locator(".nbm-usage-output").count() == 0  # while it runs, the cell is one line
+    # Its story draws the usage so far, from the server, refreshed while it runs.
+    display.locator(".nbm-line").click()
+    live = display.locator(".nbm-story svg.nbmonitor-usage")
+    live.wait_for(timeout=60_000)
+    wait_until(lambda: live.locator(".nbm-key").count() == 2, 30, "the kernel and its child in the legend")
+    assert [t.text_content() for t in live.locator(".nbm-key title").all()] == ["kernel", "python -c"]
     # A point per column along an area's top and back along its bottom: "M.. L.. L.. Z".
     columns = "svg => svg.querySelector('.nbm-series').getAttribute('d').split('L').length / 2"
-    wait_until(lambda: plot.evaluate(columns) >= 5, 30, "five seconds of usage")
+    wait_until(lambda: live.evaluate(columns) >= 5, 30, "five seconds of usage, redrawn as it runs")
+    cell.screenshot(path=str(ARTIFACTS / "cell-story-usage.png"))
+    display.locator(".nbm-line").click()  # closed: nothing more is fetched
+
+    # The cell ends: the whole run's plot under its line, with its legend and read-out.
+    lab.go.touch()
+    display.locator(".nbm-badge", has_text="finished").wait_for(timeout=30_000)
+    output = cell.locator(".nbm-usage-output")
+    plot = output.locator("svg.nbmonitor-usage")
+    plot.wait_for(timeout=30_000)  # an SVG of the page (not an <img>)
+    assert [t.text_content() for t in plot.locator(".nbm-key title").all()] == ["kernel", "python -c"]
+    assert cell.locator(".jp-OutputArea-output img").count() == 0
+    assert plot.evaluate(columns) >= 5
     assert plot.locator("metadata").count() == 0  # drawn from the picture, its columns given beside it
     assert plot.locator('.nbm-series[data-proc="1"]').count() == 2  # CPU and memory
+    plot.locator(".nbm-mark title", has_text="finished at").wait_for(state="attached", timeout=10_000)
 
     # The pointer reads out the column under it: the time and each process's values.
     tip = output.locator(".nbm-usage-tip")
@@ -719,21 +790,17 @@ def show_a_cells_usage_plot(lab: Lab, page: Any) -> None:
     assert all(re.fullmatch(r"\d+%", row[1]) and re.fullmatch(r"\d+(\.\d)? [KMG]?B", row[2]) for row in cells)
     cell.screenshot(path=str(ARTIFACTS / "cell-usage.png"))
 
-    # A legend key hides its process; it stays hidden, and the read-out shown, as the kernel
-    # redraws the output.
+    # A legend key hides its process, and shows it again.
     key = plot.locator('.nbm-key[data-proc="1"]')
     key.click()
     wait_until(
         lambda: all(s.is_hidden() for s in plot.locator('.nbm-series[data-proc="1"]').all()), 5, "hidden"
     )
     assert key.get_attribute("aria-checked") == "false"
-    plot.evaluate("svg => { svg.dataset.old = 'yes'; }")
-    output.locator("svg.nbmonitor-usage:not([data-old])").wait_for(timeout=10_000)  # redrawn
-    assert all(s.is_hidden() for s in plot.locator('.nbm-series[data-proc="1"]').all())
     assert "nbm-off" in (key.get_attribute("class") or "")
     assert plot.locator('.nbm-series[data-proc="0"]').first.is_visible()
-    assert tip.is_visible()
-    assert [row[0] for row in read_out(tip)] == ["kernel"]
+    point_at(page, plot)
+    assert [row[0] for row in read_out(tip)] == ["kernel"]  # the read-out leaves it out too
     key.click()
     wait_until(lambda: plot.locator('.nbm-series[data-proc="1"]').first.is_visible(), 5, "shown again")
 
@@ -749,9 +816,7 @@ def show_a_cells_usage_plot(lab: Lab, page: Any) -> None:
     point_at(page, plot)
     cell.screenshot(path=str(ARTIFACTS / "cell-usage-dark.png"))
 
-    # The cell ends: its whole run, kept in the saved notebook as the same plot and a picture.
-    lab.go.touch()
-    plot.locator(".nbm-mark title", has_text="finished at").wait_for(state="attached", timeout=30_000)
+    # Kept in the saved notebook as the same plot and a picture.
     page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
     saved = lab.root / "quickstart.ipynb"
     wait_until(lambda: USAGE_MIME in saved.read_text(), 30, "the notebook saved")
@@ -885,3 +950,176 @@ def read_out(tip: Any) -> list[list[str]]:
         "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
     )
     return rows
+
+
+def test_a_watched_cells_display_is_one_line_in_each_state_with_its_story_on_a_click(
+    lab: Lab, page: Any
+) -> None:
+    with screenshot_on_failure(page, "failure-display"):
+        show_the_display_states(lab, page)
+
+
+COLOURS_RGB = {state: "rgb({}, {}, {})".format(*bytes.fromhex(c[1:])) for state, c in COLOURS.items()}
+
+
+def one_line_high(output: Any) -> None:
+    """A closed display is one line of chrome: its line, and nothing under it."""
+    line = output.locator(".nbm-line").bounding_box()
+    whole = output.bounding_box()
+    assert line["height"] <= 24, line
+    assert whole["height"] <= line["height"] + 8, (whole, line)
+
+
+def show_the_display_states(lab: Lab, page: Any) -> None:
+    open_quickstart(lab, page)
+    cells = page.locator(".jp-Notebook .jp-CodeCell")
+    run_cell(
+        page,
+        [
+            "%%watch --eta 1 --grace 3 --name display-states",
+            "import os, time, nbmonitor",
+            "go = lambda: os.path.exists(os.environ['NBM_GO'])",
+            "for i in nbmonitor.track(range(40)): time.sleep(0.1); "
+            "[time.sleep(0.05) for _ in iter(go, True)] if i == 20 else None",
+        ],
+    )
+    cell = cells.filter(has_text="--name display-states")
+    output = cell.locator(".nbm-run-output")
+    output.locator(".nbm-progress", has_text="/40").wait_for(timeout=30_000)
+    wait_until(lambda: "it/s" in output.locator(".nbm-line").inner_text(), 15, "a rate in the line")
+    one_line_high(output)
+    cell.screenshot(path=str(ARTIFACTS / "cell-running.png"))
+    page.locator('.nbm-run-output[data-state="late"]').wait_for(timeout=30_000)
+    cell.screenshot(path=str(ARTIFACTS / "cell-late.png"))
+    page.locator('.nbm-run-output[data-state="stalled"]').wait_for(timeout=30_000)
+    late = output.locator(".nbm-late")
+    assert re.fullmatch(r"no progress for [\d.]+ s, promised 1\.0 s", late.inner_text()), late.inner_text()
+    assert late.evaluate("e => getComputedStyle(e).color") == COLOURS_RGB["stalled"]
+    assert output.locator(".nbm-badge").inner_text() == "stalled"
+    one_line_high(output)
+    cell.screenshot(path=str(ARTIFACTS / "cell-stalled.png"))
+
+    # One click opens its story: where it is stuck, its promise, the plot and the log tail.
+    output.locator(".nbm-line").click()
+    story = output.locator(".nbm-story")
+    story.locator(".nbm-stuck").wait_for(timeout=15_000)
+    stuck = story.locator(".nbm-stuck").inner_text()
+    assert re.match(r"stuck in (<listcomp>|<module>) \(\d+\.py:3\) ← ", stuck), stuck  # the cell's line 3
+    assert "promised within 1.0 s + 3.0 s grace" in story.inner_text()
+    story.locator(".nbm-usage-plot svg").wait_for(timeout=30_000)
+    story.locator(".nbm-logs-view").wait_for(timeout=15_000)
+    cell.screenshot(path=str(ARTIFACTS / "cell-stalled-details.png"))
+    output.locator(".nbm-line").click()  # and closes again
+    story.wait_for(state="hidden", timeout=5_000)
+    one_line_high(output)
+
+    lab.go.touch()  # it carries on and finishes: the stall stays in the saved output
+    page.locator('.nbm-run-output[data-state="finished"]').wait_for(timeout=30_000)
+    incidents = output.locator(".nbm-incidents")
+    assert re.fullmatch(r"stalled [\d.]+ s at step 20, recovered", incidents.inner_text()), (
+        incidents.inner_text()
+    )
+    assert output.locator(".nbm-progress").inner_text() == "40/40 (100%)"
+    cell.locator(".nbm-usage-output svg").wait_for(timeout=15_000)  # the whole run's plot, under it
+    cell.screenshot(path=str(ARTIFACTS / "cell-finished-incidents.png"))
+
+    run_cell(page, ["%%watch --name display-fails", "raise ValueError('shape mismatch')"])
+    fails = cells.filter(has_text="--name display-fails")
+    failed = fails.locator('.nbm-run-output[data-state="failed"]')
+    failed.wait_for(timeout=30_000)
+    failed.locator(".nbm-line").click()
+    assert "ValueError: shape mismatch" in failed.locator(".nbm-story .nbm-error").first.inner_text()
+    fails.screenshot(path=str(ARTIFACTS / "cell-failed.png"))
+
+    # Ranked workers walk the same steps: the one behind is marked in the strip and named.
+    run_cell(
+        page,
+        [
+            "%%watch --eta 30 --name display-ranks --no-usage",
+            "import multiprocessing as mp, os, time, nbmonitor",
+            "go = lambda: os.path.exists(os.environ['NBM_GO'] + '-ranks')",
+            "def rank(r): os.environ['RANK'] = str(r); "
+            "[(nbmonitor.report_progress(step=i), time.sleep(0.05)) for i in range(5 if r == 1 else 30)]; "
+            "[time.sleep(0.05) for _ in iter(go, True)]",
+            "workers = [mp.get_context('fork').Process(target=rank, args=(r,)) for r in range(4)]",
+            "[w.start() for w in workers]; [w.join() for w in workers]",
+        ],
+    )
+    ranks = cells.filter(has_text="--name display-ranks")
+    strip = ranks.locator(".nbm-run-output .nbm-strip")
+    wait_until(lambda: strip.locator(".nbm-member").count() == 4, 30, "a small bar per rank")
+    wait_until(lambda: strip.locator('.nbm-member[data-straggler="1"]').count() == 1, 30, "the straggler")
+    assert ranks.locator(".nbm-late").inner_text() == "slowest: rank 1"
+    one_line_high(ranks.locator(".nbm-run-output"))
+    ranks.screenshot(path=str(ARTIFACTS / "cell-group-straggler.png"))
+
+    page.set_viewport_size({"width": 760, "height": 900})  # narrow
+    for shown, name in ((cell, "finished-incidents"), (ranks, "group-straggler")):
+        shown.screenshot(path=str(ARTIFACTS / f"cell-{name}-narrow.png"))
+    one_line_high(ranks.locator(".nbm-run-output"))  # still running, and one line at any width
+    page.set_viewport_size({"width": 1400, "height": 900})
+    dark_theme(page, ".nbm-run-output .nbm-name", "color")
+    for shown, name in ((cell, "finished-incidents"), (fails, "failed"), (ranks, "group-straggler")):
+        shown.screenshot(path=str(ARTIFACTS / f"cell-{name}-dark.png"))
+    (Path(str(lab.go) + "-ranks")).touch()
+    ranks.locator('.nbm-run-output[data-state="finished"]').wait_for(timeout=30_000)
+
+    # The kernel is killed under a running cell: the display does not go on saying "running".
+    run_cell(
+        page,
+        [
+            "%%watch --eta 60 --name display-killed",
+            "import os, time",
+            "[time.sleep(0.05) for _ in iter(lambda: os.path.exists(os.environ['NBM_GO'] + '-never'), True)]",
+        ],
+    )
+    killing = cells.filter(has_text="--name display-killed")
+    killed = killing.locator(".nbm-run-output")
+    killed.locator(".nbm-badge", has_text="running").wait_for(timeout=30_000)
+    (record,) = wait_until(
+        lambda: [r for r in Repo(lab.repo).runs() if r.name == "display-killed"], 15, "its run file"
+    )
+    os.kill(record.pid, signal.SIGKILL)
+    page.locator('.nbm-run-output[data-state="crashed"]').wait_for(timeout=60_000)
+    assert re.fullmatch(r"its kernel died · last word at [\d:]+", killed.locator(".nbm-late").inner_text())
+    assert (
+        killed.locator(".nbm-badge").evaluate("e => getComputedStyle(e).backgroundColor")
+        == COLOURS_RGB["crashed"]
+    )
+    restarting = page.locator(".jp-Dialog:has-text('Kernel Restarting') .jp-mod-accept")
+    if restarting.count():  # Lab says the kernel died, over the page
+        restarting.click()
+    killing.screenshot(path=str(ARTIFACTS / "cell-crashed-kernel-killed-dark.png"))
+
+
+def test_notebook_7_shows_the_same_display_and_story(notebook7: Lab, notebook7_page: Any) -> None:
+    page = notebook7_page
+    with screenshot_on_failure(page, "failure-notebook7"):
+        open_quickstart(notebook7, page)
+        run_cell(
+            page,
+            [
+                "%%watch --eta 1 --grace 3 --name notebook7-cell",
+                "import os, time, nbmonitor",
+                "go = lambda: os.path.exists(os.environ['NBM_GO'])",
+                "for i in nbmonitor.track(range(20)): time.sleep(0.1); "
+                "[time.sleep(0.05) for _ in iter(go, True)] if i == 10 else None",
+            ],
+        )
+        cell = page.locator(".jp-Notebook .jp-CodeCell").filter(has_text="--name notebook7-cell")
+        output = cell.locator(".nbm-run-output")
+        output.locator(".nbm-badge", has_text="stalled").wait_for(timeout=60_000)
+        one_line_high(output)
+        assert output.locator(".nbm-progress").inner_text() == "10/20 (50%)"
+        cell.screenshot(path=str(ARTIFACTS / "notebook7-cell-stalled.png"))
+        output.locator(".nbm-line").click()
+        output.locator(".nbm-story .nbm-stuck").wait_for(timeout=15_000)
+        output.locator(".nbm-story svg.nbmonitor-usage").wait_for(timeout=30_000)
+        cell.screenshot(path=str(ARTIFACTS / "notebook7-cell-story.png"))
+        notebook7.go.touch()
+        output.locator(".nbm-badge", has_text="finished").wait_for(timeout=30_000)
+        assert re.fullmatch(
+            r"stalled [\d.]+ s at step 10, recovered", output.locator(".nbm-incidents").inner_text()
+        )
+        cell.locator(".nbm-usage-output svg").wait_for(timeout=15_000)
+        cell.screenshot(path=str(ARTIFACTS / "notebook7-cell-finished.png"))

@@ -233,7 +233,7 @@ def test_a_watched_cell_resumes_from_its_checkpoint_in_a_restarted_kernel(tmp_pa
         kernel.client.wait_for_ready(timeout=60)
         kernel.run(f"%load_ext nbmonitor\n%env NBMONITOR_CHECKPOINT_DIR={tmp_path / 'ckpt'}")
         reply, messages = kernel.run(CELL)
-        assert reply["status"] == "ok"
+        assert reply["status"] == "ok", reply
     finally:
         kernel.stop()
     said = "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream")

@@ -582,7 +582,7 @@ def test_a_wall_clock_step_never_makes_a_live_process_look_gone(repo: Repo, tmp_
 def test_a_read_only_repo_under_a_watched_cell_prints_nothing_into_it_and_the_cell_finishes(
     repo: Repo, tmp_path: Path
 ) -> None:
-    from .kernels import Kernel, idle, widget_values
+    from .kernels import Kernel, idle, run_views
 
     stop = tmp_path / "stop"
     kernel = Kernel(repo.path)
@@ -592,7 +592,7 @@ def test_a_read_only_repo_under_a_watched_cell_prints_nothing_into_it_and_the_ce
         """Read the cell's messages until its display shows every part."""
 
         def showing(msg: dict[str, Any]) -> bool:
-            return any(all(p in value for p in parts) for value in widget_values([msg]))
+            return any(all(p in json.dumps(view) for p in parts) for view in run_views([msg]))
 
         messages.extend(kernel.read(msg_id, showing, 15, f"display showing {parts}"))
         return True

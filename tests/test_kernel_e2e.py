@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +17,10 @@ from nbclient import NotebookClient
 
 from nbmonitor.config import NotifierConfig, NotifierStore
 from nbmonitor.repo import Repo
-from nbmonitor.widget import USAGE_MIME
+from nbmonitor.widget import RUN_MIME, USAGE_MIME
 
 from .helpers import ROOT, Proc, wait_until
-from .kernels import WIDGET_MIME, Kernel, displays, plots, snapshots, widget_values
+from .kernels import WIDGET_MIME, Kernel, displays, plots, run_views, snapshots
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -55,7 +56,7 @@ def test_a_stuck_cell_turns_stalled_and_is_notified_once_with_a_watcher_watching
             "wait_until(lambda: os.path.exists(log) and 'STALLED' in open(log).read(), 30, 'the stall')\n"
             "from nbmonitor.magics import _agents\n"
             "(shown,) = _agents[get_ipython()].cells.values()\n"
-            "wait_until(lambda: 'data-state=\"stalled\"' in shown.display._last_html, 10, 'the badge')"
+            "wait_until(lambda: shown.display._last['state'] == 'stalled', 10, 'the badge')"
         )
         reply, messages = kernel.run(code)
         assert reply["status"] == "ok"
@@ -71,13 +72,18 @@ def test_a_stuck_cell_turns_stalled_and_is_notified_once_with_a_watcher_watching
     lines = log.read_text().splitlines()
     assert len([line for line in lines if "STALLED" in line]) == 1  # sent once between the two
     assert len([line for line in lines if "RECOVERED" in line]) == 1
-    states = [v.split('data-state="')[1].split('"')[0] for v in widget_values(messages)]
+    states = [shown["state"] for shown in run_views(messages)]
     assert states[0] == "running"
     assert "late" in states
     assert "stalled" in states
     (final,) = snapshots(messages)
     assert 'data-state="finished"' in final["text/html"]
     assert WIDGET_MIME not in final
+    # What happened stays in the saved output: the stall, its step and its length, then the end.
+    (incident,) = final[RUN_MIME]["story"]["incidents"]
+    assert re.fullmatch(r"stalled [\d.]+ s at step 0, then finished", incident), incident
+    assert f"\n{incident}\n" in final["text/plain"] + "\n"
+    assert 'class="nbm-incidents"' in final["text/html"]
 
 
 def test_an_exception_fails_the_run_in_the_display_and_the_repo(kernel: Kernel, kernel_repo: Path) -> None:
@@ -118,12 +124,12 @@ def test_widget_traffic_stays_under_ten_messages_a_second_in_a_million_iteration
     reply, messages = kernel.run(code)
     seconds = time.monotonic() - started
     assert reply["status"] == "ok"
-    updates = [m for m in messages if m["msg_type"] == "comm_msg"]
+    updates = [m for m in messages if m["msg_type"] == "update_display_data"]
     assert seconds > 1.0, "the loop was too short to measure"
-    assert len(widget_values(messages)) >= 2, "the widget never updated"
-    assert len(updates) <= 10 * seconds + 2  # the close message too
+    assert len(run_views(messages)) >= 3, "the display never updated"
+    assert len(updates) <= 10 * seconds + 1  # the final snapshot too
     (final,) = snapshots(messages)
-    assert "step 1000000/1000000 (100%)" in final["text/plain"]
+    assert "· 1000000/1000000 (100%) ·" in final["text/plain"]
 
 
 def test_a_saved_notebook_shows_the_final_snapshots_without_widgets(
@@ -151,7 +157,8 @@ def test_a_saved_notebook_shows_the_final_snapshots_without_widgets(
     ok_display = next(o for o in ok if o.output_type == "display_data")
     assert WIDGET_MIME not in ok_display.data
     assert 'data-state="finished"' in ok_display.data["text/html"]
-    assert "nbmonitor · ok · finished · step 3/3 (100%)" in ok_display.data["text/plain"]
+    assert "nbmonitor · ok · finished · 3/3 (100%) · in " in ok_display.data["text/plain"]
+    assert ok_display.data[RUN_MIME]["ended"]
     assert next(o for o in ok if o.output_type == "execute_result").data["text/plain"] == "[0, 1, 2]"
     bad_display = next(o for o in bad if o.output_type == "display_data")
     assert 'data-state="failed"' in bad_display.data["text/html"]
@@ -159,7 +166,7 @@ def test_a_saved_notebook_shows_the_final_snapshots_without_widgets(
     assert any(o.output_type == "error" and o.ename == "ZeroDivisionError" for o in bad)
 
 
-def test_a_watched_cell_draws_its_usage_live_and_keeps_the_whole_plot_when_it_ends(kernel: Kernel) -> None:
+def test_a_watched_cell_shows_its_whole_usage_plot_when_it_ends(kernel: Kernel) -> None:
     code = (
         "%%watch --eta 5 --name plotted\n"
         "import subprocess, sys, time, nbmonitor\n"
@@ -171,9 +178,8 @@ def test_a_watched_cell_draws_its_usage_live_and_keeps_the_whole_plot_when_it_en
     )
     reply, messages = kernel.run(code)
     assert reply["status"] == "ok"
-    drawn = plots(messages)
-    assert len(drawn) >= 2, "a live redraw, then the whole run"
-    final = ElementTree.fromstring(drawn[-1])
+    (drawn,) = plots(messages)  # the whole run, under its display, once it ended
+    final = ElementTree.fromstring(drawn)
     series = {p.get("data-proc") for p in final.iter(f"{SVG}path") if p.get("class") == "nbm-series"}
     assert len(series) == 2  # the kernel and its child
     keys = [k.findtext(f"{SVG}title", "") for k in final.iter(f"{SVG}g") if k.get("class") == "nbm-key"]
@@ -181,7 +187,7 @@ def test_a_watched_cell_draws_its_usage_live_and_keeps_the_whole_plot_when_it_en
     marks = [m.findtext(f"{SVG}title", "") for m in final.iter(f"{SVG}g") if m.get("class") == "nbm-mark"]
     assert any(m.startswith("epoch 1 at") for m in marks)
     assert any(m.startswith("finished at") for m in marks)
-    bundles = [d for d in displays(messages, "update_display_data") if "image/svg+xml" in d]
+    bundles = [d for d in displays(messages, "display_data") if "image/svg+xml" in d]
     assert "peak memory" in bundles[-1]["text/plain"]
     # JupyterLab's interactive plot: the picture, with its columns beside it for the read-out.
     assert set(bundles[-1][USAGE_MIME]) == {"peaks", "skipped", "columns"}

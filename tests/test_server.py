@@ -332,6 +332,11 @@ async def test_a_usage_plot_that_cannot_be_drawn_says_why(jp_fetch: Any, repo: R
     assert code == 404
     assert message.startswith("the usage history cannot be read: ")
     assert message.endswith("not a usage history (its first line is no header)")
+    write_history(repo, "b" * 32, ["main"], rows=0)  # a header, and not one second yet
+    assert await refusal(jp_fetch, "runs", "b" * 32, "usage") == (
+        404,
+        f"no usage recorded yet for {'b' * 32}: it is sampled once a second",
+    )
 
 
 async def test_a_damaged_history_is_drawn_from_the_lines_that_can_be_read(jp_fetch: Any, repo: Repo) -> None:

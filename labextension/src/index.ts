@@ -10,6 +10,9 @@
  * stalled run says where its thread is stuck, in a line under the row, and
  * its opened details list the frames of that stack.
  *
+ * The status bar is red while a stall, crash or failure is news: opening the
+ * panel while it is listed acknowledges it (kept in the browser's storage).
+ *
  * It polls the server extension's REST API (nbmonitor/api/runs) every two
  * seconds with Lumino's Poll: backing off while the server is unreachable
  * (and saying it is offline), standing by while the tab is hidden. Texts a
@@ -63,6 +66,7 @@ export interface IRun {
   colour: string;
   eta: number | null;
   error: string | null;
+  started_at: number;
   ended_at: number | null;
   last_progress_at: number;
   usage: { cpu_percent: number; rss: number; gpu_memory: number | null } | null;
@@ -224,13 +228,78 @@ interface IHeaded {
   step: number;
   total: number | null;
   since_progress_text: string | null;
+  started_at: number;
+  ended_at?: number | null;
+}
+
+/** Where a run runs, as a folder (cut with an ellipsis when narrow) and a file name (never cut). */
+export interface IWhere {
+  folder: string;
+  file: string;
+}
+
+/**
+ * A notebook's path relative to the server's root (else as recorded) split
+ * into its folder and its file name with the cell; a script's name and
+ * arguments as the server words them.
+ */
+export function where(run: IRun): IWhere {
+  const path = run.origin.lab_path ?? run.origin.path;
+  if (run.origin.kind !== 'notebook' || !path) {
+    return { folder: '', file: run.origin.text };
+  }
+  const cut = path.lastIndexOf('/') + 1;
+  const cell = run.origin.cell !== null ? `, cell ${run.origin.cell}` : '';
+  return { folder: path.slice(0, cut), file: path.slice(cut) + cell };
+}
+
+/** The short name a toast gives a run's origin: its notebook's or script's file name. */
+function fileOf(run: IRun): string {
+  const path = run.origin.path;
+  if (
+    path &&
+    (run.origin.kind === 'notebook' || run.origin.kind === 'script')
+  ) {
+    return path.slice(path.lastIndexOf('/') + 1);
+  }
+  return run.origin.text;
+}
+
+/** ``14:02``, or ``Nov 20 14:02`` for another day. */
+export function clockTime(seconds: number): string {
+  const at = new Date(seconds * 1000);
+  const time = at.toLocaleTimeString([], {
+    hour: '2-digit',
+    minute: '2-digit',
+    hour12: false
+  });
+  if (at.toDateString() === new Date().toDateString()) {
+    return time;
+  }
+  const day = at.toLocaleDateString([], { month: 'short', day: 'numeric' });
+  return `${day} ${time}`;
+}
+
+/** ``started 14:02``, or ``14:02–14:05`` once ended. */
+function times(item: IHeaded): string {
+  if (item.ended_at === undefined || item.ended_at === null) {
+    return `started ${clockTime(item.started_at)}`;
+  }
+  const start = clockTime(item.started_at);
+  const end = clockTime(item.ended_at);
+  const sameDay = end.length === 5 || start.slice(0, -5) === end.slice(0, -5);
+  return `${start}–${sameDay ? end.slice(-5) : end}`;
 }
 
 /**
  * A row's first two lines: dot, name and state; where it runs, its step, its
  * last progress. The name is a button that shows and hides the usage plot.
  */
-function head(className: string, item: IHeaded, where: string): HTMLElement {
+function head(
+  className: string,
+  item: IHeaded,
+  place: IWhere | string
+): HTMLElement {
   const row = el('li', `${className} nbm-status-${item.status}`);
   row.dataset.status = item.status;
   const top = el('div', 'nbm-line');
@@ -247,8 +316,63 @@ function head(className: string, item: IHeaded, where: string): HTMLElement {
   const since = item.since_progress_text
     ? ` · last progress ${item.since_progress_text} ago`
     : '';
-  row.appendChild(el('div', 'nbm-detail', `${where} · step ${steps}${since}`));
+  const detail = row.appendChild(el('div', 'nbm-detail nbm-where'));
+  const at = typeof place === 'string' ? { folder: '', file: place } : place;
+  if (at.folder) {
+    detail.appendChild(el('span', 'nbm-folder', at.folder)).title = at.folder;
+  }
+  detail.appendChild(el('span', 'nbm-file', at.file));
+  row.appendChild(
+    el('div', 'nbm-detail nbm-facts', `step ${steps}${since} · ${times(item)}`)
+  );
   return row;
+}
+
+const SEEN_KEY = 'nbmonitor:seen';
+const SEEN_KEPT = 500;
+
+/** The problems the user has seen (the panel was open while they were listed), by run or group
+ * and state, kept across reloads: the status bar is red only for the others. */
+class Seen {
+  private _keys: string[];
+  private _changed = new Signal<this, void>(this);
+
+  constructor() {
+    let kept: unknown = [];
+    try {
+      kept = JSON.parse(window.localStorage.getItem(SEEN_KEY) ?? '[]');
+    } catch {
+      kept = []; // unreadable: nothing was seen
+    }
+    this._keys = Array.isArray(kept)
+      ? kept.filter(k => typeof k === 'string')
+      : [];
+  }
+
+  get changed(): ISignal<this, void> {
+    return this._changed;
+  }
+
+  has(id: string, status: string): boolean {
+    return this._keys.includes(`${id}:${status}`);
+  }
+
+  /** These were seen now; ``changed`` if any was news. */
+  add(items: { id: string; status: string }[]): void {
+    const fresh = items
+      .map(item => `${item.id}:${item.status}`)
+      .filter(key => !this._keys.includes(key));
+    if (fresh.length === 0) {
+      return;
+    }
+    this._keys = [...this._keys, ...fresh].slice(-SEEN_KEPT);
+    try {
+      window.localStorage.setItem(SEEN_KEY, JSON.stringify(this._keys));
+    } catch {
+      // storage full or refused: seen for this page only
+    }
+    this._changed.emit();
+  }
 }
 
 /** The runs the server reports, polled with backoff; ``changed`` after each look. */
@@ -330,7 +454,8 @@ class RunsPanel extends Widget {
 
   constructor(
     private _model: RunsModel,
-    private _open: (path: string) => void
+    private _open: (path: string) => void,
+    private _seen: Seen
   ) {
     super();
     this.id = 'nbmonitor-runs';
@@ -370,7 +495,25 @@ class RunsPanel extends Widget {
     this._model.changed.connect(() => this.render());
   }
 
+  protected onAfterShow(): void {
+    this._acknowledge();
+  }
+
+  /** What the panel lists while it is open has been seen: the status bar need not be red for it. */
+  private _acknowledge(): void {
+    if (!this.isVisible) {
+      return;
+    }
+    this._seen.add(
+      [
+        ...this._model.runs.filter(current),
+        ...this._model.groups.filter(currentGroup)
+      ].filter(entry => PROBLEMS.has(entry.status))
+    );
+  }
+
   render(): void {
+    this._acknowledge();
     this._offline.style.display = this._model.offline ? 'block' : 'none';
     const problem = this._model.offline ? null : this._model.problem;
     this._problem.style.display = problem ? 'block' : 'none';
@@ -464,7 +607,7 @@ class RunsPanel extends Widget {
   }
 
   private _row(run: IRun): HTMLElement {
-    const row = head('nbm-run', run, run.origin.text);
+    const row = head('nbm-run', run, where(run));
     row.dataset.runId = run.id;
     if (run.usage && ACTIVE.has(run.status)) {
       const gpu = run.usage.gpu_memory
@@ -630,12 +773,16 @@ class RunsPanel extends Widget {
 class RunsStatus extends Widget {
   constructor(
     private _model: RunsModel,
-    onClick: () => void
+    onClick: () => void,
+    private _seen: Seen
   ) {
     super();
+    // Lab's own text items' class: the same font and line as the items beside it.
+    this.addClass('jp-StatusBar-TextItem');
     this.addClass('nbm-statusbar');
     this.node.onclick = onClick;
     this._model.changed.connect(() => this.render());
+    this._seen.changed.connect(() => this.render());
     this.render();
   }
 
@@ -662,16 +809,20 @@ class RunsStatus extends Widget {
         parts.push(`${n} ${status}`);
       }
     }
-    const problems =
-      [...PROBLEMS].some(s => (counts.get(s) ?? 0) > 0) ||
-      this._model.problem !== null;
+    const news = entries.some(
+      entry =>
+        PROBLEMS.has(entry.status) && !this._seen.has(entry.id, entry.status)
+    );
+    const problems = news || this._model.problem !== null;
     this.node.textContent = this._model.offline
       ? 'nbmonitor offline'
       : this._model.problem !== null
         ? 'nbmonitor: repo problem'
         : parts.join(' · ') || 'no active runs';
     this.node.classList.toggle('nbm-bad', problems);
-    this.node.title = 'nbmonitor: click to open the runs panel';
+    this.node.title = news
+      ? 'nbmonitor: news of a stall, crash or failure; click to see it in the runs panel'
+      : 'nbmonitor: click to open the runs panel';
   }
 }
 
@@ -681,7 +832,10 @@ interface IIncident {
   name: string;
   status: string;
   current: boolean;
+  /** Where it runs, short: a notebook's or script's file name, a job's label. */
   text: string;
+  /** What went wrong, for the browser notification's body. */
+  detail: string;
 }
 
 /** One toast (and one browser notification) per incident; a recovery updates the toast. */
@@ -704,7 +858,8 @@ class Alerts {
         name: run.name,
         status: run.status,
         current: current(run),
-        text: run.error ?? run.origin.text
+        text: fileOf(run),
+        detail: run.error ?? run.origin.text
       })),
       // A group's members raise nothing of their own: the group's state is the incident.
       ...this._model.groups.map(group => ({
@@ -712,7 +867,8 @@ class Alerts {
         name: group.name,
         status: group.status,
         current: currentGroup(group),
-        text: group.blame ?? group.label
+        text: group.label,
+        detail: group.blame ?? group.label
       }))
     ];
     for (const incident of incidents) {
@@ -743,7 +899,7 @@ class Alerts {
 
   private _raise(incident: IIncident): void {
     const what = incident.status;
-    const text = `${incident.name} ${what}: ${incident.text}`;
+    const text = `${incident.name} ${what} · ${incident.text}`;
     const id =
       incident.status === 'stalled'
         ? Notification.warning(text, { autoClose: false })
@@ -754,7 +910,7 @@ class Alerts {
       window.Notification.permission === 'granted'
     ) {
       new window.Notification(`nbmonitor: ${incident.name} ${what}`, {
-        body: incident.text,
+        body: incident.detail,
         tag: `${incident.id}-${what}`
       });
     }
@@ -769,13 +925,16 @@ const plugin: JupyterFrontEndPlugin<void> = {
   optional: [IStatusBar],
   activate: (app: JupyterFrontEnd, statusBar: IStatusBar | null) => {
     const model = new RunsModel();
+    const seen = new Seen();
     const open = (path: string) =>
       void app.commands.execute('docmanager:open', { path });
-    const panel = new RunsPanel(model, open);
+    const panel = new RunsPanel(model, open, seen);
     app.shell.add(panel, 'left', { rank: 900 });
     if (statusBar) {
-      const item = new RunsStatus(model, () =>
-        app.shell.activateById(panel.id)
+      const item = new RunsStatus(
+        model,
+        () => app.shell.activateById(panel.id),
+        seen
       );
       statusBar.registerStatusItem('nbmonitor:status', {
         item,

@@ -1,16 +1,18 @@
 /**
- * A watched cell's usage plot in its output: the mime type that
+ * The outputs of a watched cell: its display (run.ts), and its usage plot
+ * when it ends.
+ *
+ * The usage plot in its output: the mime type that
  * nbmonitor.widget.UsagePlot publishes, the plot's columns and peak lines
  * beside the bundle's image/svg+xml picture of it (what GitHub, nbviewer and
  * other front ends show). The panel's UsageChart draws that picture with
  * these columns: the legend hides and shows processes, the pointer reads out
- * a column. The kernel redraws the output once a second by its display id;
- * JupyterLab then hands the new bundle to the same renderer, so what the
- * legend hid stays hidden.
+ * a column.
  */
 import { IRenderMime } from '@jupyterlab/rendermime-interfaces';
 import { Widget } from '@lumino/widgets';
 
+import { runRendererFactory } from './run';
 import { asUsage, UsageChart } from './usage';
 
 /**
@@ -57,12 +59,22 @@ export const usageRendererFactory: IRenderMime.IRendererFactory = {
   createRenderer: options => new UsageOutput(options.mimeType)
 };
 
-const extension: IRenderMime.IExtension = {
-  id: 'nbmonitor:usage-output',
-  description: "A watched cell's usage plot, with its legend and read-out.",
-  rendererFactory: usageRendererFactory,
-  rank: 40,
-  dataType: 'json'
-};
+const extensions: IRenderMime.IExtension[] = [
+  {
+    id: 'nbmonitor:run-output',
+    description:
+      "A watched cell's display: one line, its story on a click, the truth when its kernel died.",
+    rendererFactory: runRendererFactory,
+    rank: 40,
+    dataType: 'json'
+  },
+  {
+    id: 'nbmonitor:usage-output',
+    description: "A watched cell's usage plot, with its legend and read-out.",
+    rendererFactory: usageRendererFactory,
+    rank: 40,
+    dataType: 'json'
+  }
+];
 
-export default extension;
+export default extensions;

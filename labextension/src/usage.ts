@@ -143,7 +143,7 @@ export function bytes(n: number): string {
  * our server's answer, whoever wrote the notebook.
  */
 /**
- * GET nbmonitor/api/runs/<id>/<what>: the answer, and its JSON body (empty when it has none,
+ * GET nbmonitor/api/runs/<id>/<what> (the run itself when `what` is empty): the answer, and its JSON body (empty when it has none,
  * as an error page may); the body is unchecked, for the caller to check.
  */
 export async function getRun(
@@ -159,7 +159,7 @@ export async function getRun(
       'api',
       'runs',
       encodeURIComponent(id),
-      what
+      ...(what ? [what] : [])
     ) + URLExt.objectToQueryString(query);
   const response = await ServerConnection.makeRequest(url, {}, settings);
   const body = (await response.json().catch(() => ({}))) as Record<
