@@ -130,6 +130,8 @@ class Editor:
         self.fields_box = w.VBox()
         self.events = {e: w.Checkbox(value=e in DEFAULT_EVENTS, description=e, indent=False) for e in EVENTS}
         self.events_error = w.HTML()
+        for box in self.events.values():
+            box.observe(lambda _: self._events_edited(), names="value")
         self.template_event = w.Dropdown(options=[_ALL, *EVENTS], value=_ALL, description="Template")
         self.template_event.observe(self._switch_template, names="value")
         self.template = w.Textarea(placeholder="empty: the default text", layout=w.Layout(width="95%"))
@@ -186,6 +188,18 @@ class Editor:
         if name in self.inputs:
             self.inputs[name].layout.border = None
             self.errors[name].value = ""
+        self._settle()
+
+    def _settle(self) -> None:
+        """No error is shown any more: "Not saved: fix the fields marked in red" goes too."""
+        shown = (*self.errors.values(), self.events_error, self.template_error)
+        if self.status.value.startswith("<span") and not any(e.value for e in shown):
+            self.status.value = ""
+
+    def _events_edited(self) -> None:
+        if any(box.value for box in self.events.values()):
+            self.events_error.value = ""
+            self._settle()
 
     def _switch_template(self, change: dict[str, Any]) -> None:
         self._keep_template(change["old"])

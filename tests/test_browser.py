@@ -1123,3 +1123,48 @@ def test_notebook_7_shows_the_same_display_and_story(notebook7: Lab, notebook7_p
         )
         cell.locator(".nbm-usage-output svg").wait_for(timeout=15_000)
         cell.screenshot(path=str(ARTIFACTS / "notebook7-cell-finished.png"))
+
+
+def test_the_notifier_form_masks_a_webhook_url_marks_the_field_in_error_and_clears_it(
+    lab: Lab, page: Any
+) -> None:
+    with screenshot_on_failure(page, "failure-form"):
+        fill_the_form(lab, page)
+
+
+def fill_the_form(lab: Lab, page: Any) -> None:
+    open_quickstart(lab, page)
+    run_cell(page, ["nbmonitor.configure()"])
+    form = page.locator(".jp-Notebook .jp-CodeCell").filter(has_text="nbmonitor.configure()")
+    secret = "XXXXXXXXXXXXXXXXXXXX1234"
+    typo = f"htps://hooks.slack.com/services/T000/B000/{secret}"
+    password = form.locator("input[type=password]")
+    password.wait_for(timeout=60_000)
+    password.fill(typo)
+    # Typed as a password, shown masked under it: the scheme's typo can be seen, the secret not.
+    form.get_by_text("→ htps://hooks.slack.com/****1234").wait_for(timeout=10_000)
+    assert secret not in form.inner_text()
+    form.locator(".widget-button", has_text="Save").click()
+    error = form.get_by_text("must start with https:// or http://")
+    error.wait_for(timeout=10_000)
+    field = form.locator(".widget-vbox:has(> .widget-hbox > .widget-toggle-button)")  # the URL's own box
+    outlined = "e => getComputedStyle(e).borderTopColor"
+    assert field.count() == 1
+    assert field.evaluate(outlined) == COLOURS_RGB["failed"]
+    form.screenshot(path=str(ARTIFACTS / "form-error.png"))
+
+    # "show" reveals the whole URL to fix it; the error goes as soon as the field is edited.
+    form.locator(".widget-toggle-button", has_text="show").click()
+    texts = form.locator("input[type=text]")
+    wait_until(lambda: typo in [i.input_value() for i in texts.all()], 10, "the whole URL shown")
+    (shown,) = [i for i in texts.all() if i.input_value() == typo]
+    shown.fill(typo.replace("htps", "https"))
+    error.wait_for(state="detached", timeout=10_000)
+    assert field.evaluate(outlined) != COLOURS_RGB["failed"]
+    assert form.get_by_text("Not saved").count() == 0
+    form.screenshot(path=str(ARTIFACTS / "form-revealed.png"))
+    form.locator(".widget-button", has_text="Save").click()
+    form.get_by_text("Saved slack").wait_for(timeout=10_000)
+    assert secret not in form.inner_text()  # the saved notifier's URL is listed masked
+    dark_theme(page, ".jp-Notebook .jp-InputArea-editor", "color")
+    form.screenshot(path=str(ARTIFACTS / "form-saved-dark.png"))

@@ -106,6 +106,11 @@ def test_a_bad_field_shows_its_error_inline_and_nothing_is_written(form: Notifie
     assert form.editor.inputs["group_id"].layout.border is None
     assert form.editor.errors["group_id"].value == ""
     assert "must start with https" in form.editor.errors["base_url"].value  # not edited: still wrong
+    assert "Not saved" in form.editor.status.value
+    form.editor.inputs["base_url"].value = "https://graph.example.org"
+    form.editor.events["stalled"].value = True
+    assert form.editor.events_error.value == ""
+    assert form.editor.status.value == ""  # every error was dealt with: the "Not saved" goes too
 
 
 def test_a_webhook_url_shows_itself_masked_as_it_is_typed_and_whole_on_show(form: NotifierForm) -> None:
