@@ -20,8 +20,10 @@ so a slow or large repo never blocks the server's event loop. The repo is
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import secrets
 import threading
 import time
 from typing import Any
@@ -62,6 +64,66 @@ class _NoPlot(NbmonitorError):
     """No usage plot for the id asked: the message says what is missing (the panel shows it)."""
 
 
+class _Feed:
+    """What changed since a client's last look. Each run's and group's answer is kept with the
+    version at which it last changed, so a poll that changes nothing sends back only a cursor
+    ("<generation>:<version>"), and a repo of thousands of ended runs sends them once. A cursor
+    of another server (another generation), or older than the removals kept, gets everything."""
+
+    KEPT_REMOVALS = 10_000
+
+    def __init__(self) -> None:
+        self.generation = secrets.token_hex(6)
+        self.version = 0
+        self._entries: dict[tuple[str, str], tuple[int, str, dict[str, Any]]] = {}
+        self._removed: dict[tuple[str, str], int] = {}
+        self._floor = 0  # a cursor below this may have missed removals
+
+    def update(self, runs: list[dict[str, Any]], groups: list[dict[str, Any]]) -> None:
+        """The answers now: note which changed, appeared and went."""
+        upcoming = self.version + 1
+        changed = False
+        seen = set()
+        for kind, items in (("runs", runs), ("groups", groups)):
+            for item in items:
+                key = (kind, str(item["id"]))
+                seen.add(key)
+                text = json.dumps(item, sort_keys=True)
+                old = self._entries.get(key)
+                if old is None or old[1] != text:
+                    self._entries[key] = (upcoming, text, item)
+                    self._removed.pop(key, None)
+                    changed = True
+        for key in [k for k in self._entries if k not in seen]:
+            del self._entries[key]
+            self._removed[key] = upcoming
+            changed = True
+        while len(self._removed) > self.KEPT_REMOVALS:
+            oldest = min(self._removed, key=self._removed.__getitem__)
+            self._floor = max(self._floor, self._removed.pop(oldest))
+        if changed:
+            self.version = upcoming
+
+    def since(self, cursor: str | None) -> dict[str, Any]:
+        """The answer for a client that last looked at ``cursor`` (None: its first look)."""
+        seen = self._parse(cursor)
+        full = seen is None
+        after = 0 if seen is None else seen
+        answer: dict[str, Any] = {"full": full, "cursor": f"{self.generation}:{self.version}"}
+        for kind in ("runs", "groups"):
+            answer[kind] = [item for (k, _), (v, _, item) in self._entries.items() if k == kind and v > after]
+            answer[f"removed_{kind}"] = [i for (k, i), v in self._removed.items() if k == kind and v > after]
+        return answer
+
+    def _parse(self, cursor: str | None) -> int | None:
+        """The version a cursor of this server names; None when it names none we can answer from."""
+        generation, _, number = (cursor or "").partition(":")
+        if generation != self.generation or not number.isdigit():
+            return None
+        seen = int(number)
+        return seen if self._floor <= seen <= self.version else None
+
+
 class _Reader:
     """One observer of the repo, used from worker threads one at a time (it caches file reads).
 
@@ -75,6 +137,7 @@ class _Reader:
         self.root_dir = root_dir
         self._observer = None if self.repo is None else Observer(self.repo)
         self._lock = threading.Lock()
+        self._feed = _Feed()
 
     def _usable(self) -> Repo:
         if self.repo is None:
@@ -82,18 +145,30 @@ class _Reader:
         self.repo.check()
         return self.repo
 
-    def runs(self) -> dict[str, Any]:
+    def runs(self, cursor: str | None = None) -> dict[str, Any]:
+        """Every run and group, or (given the ``cursor`` of an earlier answer) those that changed
+        since, and the ids of those gone."""
         try:
             self._usable()
             assert self._observer is not None
             with self._lock:
                 alone, found = gather(self._observer.glance())
+                runs = [_run_json(o, self.root_dir) for o in alone]
+                groups = [_group_json(g, self.root_dir) for g in found]
+                groups.sort(key=lambda g: g["started_at"], reverse=True)
+                self._feed.update(runs, groups)
+                answer = self._feed.since(cursor)
         except (RepoError, OSError) as e:
-            return {"runs": [], "groups": [], "repo": self._path(), "error": _problem(e)}
-        runs = [_run_json(o, self.root_dir) for o in alone]
-        groups = [_group_json(g, self.root_dir) for g in found]
-        groups.sort(key=lambda g: g["started_at"], reverse=True)
-        return {"runs": runs, "groups": groups, "repo": self._path(), "error": None}
+            empty = {
+                "runs": [],
+                "groups": [],
+                "full": True,
+                "cursor": None,
+                "removed_runs": [],
+                "removed_groups": [],
+            }
+            return empty | {"repo": self._path(), "error": _problem(e)}
+        return answer | {"repo": self._path(), "error": None}
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         try:
@@ -338,7 +413,8 @@ class _Handler(APIHandler):
 class RunsHandler(_Handler):
     @tornado.web.authenticated
     async def get(self) -> None:
-        self.finish(await self.in_thread(self.reader.runs) | {"version": version()})
+        since = self.get_argument("since", None)
+        self.finish(await self.in_thread(self.reader.runs, since) | {"version": version()})
 
 
 class RunHandler(_Handler):

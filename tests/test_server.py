@@ -394,3 +394,45 @@ async def test_a_runs_log_tail_is_its_last_lines_as_data(jp_fetch: Any, repo: Re
     assert (await get(jp_fetch, "runs", "a" * 32, "logs")) == {"lines": [], "skipped": 0}  # none yet
     assert await refusal(jp_fetch, "runs", "d" * 32, "logs") == (404, f"no run or group {'d' * 32}")
     assert (await refusal(jp_fetch, "runs", "b" * 32, "logs", lines="many"))[0] == 400
+
+
+async def test_a_poll_with_a_cursor_gets_only_what_changed_and_what_went(jp_fetch: Any, repo: Repo) -> None:
+    write_runs(repo)  # "a" stalled (its answer changes with every look), "b" finished
+    first = await get(jp_fetch, "runs")
+    assert first["full"] is True
+    assert {r["id"][0] for r in first["runs"]} == {"a", "b"}
+    again = await get(jp_fetch, "runs", since=first["cursor"])
+    assert again["full"] is False
+    assert [r["id"][0] for r in again["runs"]] == [
+        "a"
+    ]  # its time since progress moved; "b" is not sent again
+    assert again["removed_runs"] == again["removed_groups"] == again["groups"] == []
+    repo.write_run(sample(id="c" * 32, name="new", status="finished", ended_at=time.time()))
+    repo.run_path("b" * 32).unlink()
+    later = await get(jp_fetch, "runs", since=again["cursor"])
+    assert sorted(r["id"][0] for r in later["runs"]) == ["a", "c"]
+    assert later["removed_runs"] == ["b" * 32]
+    quiet = await get(jp_fetch, "runs", since=(await get(jp_fetch, "runs", since=later["cursor"]))["cursor"])
+    assert [r["id"][0] for r in quiet["runs"]] == ["a"]
+    assert len(json.dumps({k: v for k, v in quiet.items() if k != "runs"})) < 300  # a cursor, and little else
+    # A cursor of another server, or none the server can answer from: everything again.
+    for cursor in ("0123456789ab:1", f"{first['cursor'].split(':')[0]}:999999", "nonsense", ""):
+        body = await get(jp_fetch, "runs", since=cursor)
+        assert body["full"] is True
+        assert {r["id"][0] for r in body["runs"]} == {"a", "c"}
+
+
+def test_the_feed_forgets_old_removals_and_sends_everything_to_a_cursor_before_them() -> None:
+    from nbmonitor.server import _Feed
+
+    feed = _Feed()
+    feed.KEPT_REMOVALS = 2
+    items = [{"id": str(i), "started_at": i} for i in range(5)]
+    feed.update(items, [])
+    cursor = feed.since(None)["cursor"]
+    for kept in (4, 3, 2, 1):  # one run goes at each look
+        feed.update(items[:kept], [])
+    assert feed.since(cursor)["full"] is True  # removals it would need are forgotten
+    recent = feed.since(None)["cursor"]
+    feed.update(items[:0], [])
+    assert feed.since(recent)["removed_runs"] == ["0"]

@@ -14,7 +14,8 @@
  * panel while it is listed acknowledges it (kept in the browser's storage).
  *
  * It polls the server extension's REST API (nbmonitor/api/runs) every two
- * seconds with Lumino's Poll: backing off while the server is unreachable
+ * seconds with Lumino's Poll, asking only for what changed since its last
+ * answer (its cursor), so ended runs are sent once: backing off while the server is unreachable
  * (and saying it is offline), standing by while the tab is hidden. Texts a
  * person reads (durations, origins) and state colours come from the server,
  * as the notebook display and the command line show them. User text (run
@@ -400,14 +401,18 @@ class RunsModel {
     Signal.clearData(this);
   }
 
+  /** Where the last answer left off: the server sends only what changed since. */
+  private _cursor: string | null = null;
+  private _runs = new Map<string, IRun>();
+  private _groups = new Map<string, IGroup>();
+
   private async _fetch(): Promise<void> {
     try {
-      const url = URLExt.join(
-        this._settings.baseUrl,
-        'nbmonitor',
-        'api',
-        'runs'
-      );
+      const url =
+        URLExt.join(this._settings.baseUrl, 'nbmonitor', 'api', 'runs') +
+        (this._cursor
+          ? URLExt.objectToQueryString({ since: this._cursor })
+          : '');
       const response = await ServerConnection.makeRequest(
         url,
         {},
@@ -419,10 +424,33 @@ class RunsModel {
       const body = (await response.json()) as {
         runs: IRun[];
         groups?: IGroup[];
+        removed_runs?: string[];
+        removed_groups?: string[];
+        full?: boolean;
+        cursor?: string | null;
         error?: string | null;
       };
-      this.runs = body.runs;
-      this.groups = body.groups ?? [];
+      if (body.full !== false) {
+        this._runs.clear();
+        this._groups.clear();
+      }
+      for (const run of body.runs) {
+        this._runs.set(run.id, run);
+      }
+      for (const group of body.groups ?? []) {
+        this._groups.set(group.id, group);
+      }
+      for (const id of body.removed_runs ?? []) {
+        this._runs.delete(id);
+      }
+      for (const id of body.removed_groups ?? []) {
+        this._groups.delete(id);
+      }
+      this._cursor = body.cursor ?? null;
+      const newest = (a: { started_at: number }, b: { started_at: number }) =>
+        b.started_at - a.started_at;
+      this.runs = [...this._runs.values()].sort(newest);
+      this.groups = [...this._groups.values()].sort(newest);
       this.problem = body.error ?? null;
       this.offline = false;
     } catch (reason) {
