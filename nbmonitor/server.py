@@ -202,7 +202,7 @@ class _Reader:
         except CorruptRecordError as e:
             raise _NoPlot(f"the usage history cannot be read: {e}") from e
         if not history.rows:  # a picture of nothing says less than this
-            raise _NoPlot(f"no usage recorded yet for {run_id}: it is sampled once a second")
+            raise _NoPlot(_no_rows(repo, run_id))
         return {
             "svg": plot.svg(history, width, title=title, data=True),
             "peaks": plot.peak_lines(history),
@@ -261,6 +261,16 @@ class _Reader:
 
 def _problem(error: Exception) -> str:
     return str(error) if isinstance(error, RepoError) else f"cannot read the repo: {error}"
+
+
+def _no_rows(repo: Repo, run_id: str) -> str:
+    try:
+        ended = repo.read_run(run_id).ended
+    except (FileNotFoundError, CorruptRecordError, OSError):
+        ended = False
+    if ended:
+        return f"no usage recorded for {run_id}: it ended before its first sample (one a second)"
+    return f"no usage recorded yet for {run_id}: it is sampled once a second"
 
 
 def _no_history(repo: Repo, run_id: str, group: bool) -> str:

@@ -1056,6 +1056,7 @@ def show_the_display_states(lab: Lab, page: Any) -> None:
     wait_until(lambda: strip.locator(".nbm-member").count() == 4, 30, "a small bar per rank")
     wait_until(lambda: strip.locator('.nbm-member[data-straggler="1"]').count() == 1, 30, "the straggler")
     assert ranks.locator(".nbm-late").inner_text() == "slowest: rank 1"
+    assert ranks.locator(".nbm-late").evaluate("e => getComputedStyle(e).color") == COLOURS_RGB["stalled"]
     one_line_high(ranks.locator(".nbm-run-output"))
     ranks.screenshot(path=str(ARTIFACTS / "cell-group-straggler.png"))
 

@@ -332,10 +332,16 @@ async def test_a_usage_plot_that_cannot_be_drawn_says_why(jp_fetch: Any, repo: R
     assert code == 404
     assert message.startswith("the usage history cannot be read: ")
     assert message.endswith("not a usage history (its first line is no header)")
-    write_history(repo, "b" * 32, ["main"], rows=0)  # a header, and not one second yet
+    repo.write_run(sample(id="e" * 32))  # running, with a header and not one second yet
+    write_history(repo, "e" * 32, ["main"], rows=0)
+    assert await refusal(jp_fetch, "runs", "e" * 32, "usage") == (
+        404,
+        f"no usage recorded yet for {'e' * 32}: it is sampled once a second",
+    )
+    write_history(repo, "b" * 32, ["main"], rows=0)  # finished within its first second
     assert await refusal(jp_fetch, "runs", "b" * 32, "usage") == (
         404,
-        f"no usage recorded yet for {'b' * 32}: it is sampled once a second",
+        f"no usage recorded for {'b' * 32}: it ended before its first sample (one a second)",
     )
 
 

@@ -22,10 +22,10 @@ import { getRun, UsageView } from './usage';
 
 /** nbmonitor.widget.RUN_MIME */
 export const RUN_MIME = 'application/vnd.nbmonitor.run+json';
-/** No bundle for this long while running: the kernel may be gone. */
-const STALE_MS = 15000;
+/** No bundle for this long while running (the kernel sends one at least every 5 s): it may be gone. */
+const STALE_MS = 10000;
 /** How often a silent display asks the server about its run. */
-const CHECK_MS = 5000;
+const CHECK_MS = 2000;
 const ACTIVE = new Set(['running', 'late', 'stalled']);
 const GONE_COLOUR = '#757575';
 
@@ -356,8 +356,11 @@ export class RunOutput extends Widget implements IRenderMime.IRenderer {
     const late = this._lateText(shown, verdict);
     if (late) {
       const note = span('nbm-late', late);
-      // What is late is said in its state's colour; a silent kernel in plain words.
-      note.style.color = this.silent ? '' : shown.colour;
+      // What is late is said in its state's colour, the straggler in its own; a silent kernel
+      // in plain words.
+      const slowest = shown.members.find(m => m.straggler);
+      const colour = shown.late || !slowest ? shown.colour : slowest.colour;
+      note.style.color = this.silent ? '' : colour;
       parts.push(note);
     }
     this._line.replaceChildren(...parts);
