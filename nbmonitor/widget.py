@@ -496,7 +496,7 @@ class RunDisplay:
             return False
         data = payload(view)
         with self._lock:
-            if self.finished:
+            if self.finished or view.ended:  # its end is finish()'s to show, once
                 return False
             if data == self._last and now - self._last_at < ALIVE_EVERY:
                 return False

@@ -182,6 +182,8 @@ def test_refreshes_are_rate_limited_skip_unchanged_content_and_say_the_kernel_is
         assert display.refresh(view(step=99), now=2.0 + ALIVE_EVERY)  # ... until it is time to say "alive"
         assert display.refresh(view(step=99, state="stalled"), now=8.0)  # a new state shows at once
         assert not display.refresh(view(step=99, state="running"), now=8.05)  # but never over 10 a second
+        # The writer may see the run ended before the cell's end shows it: that is finish()'s, once.
+        assert not display.refresh(view(state="finished", ended=True), now=20.0)
         display.finish(view(state="finished", ended=True))
         assert not display.refresh(view(step=1000), now=10.0)
     first, *updates = shown.outputs
