@@ -99,7 +99,8 @@ class _Feed:
             self._removed[key] = upcoming
             changed = True
         while len(self._removed) > self.KEPT_REMOVALS:
-            oldest = min(self._removed, key=self._removed.__getitem__)
+            # Kept in the order they went, each at a version no lower than the one before.
+            oldest = next(iter(self._removed))
             self._floor = max(self._floor, self._removed.pop(oldest))
         if changed:
             self.version = upcoming
