@@ -221,7 +221,7 @@ export class RunOutput extends Widget implements IRenderMime.IRenderer {
   }
 
   dispose(): void {
-    window.clearInterval(this._timer);
+    this._stopWatching();
     this._usage?.dispose();
     this._logs?.dispose();
     super.dispose();
@@ -236,20 +236,27 @@ export class RunOutput extends Widget implements IRenderMime.IRenderer {
     );
   }
 
+  /** While the run runs, look every CHECK_MS whether its kernel fell silent. */
   private _watchSilence(): void {
-    window.clearInterval(this._timer);
-    this._timer = 0;
     if (this._shown === null || this._shown.ended) {
+      this._stopWatching();
       return;
     }
-    this._timer = window.setInterval(() => {
-      if (this.silent) {
-        void this._ask();
-      }
-    }, CHECK_MS);
+    if (this._timer === 0) {
+      this._timer = window.setInterval(() => {
+        if (this.silent) {
+          void this._ask();
+        }
+      }, CHECK_MS);
+    }
     if (this.silent) {
       void this._ask();
     }
+  }
+
+  private _stopWatching(): void {
+    window.clearInterval(this._timer);
+    this._timer = 0;
   }
 
   /** Ask the server how the run is, now that its kernel is silent. */
@@ -269,7 +276,7 @@ export class RunOutput extends Widget implements IRenderMime.IRenderer {
         };
         this._unknown = false;
         if (!ACTIVE.has(body.status)) {
-          window.clearInterval(this._timer); // ended for good: nothing more to learn
+          this._stopWatching(); // ended for good: nothing more to learn
         }
       } else {
         this._verdict = null;
