@@ -175,6 +175,12 @@ def chips(view: View) -> list[tuple[str, str]]:
     return found
 
 
+def line_note(view: View) -> str:
+    """What the line ends with: what is late, else the member the others wait for."""
+    slowest = straggler(view)
+    return late_text(view) or (f"slowest: {slowest}" if slowest else "")
+
+
 def straggler(view: View) -> str:
     """The label of the member the others wait for (``rank 1``), or nothing."""
     found = next((m for m in view.members if m.straggler), None)
@@ -311,6 +317,7 @@ def payload(view: View) -> dict[str, Any]:
             for m in view.members[:_STRIP_SHOWN]
         ],
         "straggler": straggler(view),
+        "note": line_note(view),
         "story": story(view),
     }
 
@@ -381,14 +388,10 @@ def _line_html(view: View) -> str:
         if text:
             parts.append(_quiet(text, cls))
     parts.append(_chips_html(view))
-    late = late_text(view) or (f"slowest: {straggler(view)}" if straggler(view) else "")
-    if late:
-        colour = (
-            COLOURS.get(view.state, COLOURS["stalled"])
-            if view.state in ("late", "stalled")
-            else COLOURS["stalled"]
-        )
-        parts.append(f'<span class="nbm-late" style="color:{colour};flex:none">{_esc(late)}</span>')
+    note = line_note(view)
+    if note:
+        colour = COLOURS[view.state] if late_text(view) else COLOURS["stalled"]  # else the straggler's
+        parts.append(f'<span class="nbm-late" style="color:{colour};flex:none">{_esc(note)}</span>')
     return "".join(parts)
 
 

@@ -91,6 +91,9 @@ def test_late_and_stalled_say_so_in_the_line_itself() -> None:
     assert late[0].text == "no progress for 4.0 s, promised 3.0 s"
     assert COLOURS["late"] in (late[0].get("style") or "")
     assert payload(view())["late"] == ""
+    assert (
+        payload(view(state="stalled", since_progress=12.0))["note"] == "no progress for 12 s, promised 3.0 s"
+    )
 
 
 def test_no_eta_says_the_run_cannot_stall() -> None:
@@ -151,6 +154,7 @@ def test_a_group_shows_a_strip_of_member_bars_and_names_the_straggler() -> None:
     )
     shown = payload(view(members=members))
     assert shown["straggler"] == "rank 1"
+    assert shown["note"] == "slowest: rank 1"  # what the line ends with, worded here for the lab too
     assert [(m["share"], m["straggler"]) for m in shown["members"]] == [
         (0.4, False),
         (0.12, True),

@@ -65,6 +65,8 @@ export interface IRunShown {
   chips: [string, string][];
   members: IMemberShown[];
   straggler: string;
+  /** What the line ends with: what is late, else "slowest: rank 1". */
+  note: string;
   story: IStory;
   sent_at: number;
 }
@@ -124,6 +126,7 @@ export function asRunShown(value: unknown): IRunShown | null {
         text: text(m.text)
       })),
     straggler: text(value.straggler),
+    note: text(value.note),
     story: {
       attempt: text(story.attempt),
       error: text(story.error),
@@ -395,10 +398,7 @@ export class RunOutput extends Widget implements IRenderMime.IRenderer {
       }
       return this._unknown ? `${since}; it may have ended` : since;
     }
-    if (shown.late) {
-      return shown.late;
-    }
-    return shown.straggler ? `slowest: ${shown.straggler}` : '';
+    return shown.note;
   }
 
   private _drawStory(shown: IRunShown, verdict: IVerdict | null): void {
