@@ -106,6 +106,8 @@ class Claimer:
         #: The groups seen, by id: their members' run ids (kept while any is in the repo).
         self.groups: dict[str, set[str]] = {}
         self._trouble = Trouble(log)  # the repo cannot be written: said once per cause
+        #: The runs and groups whose due event the last ``claim()`` could not record: look again.
+        self.unrecorded: set[str] = set()
 
     def claim(
         self, observations: Iterable[Observation], groups: Iterable[GroupObservation] = ()
@@ -114,6 +116,7 @@ class Claimer:
         claimer won (another may have claimed the rest)."""
         now = self.wall()
         won: list[Event] = []
+        self.unrecorded.clear()
         for obs in observations:
             event = partial(self._event, obs, now)
             won += self._claim_due(obs.run.id, obs.state, obs.run.progress, event, obs.run, obs.supervised)
@@ -132,6 +135,15 @@ class Claimer:
         self.groups = {k: ids for k, ids in self.groups.items() if any(i in run_ids for i in ids)}
         self._claimed = {k: v for k, v in self._claimed.items() if k in run_ids or k in self.groups}
         self.done = {k for k in self.done if k in run_ids or k in self.groups}
+
+    def forget(self, run_id: str, group: str | None = None) -> None:
+        """Forget a run gone from the repo (and its group, when it was the last member)."""
+        self._claimed.pop(run_id, None)
+        self.done.discard(run_id)
+        if group is not None:
+            self.groups.pop(group, None)
+            self._claimed.pop(group, None)
+            self.done.discard(group)
 
     def _claim_due(
         self,
@@ -164,6 +176,7 @@ class Claimer:
                     "cannot record event %s of %s in %s (%s); it is reported once the repo can be written"
                 )
                 self._trouble.happened(cause, message, made.kind, subject[:8], self.repo.path, cause)
+                self.unrecorded.add(subject)
                 return won
             self._trouble.over("events are recorded in %s again", self.repo.path)
             claimed.keys.add(due.key)

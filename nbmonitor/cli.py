@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from . import _format, _notifiers_cli, _process, logtail
+from . import _format, _notifiers_cli, _process, logtail, retention
 from ._values import seconds_arg
 from ._version import version
 from .errors import CorruptRecordError, NbmonitorError
@@ -34,6 +34,7 @@ PROG = "nbmonitor-watcher"
 _STARTUP_TIMEOUT = 15.0
 _STOP_TIMEOUT = 10.0
 _RECENT_ENDED = 10
+_PRUNE_LISTED = 20  # runs named by a prune; the rest counted
 _WORKERS_SHOWN = 8
 #: How the watcher's output stamps each line.
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -78,7 +79,13 @@ def _parser() -> argparse.ArgumentParser:
         type=seconds_arg("interval", within=(0.05, 3600)),
         default=1.0,
         metavar="SECONDS",
-        help="seconds between polls (default: 1)",
+        help="seconds between looks at what change notices cannot tell (default: 1)",
+    )
+    start.add_argument(
+        "--poll",
+        action="store_true",
+        help="look at every run every --interval rather than be told of changes "
+        "(as it does by itself on NFS and other filesystems that do not tell)",
     )
     start.add_argument(
         "--grace",
@@ -148,8 +155,89 @@ def _parser() -> argparse.ArgumentParser:
         "--follow", "-f", action="store_true", help="then print new lines as they come, until the run ends"
     )
     logs.set_defaults(func=_logs)
+    prune = commands.add_parser(
+        "prune",
+        help="remove ended runs (their claims, usage and logs) past the repo's retention, or --older-than",
+    )
+    prune.add_argument(
+        "--older-than",
+        type=_period,
+        metavar="PERIOD",
+        help="ended longer ago than this: 7d, 12h, 2w (default: the repo's retention)",
+    )
+    prune.add_argument("--dry-run", action="store_true", help="say what would be removed; remove nothing")
+    prune.set_defaults(func=_prune)
+    keep = commands.add_parser(
+        "retention", help="say or set how long ended runs are kept in the repo (30 days unless set)"
+    )
+    keep.add_argument("period", metavar="PERIOD", nargs="?", type=_keep_for, help="30d, 12h, 2w, or never")
+    keep.set_defaults(func=_retention)
     _notifiers_cli.add_parser(commands)
     return parser
+
+
+def _period(text: str) -> float:
+    try:
+        seconds = retention.parse_period(text)
+    except retention.RetentionError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if seconds is None:
+        raise argparse.ArgumentTypeError("a prune needs a period, as 7d or 12h ('never' removes nothing)")
+    return seconds
+
+
+def _keep_for(text: str) -> float | str:
+    try:
+        seconds = retention.parse_period(text)
+    except retention.RetentionError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return "never" if seconds is None else seconds
+
+
+def _prune(repo: Repo, args: argparse.Namespace) -> int:
+    repo.check()
+    older_than = args.older_than
+    if older_than is None:
+        older_than = retention.period(repo)
+        if older_than is None:
+            change = f"'{PROG} retention 30d' to change"
+            print(f"nothing to prune: {repo.path} keeps ended runs for ever ({change})")
+            return 0
+    done = retention.prune(repo, older_than, dry_run=args.dry_run)
+    ago = retention.describe(older_than)
+    verb = "would remove" if args.dry_run else "removed"
+    size = _format.human_bytes(done.bytes)
+    print(f"{verb} {len(done.runs)} run(s) that ended over {ago} ago ({size})")
+    shown = sorted(done.runs, key=lambda r: r.started_at)
+    for run in shown[:_PRUNE_LISTED]:
+        ended = run.ended_at or run.updated_at
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(ended))
+        print(f"  {run.id[:8]}  {_format.clip(_format.one_line(run.name), 40)}  {run.status}, ended {when}")
+    if len(shown) > _PRUNE_LISTED:
+        print(f"  ... and {len(shown) - _PRUNE_LISTED} more")
+    if done.waiting:
+        print(f"kept {len(done.waiting)} run(s) whose notifications are still waiting to be delivered")
+    if done.finished:
+        print(f"finished removing {done.finished} run(s) an interrupted prune had begun")
+    if done.orphans:
+        print(f"{verb} {done.orphans} part(s) of runs no longer in the repo")
+    if done.checkpoint_records:
+        print(f"{verb} {done.checkpoint_records} record(s) of checkpoints whose files are gone")
+    return 0
+
+
+def _retention(repo: Repo, args: argparse.Namespace) -> int:
+    if args.period is None:
+        print(f"{repo.path} keeps ended runs {_kept(retention.period(repo))}")
+        return 0
+    seconds = None if args.period == "never" else float(args.period)
+    retention.set_period(repo, seconds)
+    print(f"{repo.path} now keeps ended runs {_kept(seconds)}; a running watcher prunes within the hour")
+    return 0
+
+
+def _kept(seconds: float | None) -> str:
+    return "for ever" if seconds is None else f"{retention.describe(seconds)} after they end"
 
 
 class _Version(argparse.Action):
@@ -181,13 +269,13 @@ def _start(repo: Repo, args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    serve(repo, interval=args.interval, grace=args.grace, stop=stop)
+    serve(repo, interval=args.interval, grace=args.grace, stop=stop, notices_on=not args.poll)
     return 0
 
 
 def _start_detached(repo: Repo, args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "nbmonitor", "--repo", str(repo.path), "start"]
-    command += ["--interval", repr(args.interval)]
+    command += ["--interval", repr(args.interval)] + (["--poll"] if args.poll else [])
     if args.grace is not None:
         command += ["--grace", repr(args.grace)]
     log_fd = os.open(repo.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -247,6 +335,11 @@ def _status(repo: Repo, args: argparse.Namespace) -> int:
     else:
         uptime = _format.duration(time.time() - float(info.get("started_at", time.time())))
         print(f"watcher: running, pid {info['pid']}, up {uptime}, repo {repo.path}")
+        polling = info.get("notices")
+        if isinstance(polling, str):
+            interval = info.get("interval")
+            every = f" every {interval:g} s" if isinstance(interval, int | float) else ""
+            print(f"watcher: polling{every}, since {_format.one_line(polling)}")
     alone, groups = gather(Observer(repo).glance())
     rows: list[tuple[str, ...]] = [
         ("NAME", "ORIGIN", "STATUS", "STEP", "SINCE PROGRESS", "PEAK MEMORY", "ID")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,11 @@ __all__ = ["AliveCheck", "Observation", "Observer", "watcher_info"]
 Clock = Callable[[], float]
 #: Whether (pid, start in epoch seconds, start in boot ticks) is a live process of this host.
 AliveCheck = Callable[[int, float | None, int | None], bool]
-_Alive = dict[tuple[int, float | None, int | None], bool]  # the answers of one look
+#: A process of this host: pid, start in epoch seconds, start in boot ticks.
+Process = tuple[int, float | None, int | None]
+_Alive = dict[Process, bool]  # the answers of one look
+#: A deadline is passed a moment after it (the rules compare with <=): wake that much later.
+_AFTER = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +50,9 @@ class Observation:
     grace: float | None = None  # the grace that applied (runs with an ETA)
     #: Its job's ``nbmonitor-watcher run`` is alive: it reports how the attempt ended.
     supervised: bool = False
+    #: When (the observer's monotonic clock) its state changes if nothing else happens (it
+    #: becomes late, stalled, lost); None when only news can change it.
+    wake: float | None = None
 
 
 @dataclass(slots=True)
@@ -117,6 +124,32 @@ class Observer:
         self._seen = present
         return found
 
+    def update(self, names: Iterable[str]) -> tuple[list[RunRecord], list[str]]:
+        """Read again only the named run files (a change notice named them): the runs among
+        them, and the ids of runs now gone, which are forgotten."""
+        changed, gone = self._scanner.update(names)
+        for run_id in gone:
+            self._seen.pop(run_id, None)
+        return changed, gone
+
+    def record(self, run_id: str) -> RunRecord | None:
+        """A run as last read, or None."""
+        return self._scanner.get(run_id)
+
+    def records(self) -> Iterator[RunRecord]:
+        """Every run as last read."""
+        return self._scanner.records()
+
+    def process(self, run: RunRecord, supervisor: bool = False) -> Process | None:
+        """The process of a run of this host and boot (or its supervisor's) as a key for
+        ``alive``; None for a run of another host or boot, whose process cannot be watched."""
+        if run.host != self.host or (run.boot_id is not None and run.boot_id != self.boot_id):
+            return None
+        if supervisor:
+            return None if run.supervisor is None else (run.supervisor.pid, None, run.supervisor.start_ticks)
+        ticks = run.process_start_ticks if run.boot_id == self.boot_id else None
+        return (run.pid, run.process_start, ticks)
+
     def glance(self, runs: Iterable[RunRecord] | None = None) -> list[Observation]:
         """A one-off look, newest first, remembering nothing (``status``, the server's API):
         with no history, a run of another host is timed by its own wall clock, and its heartbeat
@@ -139,6 +172,7 @@ class Observer:
     ) -> Observation:
         lag = rules.write_lag(run.write_lag)
         silent = False
+        wake: float | None = None
         if run.host != self.host:
             # Timed from when this observer saw the progress count change, which it sees only
             # at its next look after the file was written; alive while its writer keeps
@@ -149,6 +183,7 @@ class Observer:
             if run.heartbeat is not None and not run.ended:
                 allowed = rules.HEARTBEATS_MISSED * run.heartbeat + self.interval
                 silent = now_mono - seen.changed > allowed
+                wake = None if silent else seen.changed + allowed + _AFTER
         else:
             if run.boot_id is not None and run.boot_id == self.boot_id:
                 since = now_mono - run.last_progress_mono
@@ -166,7 +201,11 @@ class Observer:
             silent=silent,
         )
         supervised = run.supervisor is not None and run.host == self.host and self._supervised(run, alive)
-        return Observation(run, current, max(since, 0.0), grace, supervised)
+        if run.eta is not None and current in (State.RUNNING, State.LATE):
+            deadline = run.eta + lag + ((grace or 0.0) if current is State.LATE else 0.0)
+            due = now_mono + deadline - since + _AFTER
+            wake = due if wake is None else min(wake, due)
+        return Observation(run, current, max(since, 0.0), grace, supervised, wake)
 
     def _supervised(self, run: RunRecord, seen: _Alive) -> bool:
         """Whether the run's ``nbmonitor-watcher run`` (same host) still runs."""

@@ -11,6 +11,8 @@ Layout (docs/repo-format.md is the full contract)::
     watcher.json                the running watcher: pid, host, start time
     watcher.lock / watcher.log  single-watcher lock, detached watcher's log
     notify.log                  lines of the logger notifier
+    settings.json               the repo's settings: how long ended runs are kept
+    pruning/<run id>.json       a run being removed (nbmonitor.retention)
 
 Every file is written whole (temp file, fsync, rename), so a reader never
 sees half of one, on a local disk or a network filesystem.
@@ -25,7 +27,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,6 +104,8 @@ class Repo:
         self.lock_file = self.path / "watcher.lock"
         self.log_file = self.path / "watcher.log"
         self.notify_log = self.path / "notify.log"
+        self.settings_file = self.path / "settings.json"
+        self.pruning_dir = self.path / "pruning"
 
     def __repr__(self) -> str:
         return f"Repo({str(self.path)!r})"
@@ -482,23 +486,57 @@ class Scanner:
             stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
             old = self._cache.get(entry.name)
             if old is None or old.stamp != stamp:
-                if owned(st):
-                    old = _Cached(stamp, self._read(entry.path, entry.name[:-5]))
-                else:
-                    log.warning(
-                        "skipping run file %s: it belongs to another user, uid %d", entry.path, st.st_uid
-                    )
-                    old = _Cached(stamp, None)
+                old = self._cached(entry.path, entry.name, st, stamp)
             cache[entry.name] = old
             if old.record is not None:
                 found.append(old.record)
         self._cache = cache
         return found
 
+    def update(self, names: Iterable[str]) -> tuple[list[RunRecord], list[str]]:
+        """Read again only the named files of ``runs/`` (a change notice named them): the valid
+        runs among them, and the ids of those now gone (or no longer valid)."""
+        changed: list[RunRecord] = []
+        gone: list[str] = []
+        for name in names:
+            if not name.endswith(".json") or name.startswith(".") or not is_run_id(name[:-5]):
+                continue
+            path = os.path.join(self.repo.runs_dir, name)
+            try:
+                st = os.stat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                if self._cache.pop(name, None) is not None:
+                    gone.append(name[:-5])
+                continue
+            old = self._cache.get(name)
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if old is None or old.stamp != stamp:
+                old = self._cache[name] = self._cached(path, name, st, stamp)
+            if old.record is not None:
+                changed.append(old.record)
+            else:
+                gone.append(name[:-5])
+        return changed, gone
+
+    def records(self) -> Iterator[RunRecord]:
+        """Every valid run as of the last scan or update."""
+        return (c.record for c in self._cache.values() if c.record is not None)
+
+    def get(self, run_id: str) -> RunRecord | None:
+        """The run as of the last scan or update, or None."""
+        cached = self._cache.get(f"{run_id}.json")
+        return cached.record if cached is not None else None
+
     def modified(self, run_id: str) -> float | None:
         """When the run's file was last written (epoch seconds), as of the last scan."""
         cached = self._cache.get(f"{run_id}.json")
         return cached.stamp[0] / 1e9 if cached is not None else None
+
+    def _cached(self, path: str, name: str, st: os.stat_result, stamp: tuple[int, int, int]) -> _Cached:
+        if owned(st):
+            return _Cached(stamp, self._read(path, name[:-5]))
+        log.warning("skipping run file %s: it belongs to another user, uid %d", path, st.st_uid)
+        return _Cached(stamp, None)
 
     def _entries(self) -> Iterator[os.DirEntry[str]]:
         try:

@@ -2,38 +2,49 @@
 
 ``Watcher.poll()`` is one pass: an Observer turns the repo's run files into
 states (nbmonitor.observe), a Claimer claims the events they make due
-(nbmonitor.claims). Clocks and process checks are injected, so tests drive
-it directly; ``serve()`` is the loop around it, with the one-watcher-per-repo
-lock, the ``watcher.json`` status file and the sender that delivers.
+(nbmonitor.claims). ``Watcher.update()`` is a pass over what changed only:
+the files a change notice named, the runs of processes that ended, the runs
+whose deadline passed. Clocks and process checks are injected, so tests drive
+both directly; ``serve()`` is the loop around them, with the
+one-watcher-per-repo lock, the ``watcher.json`` status file, the change
+notices that wake it (nbmonitor._notices) and the sender that delivers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
+import math
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from . import _process, _pyspy
-from ._format import one_line
+from . import _format, _process, _pyspy, retention
+from ._notices import Notices
 from .claims import Claimer, log_event
 from .config import NotifierConfig
 from .errors import WatcherError
 from .events import Event
 from .groups import GroupObservation, gather
-from .observe import AliveCheck, Observation, Observer, watcher_info
+from .membership import group_id
+from .observe import AliveCheck, Observation, Observer, Process, watcher_info
 from .outbox import Sender
 from .record import RunRecord
 from .repo import Repo, write_atomic
+from .rules import TERMINAL
 
 __all__ = ["Watcher", "serve", "watcher_info"]
 
 log = logging.getLogger("nbmonitor.watcher")
 
 Clock = Callable[[], float]
+#: The longest a watcher waits with nothing due: it checks its runs folder is still there.
+_CHECK_EVERY = 5.0
+#: Seconds between prunes of runs past the repo's retention (the first at start).
+_PRUNE_EVERY = 3600.0
 
 
 class Watcher:
@@ -67,7 +78,20 @@ class Watcher:
             interval=interval,
         )
         self.claimer = Claimer(repo, notifiers=notifiers, emit=emit, role=role, wall=wall, outside=outside)
+        self.mono = mono
+        self.interval = interval
         self._said: set[tuple[str, str]] = set()  # (group id, problem) already warned of
+        # What the next look must include, between full looks (nbmonitor._notices): when each
+        # run's state changes by itself, as a heap with the latest time of each run beside it
+        # (older heap entries are stale), the runs of each group, and of each process.
+        self._wakes: list[tuple[float, str]] = []
+        self._wake_of: dict[str, float] = {}
+        self._members: dict[str, set[str]] = {}
+        self._group_of: dict[str, str] = {}
+        #: The live processes of this host's active runs, and the runs of each: told when one
+        #: ends (``update(ended=...)``) by whoever watches them (``serve``'s pidfds).
+        self.processes: dict[Process, set[str]] = {}
+        self.new_processes: list[Process] = []  # since the watcher of processes last took them
 
     @property
     def alive(self) -> AliveCheck:
@@ -81,12 +105,108 @@ class Watcher:
         """Look at every run once; claim and emit the events that are due, for runs of their
         own and for groups (nbmonitor.groups). Returns those this watcher won (another watcher
         or kernel may have claimed the rest)."""
-        alone, groups = gather(self.observer.look(skip=self.claimer.done))
+        observations = self.observer.look(skip=self.claimer.done)
+        alone, groups = gather(observations)
         self._say_problems(groups)
         won = self.claimer.claim(alone, groups)
         self.claimer.keep_only(self.observer.known)
         self._said = {said for said in self._said if said[0] in self.claimer.groups}
+        self._members.clear()
+        self._group_of.clear()
+        self._wakes.clear()
+        self._wake_of.clear()
+        self.processes.clear()
+        for run in self.observer.records():
+            self._index(run)
+        self._plan(observations)
         return won
+
+    def update(self, names: Iterable[str] = (), ended: Iterable[Process] = ()) -> list[Event]:
+        """Look only at what changed since the last look, at a cost that does not grow with
+        the repo: the run files ``names`` (a change notice named them), the runs of processes
+        that ``ended``, and runs whose state changes by itself by now (a deadline passed).
+        Only right while every change is told: otherwise ``poll()``."""
+        now = self.mono()
+        changed, gone = self.observer.update(names)
+        ids = {run.id for run in changed}
+        for run in changed:
+            self._index(run)
+        for key in ended:
+            ids |= self.processes.pop(key, set())
+        while self._wakes and self._wakes[0][0] <= now:
+            when, run_id = heapq.heappop(self._wakes)
+            if self._wake_of.get(run_id) == when:
+                del self._wake_of[run_id]
+                ids.add(run_id)
+        for run_id in gone:
+            self._forget(run_id)
+        # A member's change may change its group: look at the whole group.
+        for run_id in list(ids):
+            group = self._group_of.get(run_id)
+            if group is not None:
+                ids |= self._members[group]
+        records = [r for r in map(self.observer.record, ids) if r is not None]
+        if not records:
+            return []
+        observations = self.observer.look(records, skip=self.claimer.done)
+        alone, groups = gather(observations)
+        self._say_problems(groups)
+        won = self.claimer.claim(alone, groups)
+        self._plan(observations)
+        return won
+
+    def next_wake(self) -> float | None:
+        """When (on the monotonic clock) a run's state changes by itself next, if one does."""
+        while self._wakes and self._wake_of.get(self._wakes[0][1]) != self._wakes[0][0]:
+            heapq.heappop(self._wakes)  # stale: that run was looked at since
+        return self._wakes[0][0] if self._wakes else None
+
+    def poll_again(self, run_ids: Iterable[str], at: float) -> None:
+        """Look at these runs again at ``at`` (their process cannot be watched: poll it)."""
+        for run_id in run_ids:
+            if self._wake_of.get(run_id, math.inf) > at:
+                self._wake_of[run_id] = at
+                heapq.heappush(self._wakes, (at, run_id))
+
+    def _index(self, run: RunRecord) -> None:
+        if run.group is not None and run.id not in self._group_of:
+            group = group_id(run.group.job, run.name)
+            self._group_of[run.id] = group
+            self._members.setdefault(group, set()).add(run.id)
+
+    def _forget(self, run_id: str) -> None:
+        """A run gone from the repo."""
+        self._wake_of.pop(run_id, None)
+        group = self._group_of.pop(run_id, None)
+        if group is not None:
+            members = self._members[group]
+            members.discard(run_id)
+            if not members:
+                del self._members[group]
+        self.claimer.forget(run_id, group if group not in self._members else None)
+
+    def _plan(self, observations: Iterable[Observation]) -> None:
+        """Note when each observed run must be looked at again, and which processes to watch."""
+        retry = self.mono() + self.interval  # for an event that could not be recorded
+        for obs in observations:
+            run_id = obs.run.id
+            if {run_id, self._group_of.get(run_id)} & self.claimer.unrecorded:
+                self._wake_of[run_id] = retry
+                heapq.heappush(self._wakes, (retry, run_id))
+            elif obs.wake is not None:
+                self._wake_of[run_id] = obs.wake
+                heapq.heappush(self._wakes, (obs.wake, run_id))
+            else:
+                self._wake_of.pop(run_id, None)
+            if obs.state in TERMINAL or run_id in self.claimer.done:
+                continue
+            for key in (self.observer.process(obs.run), self.observer.process(obs.run, supervisor=True)):
+                if key is not None:
+                    runs = self.processes.get(key)
+                    if runs is None:
+                        runs = self.processes[key] = set()
+                        self.new_processes.append(key)
+                    runs.add(run_id)
 
     def check(self, runs: Iterable[RunRecord]) -> list[Event]:
         """``poll()`` over the given records only."""
@@ -101,7 +221,7 @@ class Watcher:
             for problem in group.problems:
                 if (group.id, problem) not in self._said:
                     self._said.add((group.id, problem))
-                    log.warning("group %s (%s): %s", group.id[:8], one_line(group.name), problem)
+                    log.warning("group %s (%s): %s", group.id[:8], _format.one_line(group.name), problem)
 
     def observe(self, runs: Iterable[RunRecord] | None = None) -> list[Observation]:
         """The state of ``runs`` (default: every run of the repo) now, newest first, claiming nothing."""
@@ -114,8 +234,10 @@ def serve(
     interval: float = 1.0,
     grace: float | None = None,
     stop: threading.Event | None = None,
+    notices_on: bool = True,
 ) -> None:
-    """Watch ``repo`` until ``stop`` is set. Only one watcher per repo: a second raises WatcherError."""
+    """Watch ``repo`` until ``stop`` is set. Only one watcher per repo: a second raises WatcherError.
+    ``notices_on=False`` polls every ``interval`` as where changes are not told."""
     from filelock import FileLock, Timeout
 
     repo.ensure()
@@ -140,6 +262,8 @@ def serve(
         "grace": grace,
         "repo": str(repo.path),
     }
+    notices: Notices[Process] = Notices(repo.runs_dir, files=notices_on)
+    info["notices"] = notices.why_not  # None: told of changes; else why it polls ('status' says)
     try:
         write_atomic(repo.watcher_file, info)
         sender = Sender(repo)
@@ -148,29 +272,112 @@ def serve(
         watcher = Watcher(
             repo, grace=grace, notifiers=sender.configs, interval=interval, outside=_pyspy.outside_stack
         )
-        log.info("nbmonitor-watcher (pid %d) watching %s every %g s", os.getpid(), repo.path, interval)
-        next_poll = time.monotonic()
-        present = True
+        how = "told of changes" if notices.files else f"polling every {interval:g} s: {notices.why_not}"
+        log.info("nbmonitor-watcher (pid %d) watching %s, %s", os.getpid(), repo.path, how)
+
+        def wake_on_stop() -> None:
+            stop.wait()
+            notices.wake()
+
+        waker = threading.Thread(target=wake_on_stop, daemon=True)
+        waker.start()
         try:
-            while not stop.is_set():
-                try:
-                    if repo.runs_dir.is_dir() != present:
-                        present = not present
-                        _say_repo(repo, present, info)
-                    sender.refresh()
-                    if watcher.poll():
-                        sender.wake()
-                except Exception:  # a bad poll must not end the watcher; the next one retries
-                    log.exception("poll failed")
-                next_poll = max(next_poll + interval, time.monotonic())
-                stop.wait(next_poll - time.monotonic())
+            _loop(watcher, sender, notices, stop, info, interval)
         finally:
+            stop.set()
+            waker.join()
             sender.stop()
         log.info("nbmonitor-watcher (pid %d) stopped", os.getpid())
     finally:
+        notices.close()
         with contextlib.suppress(OSError):
             repo.watcher_file.unlink()
         lock.release()
+
+
+def _loop(
+    watcher: Watcher,
+    sender: Sender,
+    notices: Notices[Process],
+    stop: threading.Event,
+    info: dict[str, Any],
+    interval: float,
+) -> None:
+    """Look at the whole repo once, then at what changes as it changes: files named by change
+    notices, processes as they end, deadlines as they pass. Every ``interval`` the whole repo
+    again, where changes are not told (or the runs folder is gone)."""
+    repo = watcher.repo
+    present = True
+    full = True
+    next_poll = time.monotonic()
+    pruner = _Pruner(repo)
+    while not stop.is_set():
+        try:
+            taken = notices.take()
+            if repo.runs_dir.is_dir() != present:
+                present = not present
+                _say_repo(repo, present, info)
+            sender.refresh()
+            now = time.monotonic()
+            watching = notices.watching
+            if full or taken.everything or (not watching and now >= next_poll):
+                won = watcher.poll()
+                next_poll = now + interval
+            else:
+                won = watcher.update(taken.names, taken.ended)
+            full = False
+            if won:
+                sender.wake()
+            for key in watcher.new_processes:
+                if not notices.watch_process(key, key[0]):
+                    watcher.poll_again(watcher.processes.get(key, ()), now + interval)
+            watcher.new_processes.clear()
+            pruner.maybe(now, watcher.observer.records())
+        except Exception:  # a bad look must not end the watcher; the next one retries
+            log.exception("poll failed")
+            full = True
+        wake = watcher.next_wake()
+        until = math.inf if wake is None else wake
+        if not watching:
+            until = min(until, next_poll)
+        # Now and then even when nothing is due: the runs folder may be deleted and made again.
+        notices.wait(min(until - time.monotonic(), _CHECK_EVERY))
+
+
+class _Pruner:
+    """Removes runs past the repo's retention (nbmonitor.retention) once an hour, beside the
+    watcher's loop, so that a large prune never delays an alarm."""
+
+    def __init__(self, repo: Repo) -> None:
+        self.repo = repo
+        self.next = 0.0  # monotonic time of the next prune
+        self._thread: threading.Thread | None = None
+
+    def maybe(self, now: float, records: Iterable[RunRecord]) -> None:
+        if now < self.next or (self._thread is not None and self._thread.is_alive()):
+            return
+        self.next = now + _PRUNE_EVERY
+        older_than = retention.period(self.repo)
+        if older_than is None:
+            return
+        self._thread = threading.Thread(
+            target=self._prune, args=(older_than, list(records)), name="nbmonitor-prune", daemon=True
+        )
+        self._thread.start()
+
+    def _prune(self, older_than: float, records: list[RunRecord]) -> None:
+        try:
+            done = retention.prune(self.repo, older_than, records=records)
+        except Exception:  # the next hour tries again
+            log.exception("pruning %s failed", self.repo.path)
+            return
+        if done.runs or done.finished:
+            log.info(
+                "pruned %d run(s) that ended over %s ago (%s)",
+                len(done.runs) + done.finished,
+                retention.describe(older_than),
+                _format.human_bytes(done.bytes),
+            )
 
 
 def _say_repo(repo: Repo, present: bool, info: dict[str, Any]) -> None:
