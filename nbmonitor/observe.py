@@ -161,7 +161,7 @@ class Observer:
             since = max(0.0, now_wall - run.last_progress_at)
             # A sign of life: when the file was last written, by this host's (or the file
             # server's) clock, not the run's own.
-            modified = self._scanner.modified(run.id) if runs is None else None
+            modified = self._scanner.modified(run.id)
             changed = now_mono - max(0.0, now_wall - modified) if modified is not None else now_mono
             seen = _Seen(run.progress, now_mono - since, run.updated_at, changed)
             found.append(self._state(run, seen, now_wall, now_mono, alive))

@@ -20,6 +20,7 @@ so a slow or large repo never blocks the server's event loop. The repo is
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import logging
 import os
@@ -36,11 +37,12 @@ from traitlets import Unicode
 from traitlets.config import Configurable
 
 from . import _format, logtail, rules
+from ._notices import Notices
 from ._version import version
 from .errors import CorruptRecordError, NbmonitorError, RepoError
 from .groups import GroupObservation, gather, role
 from .membership import group_id
-from .observe import Observation, Observer, watcher_info
+from .observe import Observation, Observer, Process, watcher_info
 from .record import RunRecord, is_run_id
 from .repo import Repo
 from .templates import attempt_text, blame, job_label
@@ -50,6 +52,8 @@ __all__ = ["Nbmonitor", "load"]
 log = logging.getLogger("nbmonitor")
 WIDTH, MIN_WIDTH, MAX_WIDTH = 720, 320, 1600  # of the usage plot, in pixels
 _FIRST_LINES = 30.0  # seconds within which a new run's usage history is expected on disk
+ENDED_PAGE = 50  # ended runs and groups in a page of them
+_POLL = 2.0  # seconds between looks at a process that cannot be watched (the panel's poll)
 
 
 class Nbmonitor(Configurable):
@@ -66,54 +70,99 @@ class _NoPlot(NbmonitorError):
 
 class _Feed:
     """What changed since a client's last look. Each run's and group's answer is kept with the
-    version at which it last changed, so a poll that changes nothing sends back only a cursor
-    ("<generation>:<version>"), and a repo of thousands of ended runs sends them once. A cursor
-    of another server (another generation), or older than the removals kept, gets everything."""
+    version at which it last changed, in the order of those versions, so a poll that changes
+    nothing sends back only a cursor ("<generation>:<version>") and costs the same whatever the
+    repo's size, and a repo of thousands of ended runs sends them once. A cursor of another
+    server (another generation), or older than the removals kept, gets everything."""
 
     KEPT_REMOVALS = 10_000
 
     def __init__(self) -> None:
         self.generation = secrets.token_hex(6)
         self.version = 0
+        # By (kind, id), oldest change first: (version, text compared, answer).
         self._entries: dict[tuple[str, str], tuple[int, str, dict[str, Any]]] = {}
         self._removed: dict[tuple[str, str], int] = {}
         self._floor = 0  # a cursor below this may have missed removals
 
     def update(self, runs: list[dict[str, Any]], groups: list[dict[str, Any]]) -> None:
-        """The answers now: note which changed, appeared and went."""
-        upcoming = self.version + 1
-        changed = False
+        """The answers now, every one: note which changed, appeared and went."""
         seen = set()
         for kind, items in (("runs", runs), ("groups", groups)):
             for item in items:
-                key = (kind, str(item["id"]))
-                seen.add(key)
-                text = json.dumps(item, sort_keys=True)
-                old = self._entries.get(key)
-                if old is None or old[1] != text:
-                    self._entries[key] = (upcoming, text, item)
-                    self._removed.pop(key, None)
-                    changed = True
-        for key in [k for k in self._entries if k not in seen]:
-            del self._entries[key]
-            self._removed[key] = upcoming
-            changed = True
+                seen.add((kind, str(item["id"])))
+                self.put(kind, item)
+        for kind, item_id in [k for k in self._entries if k not in seen]:
+            self.drop(kind, item_id)
+
+    def put(self, kind: str, item: dict[str, Any]) -> None:
+        """One answer now; a new version only when it changed."""
+        key = (kind, str(item["id"]))
+        text = json.dumps(item, sort_keys=True)
+        old = self._entries.get(key)
+        if old is not None and old[1] == text:
+            return
+        self.version += 1
+        self._entries.pop(key, None)  # to the end: the newest change
+        self._entries[key] = (self.version, text, item)
+        self._removed.pop(key, None)
+
+    def drop(self, kind: str, item_id: str) -> None:
+        """A run or group gone."""
+        if self._entries.pop((kind, item_id), None) is None:
+            return
+        self.version += 1
+        self._removed[(kind, item_id)] = self.version
         while len(self._removed) > self.KEPT_REMOVALS:
             # Kept in the order they went, each at a version no lower than the one before.
             oldest = next(iter(self._removed))
             self._floor = max(self._floor, self._removed.pop(oldest))
-        if changed:
-            self.version = upcoming
 
-    def since(self, cursor: str | None) -> dict[str, Any]:
-        """The answer for a client that last looked at ``cursor`` (None: its first look)."""
+    def since(self, cursor: str | None, page: int | None = None) -> dict[str, Any]:
+        """The answer for a client that last looked at ``cursor`` (None: its first look: every
+        run and group still going, and the ``page`` latest of those that ended; ``more`` says
+        whether older ones are left, for ``ended()``)."""
         seen = self._parse(cursor)
-        full = seen is None
-        after = 0 if seen is None else seen
-        answer: dict[str, Any] = {"full": full, "cursor": f"{self.generation}:{self.version}"}
+        answer: dict[str, Any] = {"full": seen is None, "cursor": f"{self.generation}:{self.version}"}
+        found: dict[str, list[dict[str, Any]]] = {"runs": [], "groups": []}
+        gone: dict[str, list[str]] = {"runs": [], "groups": []}
+        if seen is None:
+            ended: list[tuple[str, dict[str, Any]]] = []
+            for (kind, _), (_, _, item) in self._entries.items():
+                if item["status"] in _ENDED:
+                    ended.append((kind, item))
+                else:
+                    found[kind].append(item)
+            ended.sort(key=lambda pair: pair[1]["started_at"], reverse=True)
+            shown = ended if page is None else ended[:page]
+            for kind, item in shown:
+                found[kind].append(item)
+            answer["more"] = len(ended) > len(shown)
+        else:
+            for (kind, _), (version, _, item) in reversed(self._entries.items()):
+                if version <= seen:
+                    break
+                found[kind].append(item)
+            for (kind, item_id), version in reversed(self._removed.items()):
+                if version <= seen:
+                    break
+                gone[kind].append(item_id)
         for kind in ("runs", "groups"):
-            answer[kind] = [item for (k, _), (v, _, item) in self._entries.items() if k == kind and v > after]
-            answer[f"removed_{kind}"] = [i for (k, i), v in self._removed.items() if k == kind and v > after]
+            answer[kind] = found[kind]
+            answer[f"removed_{kind}"] = gone[kind]
+        return answer
+
+    def ended(self, before: float, count: int) -> dict[str, Any]:
+        """The ``count`` latest runs and groups that ended and started before ``before``."""
+        older = [
+            (kind, item)
+            for (kind, _), (_, _, item) in self._entries.items()
+            if item["status"] in _ENDED and item["started_at"] < before
+        ]
+        older.sort(key=lambda pair: pair[1]["started_at"], reverse=True)
+        answer: dict[str, Any] = {"runs": [], "groups": [], "more": len(older) > count}
+        for kind, item in older[:count]:
+            answer[kind].append(item)
         return answer
 
     def _parse(self, cursor: str | None) -> int | None:
@@ -123,6 +172,119 @@ class _Feed:
             return None
         seen = int(number)
         return seen if self._floor <= seen <= self.version else None
+
+
+_ENDED = frozenset(state.value for state in rules.TERMINAL)
+
+
+class _View:
+    """The server's answers kept current at the cost of what changes: told of run-file changes
+    and of processes' ends (nbmonitor._notices), it looks again only at those runs, at runs
+    whose state changes by itself (a deadline), and at their groups; where changes are not
+    told, at every run on each poll."""
+
+    def __init__(self, repo: Repo, observer: Observer, root_dir: str | None) -> None:
+        self.repo, self.observer, self.root_dir = repo, observer, root_dir
+        self.feed = _Feed()
+        self.notices: Notices[Process] = Notices(repo.runs_dir)
+        self._whole = True  # the next refresh looks at every run
+        self._wakes: list[tuple[float, str]] = []
+        self._wake_of: dict[str, float] = {}
+        self._group_of: dict[str, str] = {}
+        self.members: dict[str, set[str]] = {}
+        self._processes: dict[Process, set[str]] = {}
+
+    def refresh(self) -> None:
+        taken = self.notices.take()
+        if self._whole or taken.everything or not self.notices.watching:
+            self._everything()
+            return
+        ids: set[str] = set()
+        changed, gone = self.observer.update(taken.names)
+        for run in changed:
+            ids.add(run.id)
+            self._index(run)
+        for key in taken.ended:
+            ids |= self._processes.pop(key, set())
+        now = time.monotonic()
+        while self._wakes and self._wakes[0][0] <= now:
+            when, run_id = heapq.heappop(self._wakes)
+            if self._wake_of.get(run_id) == when:
+                del self._wake_of[run_id]
+                ids.add(run_id)
+        groups: set[str] = set()
+        for run_id in gone:
+            self._wake_of.pop(run_id, None)
+            group = self._group_of.pop(run_id, None)
+            if group is None:
+                self.feed.drop("runs", run_id)
+            else:
+                self.members[group].discard(run_id)
+                groups.add(group)
+        for run_id in ids:
+            group = self._group_of.get(run_id)
+            if group is not None:
+                groups.add(group)
+        alone = [r for r in map(self.observer.record, ids) if r is not None and r.id not in self._group_of]
+        if not alone and not groups:
+            return  # nothing changed: the cost of a poll that changes nothing
+        looked = self.observer.glance(alone)
+        for obs in looked:
+            self.feed.put("runs", _run_json(obs, self.root_dir))
+        for group in groups:
+            records = [r for r in map(self.observer.record, self.members.get(group, ())) if r is not None]
+            if not records:
+                self.members.pop(group, None)
+                self.feed.drop("groups", group)
+                continue
+            members = self.observer.glance(records)
+            looked += members
+            _, (whole,) = gather(members)
+            self.feed.put("groups", _group_json(whole, self.root_dir))
+        self._plan(looked)
+
+    def _everything(self) -> None:
+        self._whole = False
+        self._wakes.clear()
+        self._wake_of.clear()
+        self._group_of.clear()
+        self.members.clear()
+        self._processes.clear()
+        looked = self.observer.glance()
+        for run in self.observer.records():
+            self._index(run)
+        alone, found = gather(looked)
+        runs = [_run_json(o, self.root_dir) for o in alone]
+        groups = [_group_json(g, self.root_dir) for g in found]
+        self.feed.update(runs, groups)
+        self._plan(looked)
+
+    def _index(self, run: RunRecord) -> None:
+        if run.group is not None and run.id not in self._group_of:
+            group = group_id(run.group.job, run.name)
+            self._group_of[run.id] = group
+            self.members.setdefault(group, set()).add(run.id)
+
+    def _plan(self, looked: list[Observation]) -> None:
+        """When to look at each run again, by itself, and which processes to be told of."""
+        poll = time.monotonic() + _POLL
+        for obs in looked:
+            run_id = obs.run.id
+            wake = obs.wake
+            if obs.state not in rules.TERMINAL:
+                key = self.observer.process(obs.run)
+                if key is not None and key not in self._processes:
+                    if self.notices.watch_process(key, key[0]):
+                        self._processes[key] = set()
+                    else:
+                        wake = poll if wake is None else min(wake, poll)
+                if key in self._processes:
+                    self._processes[key].add(run_id)
+            if wake is None:
+                self._wake_of.pop(run_id, None)
+            else:
+                self._wake_of[run_id] = wake
+                heapq.heappush(self._wakes, (wake, run_id))
 
 
 class _Reader:
@@ -138,7 +300,7 @@ class _Reader:
         self.root_dir = root_dir
         self._observer = None if self.repo is None else Observer(self.repo)
         self._lock = threading.Lock()
-        self._feed = _Feed()
+        self._view: _View | None = None
 
     def _usable(self) -> Repo:
         if self.repo is None:
@@ -146,19 +308,19 @@ class _Reader:
         self.repo.check()
         return self.repo
 
-    def runs(self, cursor: str | None = None) -> dict[str, Any]:
-        """Every run and group, or (given the ``cursor`` of an earlier answer) those that changed
-        since, and the ids of those gone."""
+    def runs(
+        self, cursor: str | None = None, page: int | None = None, before: float | None = None
+    ) -> dict[str, Any]:
+        """Every run and group still going and the ``page`` latest that ended (all of them when
+        None), or (given the ``cursor`` of an earlier answer) those that changed since, and the
+        ids of those gone; or (``before``) a page of the ended runs and groups started before."""
         try:
-            self._usable()
-            assert self._observer is not None
             with self._lock:
-                alone, found = gather(self._observer.glance())
-                runs = [_run_json(o, self.root_dir) for o in alone]
-                groups = [_group_json(g, self.root_dir) for g in found]
-                groups.sort(key=lambda g: g["started_at"], reverse=True)
-                self._feed.update(runs, groups)
-                answer = self._feed.since(cursor)
+                view = self._current()
+                if before is not None:
+                    answer = view.feed.ended(before, page or ENDED_PAGE)
+                else:
+                    answer = view.feed.since(cursor, page)
         except (RepoError, OSError) as e:
             empty = {
                 "runs": [],
@@ -170,6 +332,15 @@ class _Reader:
             }
             return empty | {"repo": self._path(), "error": _problem(e)}
         return answer | {"repo": self._path(), "error": None}
+
+    def _current(self) -> _View:
+        """The view of the repo, brought up to date (under the lock)."""
+        repo = self._usable()
+        assert self._observer is not None
+        if self._view is None:
+            self._view = _View(repo, self._observer, self.root_dir)
+        self._view.refresh()
+        return self._view
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         try:
@@ -232,11 +403,12 @@ class _Reader:
         members when there is no such group."""
         assert self._observer is not None
         with self._lock:
-            _, groups = gather(self._observer.glance())
-        for group in groups:
-            if group.id == wanted:
-                return group.name, [(role(m), m.run.id) for m in group.members]
-        return "", []
+            view = self._current()
+            records = [r for r in map(self._observer.record, view.members.get(wanted, ())) if r is not None]
+            if not records:
+                return "", []
+            _, (group,) = gather(self._observer.glance(records))
+        return group.name, [(role(m), m.run.id) for m in group.members]
 
     def watcher(self) -> dict[str, Any]:
         try:
@@ -425,7 +597,16 @@ class RunsHandler(_Handler):
     @tornado.web.authenticated
     async def get(self) -> None:
         since = self.get_argument("since", None)
-        self.finish(await self.in_thread(self.reader.runs, since) | {"version": version()})
+        page, before = self.get_argument("ended", None), self.get_argument("before", None)
+        try:
+            count = None if page is None else int(page)
+            older = None if before is None else float(before)
+        except ValueError:
+            raise tornado.web.HTTPError(400, "ended must be a whole number, before a time") from None
+        if count is not None and not 0 <= count <= 10_000:
+            raise tornado.web.HTTPError(400, f"ended must be between 0 and 10000, got {count}")
+        found = await self.in_thread(self.reader.runs, since, count, older)
+        self.finish(found | {"version": version()})
 
 
 class RunHandler(_Handler):

@@ -325,6 +325,30 @@ def test_a_group_and_a_cells_workers_in_the_panel_and_the_cell(lab: Lab, page: A
         show_a_group_and_workers(lab, page)
 
 
+def test_the_panel_loads_ended_runs_a_page_at_a_time(lab: Lab, page: Any) -> None:
+    now = time.time()
+    for i in range(60):  # ended before the panel's first look: it gets the latest 50
+        Repo(lab.repo).write_run(
+            sample(id=f"{i + 1:032x}", name=f"archived-{i:02d}", status="finished", started_at=now - 4000 + i,
+                   ended_at=now - 3000 + i)
+        )  # fmt: skip
+    with screenshot_on_failure(page, "failure-pages"):
+        page.goto(lab.url("lab"))
+        page.locator(".jp-SideBar .lm-TabBar-tab", has_text="Runs").first.click()
+        page.locator(".nbm-filter").click()  # show all runs, ended ones too
+        page.locator(".nbm-run", has_text="archived-59").wait_for(timeout=60_000)
+        rows = page.locator(".nbm-run")
+        wait_until(lambda: rows.count() == 50, 10, "a page of ended runs")
+        assert page.locator(".nbm-run", has_text="archived-09").count() == 0
+        older = page.locator(".nbm-older")
+        older.scroll_into_view_if_needed()
+        page.locator("#nbmonitor-runs").screenshot(path=str(ARTIFACTS / "runs-panel-older.png"))
+        older.click()
+        page.locator(".nbm-run", has_text="archived-00").wait_for(timeout=10_000)
+        assert rows.count() == 60
+        assert older.count() == 0  # none left
+
+
 def write_group(repo: Path) -> None:
     """A torchrun job of four ranks of this (live) process: rank 2 stopped first, the rest wait."""
     from nbmonitor.record import CheckpointField, GroupField

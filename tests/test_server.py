@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from typing import Any
@@ -11,7 +14,7 @@ from typing import Any
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from nbmonitor import history, logtail
+from nbmonitor import _process, history, logtail
 from nbmonitor._format import COLOURS, duration
 from nbmonitor.logtail import LogLine
 from nbmonitor.record import CheckpointField, RunUsage
@@ -403,24 +406,27 @@ async def test_a_runs_log_tail_is_its_last_lines_as_data(jp_fetch: Any, repo: Re
 
 
 async def test_a_poll_with_a_cursor_gets_only_what_changed_and_what_went(jp_fetch: Any, repo: Repo) -> None:
-    write_runs(repo)  # "a" stalled (its answer changes with every look), "b" finished
+    write_runs(repo)  # "a" stalled, "b" finished
     first = await get(jp_fetch, "runs")
     assert first["full"] is True
     assert {r["id"][0] for r in first["runs"]} == {"a", "b"}
     again = await get(jp_fetch, "runs", since=first["cursor"])
     assert again["full"] is False
-    assert [r["id"][0] for r in again["runs"]] == [
-        "a"
-    ]  # its time since progress moved; "b" is not sent again
-    assert again["removed_runs"] == again["removed_groups"] == again["groups"] == []
+    # Nothing changed: a stalled run's answer stays as it was until its file or its state does.
+    assert again["runs"] == again["removed_runs"] == again["removed_groups"] == again["groups"] == []
+    assert again["cursor"] == first["cursor"]
     repo.write_run(sample(id="c" * 32, name="new", status="finished", ended_at=time.time()))
     repo.run_path("b" * 32).unlink()
     later = await get(jp_fetch, "runs", since=again["cursor"])
-    assert sorted(r["id"][0] for r in later["runs"]) == ["a", "c"]
+    assert [r["id"][0] for r in later["runs"]] == ["c"]
     assert later["removed_runs"] == ["b" * 32]
-    quiet = await get(jp_fetch, "runs", since=(await get(jp_fetch, "runs", since=later["cursor"]))["cursor"])
-    assert [r["id"][0] for r in quiet["runs"]] == ["a"]
-    assert len(json.dumps({k: v for k, v in quiet.items() if k != "runs"})) < 300  # a cursor, and little else
+    stuck = repo.read_run("a" * 32)
+    repo.write_run(stuck.with_changes(step=41, progress=stuck.progress + 1, last_progress_at=time.time()))
+    moved = await get(jp_fetch, "runs", since=later["cursor"])
+    assert [(r["id"][0], r["status"], r["step"]) for r in moved["runs"]] == [("a", "running", 41)]
+    quiet = await get(jp_fetch, "runs", since=moved["cursor"])
+    assert quiet["runs"] == []
+    assert len(json.dumps(quiet)) < 1024  # a cursor, and little else
     # A cursor of another server, or none the server can answer from: everything again.
     for cursor in ("0123456789ab:1", f"{first['cursor'].split(':')[0]}:999999", "nonsense", ""):
         body = await get(jp_fetch, "runs", since=cursor)
@@ -428,12 +434,63 @@ async def test_a_poll_with_a_cursor_gets_only_what_changed_and_what_went(jp_fetc
         assert {r["id"][0] for r in body["runs"]} == {"a", "c"}
 
 
+async def test_a_deadline_or_a_death_changes_the_answer_with_no_file_written(
+    jp_fetch: Any, repo: Repo
+) -> None:
+    host = os.uname().nodename
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        start = _process.process_start(child.pid)
+        repo.write_run(
+            sample(id="a" * 32, name="late-soon", host=host, pid=os.getpid(), process_start=None,
+                   boot_id=None, eta=0.3, write_lag=0.0, last_progress_at=time.time(), started_at=time.time())
+        )  # fmt: skip
+        repo.write_run(
+            sample(id="b" * 32, name="dies", host=host, pid=child.pid, process_start=start, boot_id=None,
+                   eta=3600.0, started_at=time.time(), last_progress_at=time.time())
+        )  # fmt: skip
+        first = await get(jp_fetch, "runs")
+        assert {r["id"][0]: r["status"] for r in first["runs"]} == {"a": "running", "b": "running"}
+        await asyncio.sleep(0.4)  # past a's ETA: it is late, though its file says nothing new
+        late = await get(jp_fetch, "runs", since=first["cursor"])
+        assert [(r["id"][0], r["status"]) for r in late["runs"]] == [("a", "late")]
+        child.kill()
+        child.wait()
+        dead = await get(jp_fetch, "runs", since=late["cursor"])
+        assert [(r["id"][0], r["status"]) for r in dead["runs"]] == [("b", "crashed")]
+    finally:
+        child.kill()
+        child.wait()
+
+
+async def test_the_first_answer_holds_a_page_of_ended_runs_and_asks_for_more(
+    jp_fetch: Any, repo: Repo
+) -> None:
+    now = time.time()
+    for i in range(1, 8):
+        repo.write_run(sample(id=f"{i:032x}", name=f"old-{i}", status="finished", started_at=now - 100 + i,
+                              ended_at=now - 50 + i))  # fmt: skip
+    repo.write_run(sample(id="f" * 32, name="going", host="elsewhere", started_at=now - 1000))
+    first = await get(jp_fetch, "runs", ended="3")
+    assert [r["name"] for r in first["runs"]] == ["going", "old-7", "old-6", "old-5"]
+    assert first["more"] is True
+    older = await get(jp_fetch, "runs", ended="3", before=str(first["runs"][-1]["started_at"]))
+    assert [r["name"] for r in older["runs"]] == ["old-4", "old-3", "old-2"]
+    assert older["more"] is True
+    last = await get(jp_fetch, "runs", ended="3", before=str(older["runs"][-1]["started_at"]))
+    assert ([r["name"] for r in last["runs"]], last["more"]) == (["old-1"], False)
+    for bad in ({"ended": "many"}, {"ended": "-1"}, {"before": "yesterday"}):
+        with pytest.raises(HTTPClientError) as caught:
+            await get(jp_fetch, "runs", **bad)
+        assert caught.value.code == 400
+
+
 def test_the_feed_forgets_old_removals_and_sends_everything_to_a_cursor_before_them() -> None:
     from nbmonitor.server import _Feed
 
     feed = _Feed()
     feed.KEPT_REMOVALS = 2
-    items = [{"id": str(i), "started_at": i} for i in range(5)]
+    items = [{"id": str(i), "started_at": i, "status": "running"} for i in range(5)]
     feed.update(items, [])
     cursor = feed.since(None)["cursor"]
     for kept in (4, 3, 2, 1):  # one run goes at each look

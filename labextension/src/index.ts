@@ -40,6 +40,8 @@ const POLL_MS = 2000;
 const MAX_BACKOFF_MS = 30000;
 const PROBLEMS = new Set(['stalled', 'crashed', 'lost', 'failed']);
 const ACTIVE = new Set(['running', 'late', 'stalled']);
+/** Ended runs and groups the panel loads at a time ("older runs" loads the next page). */
+const ENDED_PAGE = 50;
 const STUCK = new Set(['late', 'stalled']);
 /** A stack older than this is shown with its date, not only its time of day. */
 const DAY_S = 20 * 3600;
@@ -381,6 +383,8 @@ class RunsModel {
   runs: IRun[] = [];
   groups: IGroup[] = [];
   offline = false;
+  /** Whether older ended runs than those loaded are left on the server (``older()``). */
+  more = false;
   /** What is wrong with the repo the server reads (a file in its place, ...), if anything. */
   problem: string | null = null;
   private _changed = new Signal<this, void>(this);
@@ -401,6 +405,47 @@ class RunsModel {
     Signal.clearData(this);
   }
 
+  /** The next page of ended runs and groups, older than those loaded. */
+  async older(): Promise<void> {
+    const ended = [...this._runs.values(), ...this._groups.values()].filter(
+      entry => !ACTIVE.has(entry.status)
+    );
+    const before = Math.min(...ended.map(entry => entry.started_at));
+    const query = URLExt.objectToQueryString({
+      ended: `${ENDED_PAGE}`,
+      before: `${Number.isFinite(before) ? before : Date.now() / 1000}`
+    });
+    const response = await ServerConnection.makeRequest(
+      URLExt.join(this._settings.baseUrl, 'nbmonitor', 'api', 'runs') + query,
+      {},
+      this._settings
+    );
+    if (!response.ok) {
+      return;
+    }
+    const body = (await response.json()) as {
+      runs: IRun[];
+      groups: IGroup[];
+      more: boolean;
+    };
+    for (const run of body.runs) {
+      this._runs.set(run.id, run);
+    }
+    for (const group of body.groups) {
+      this._groups.set(group.id, group);
+    }
+    this.more = body.more;
+    this._sort();
+    this._changed.emit();
+  }
+
+  private _sort(): void {
+    const newest = (a: { started_at: number }, b: { started_at: number }) =>
+      b.started_at - a.started_at;
+    this.runs = [...this._runs.values()].sort(newest);
+    this.groups = [...this._groups.values()].sort(newest);
+  }
+
   /** Where the last answer left off: the server sends only what changed since. */
   private _cursor: string | null = null;
   private _runs = new Map<string, IRun>();
@@ -408,11 +453,15 @@ class RunsModel {
 
   private async _fetch(): Promise<void> {
     try {
+      // A first look (or one the server cannot answer from the cursor) gets what is going
+      // and a page of what ended; older ones come on request.
+      const query: { [key: string]: string } = { ended: `${ENDED_PAGE}` };
+      if (this._cursor) {
+        query.since = this._cursor;
+      }
       const url =
         URLExt.join(this._settings.baseUrl, 'nbmonitor', 'api', 'runs') +
-        (this._cursor
-          ? URLExt.objectToQueryString({ since: this._cursor })
-          : '');
+        URLExt.objectToQueryString(query);
       const response = await ServerConnection.makeRequest(
         url,
         {},
@@ -427,12 +476,14 @@ class RunsModel {
         removed_runs?: string[];
         removed_groups?: string[];
         full?: boolean;
+        more?: boolean;
         cursor?: string | null;
         error?: string | null;
       };
       if (body.full !== false) {
         this._runs.clear();
         this._groups.clear();
+        this.more = body.more ?? false;
       }
       for (const run of body.runs) {
         this._runs.set(run.id, run);
@@ -447,10 +498,7 @@ class RunsModel {
         this._groups.delete(id);
       }
       this._cursor = body.cursor ?? null;
-      const newest = (a: { started_at: number }, b: { started_at: number }) =>
-        b.started_at - a.started_at;
-      this.runs = [...this._runs.values()].sort(newest);
-      this.groups = [...this._groups.values()].sort(newest);
+      this._sort();
       this.problem = body.error ?? null;
       this.offline = false;
     } catch (reason) {
@@ -561,6 +609,16 @@ class RunsPanel extends Widget {
       fresh.appendChild(
         el('li', 'nbm-empty', this._showAll ? 'no runs yet' : 'no active runs')
       );
+    }
+    if (this._showAll && this._model.more) {
+      const more = fresh.appendChild(el('li', 'nbm-more'));
+      const button = more.appendChild(
+        el('button', 'nbm-older jp-mod-styled', 'older runs')
+      ) as HTMLButtonElement;
+      button.onclick = () => {
+        button.disabled = true;
+        void this._model.older().finally(() => (button.disabled = false));
+      };
     }
     morph(this._list, fresh);
     this._states = new Map([...runs, ...groups].map(e => [e.id, e.status]));
