@@ -188,25 +188,36 @@ class Watcher:
     def _plan(self, observations: Iterable[Observation]) -> None:
         """Note when each observed run must be looked at again, and which processes to watch."""
         retry = self.mono() + self.interval  # for an event that could not be recorded
+        wakes, wake_of, processes = self._wakes, self._wake_of, self.processes
+        whole = not wakes  # after a full look: one heapify, not a push per run
+        unrecorded, done = self.claimer.unrecorded, self.claimer.done
         for obs in observations:
-            run_id = obs.run.id
-            if {run_id, self._group_of.get(run_id)} & self.claimer.unrecorded:
-                self._wake_of[run_id] = retry
-                heapq.heappush(self._wakes, (retry, run_id))
-            elif obs.wake is not None:
-                self._wake_of[run_id] = obs.wake
-                heapq.heappush(self._wakes, (obs.wake, run_id))
+            run = obs.run
+            wake = obs.wake
+            if unrecorded and {run.id, self._group_of.get(run.id)} & unrecorded:
+                wake = retry
+            if wake is not None:
+                wake_of[run.id] = wake
+                if whole:
+                    wakes.append((wake, run.id))
+                else:
+                    heapq.heappush(wakes, (wake, run.id))
             else:
-                self._wake_of.pop(run_id, None)
-            if obs.state in TERMINAL or run_id in self.claimer.done:
+                wake_of.pop(run.id, None)
+            if obs.state in TERMINAL or run.id in done:
                 continue
-            for key in (self.observer.process(obs.run), self.observer.process(obs.run, supervisor=True)):
+            keys = [self.observer.process(run)]
+            if run.supervisor is not None:
+                keys.append(self.observer.process(run, supervisor=True))
+            for key in keys:
                 if key is not None:
-                    runs = self.processes.get(key)
+                    runs = processes.get(key)
                     if runs is None:
-                        runs = self.processes[key] = set()
+                        runs = processes[key] = set()
                         self.new_processes.append(key)
-                    runs.add(run_id)
+                    runs.add(run.id)
+        if whole:
+            heapq.heapify(wakes)
 
     def check(self, runs: Iterable[RunRecord]) -> list[Event]:
         """``poll()`` over the given records only."""
