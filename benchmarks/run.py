@@ -31,6 +31,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -337,22 +339,23 @@ def row_stall(count: int, work: Path) -> Row:
     latencies = []
     for run_id in ids:
         record = Repo(repo).read_run(run_id)
-        deadline = record.last_progress_at + 1.0 + 2.0  # ETA + default grace
+        # ETA + default grace + the lag its writer declares (the rules allow a file that much).
+        deadline = record.last_progress_at + 1.0 + 2.0 + (record.write_lag or 0.0)
         latencies.append(arrived[run_id] - deadline)
     median, p95 = percentiles(latencies)
     aim_p95 = 100.0 + 1.0  # Aim: deadline + 100 s grace, then up to one 1 s poll
     return Row(
         3,
         f"deadline → notification at a local webhook, {count} runs",
-        f"median {median:.2f} s, p95 {p95:.2f} s",
+        f"median {median * 1e3:.0f} ms, p95 {p95 * 1e3:.0f} ms",
         f"Aim's rule: ≥ 100 s (p95 ≈ {aim_p95:.0f} s)",
         p95 / aim_p95,
-        "p95 ≤ one poll (1 s) + 0.5 s",
-        p95 <= 1.5,
+        "p95 ≤ 0.1 s after the deadline",
+        p95 <= 0.1,
         "Scripts report progress with ETA 1 s then hang, started 0.4 s apart; the deadline is the run "
-        "file's last progress + ETA + default grace (2 s); arrival is when the local webhook server "
-        "got the POST; watcher at its default 1 s poll. Aim's figure is its rule (fixed 100 s grace, 1 s "
-        "poll), not a measurement.",
+        "file's last progress + ETA + default grace (2 s) + the write lag its writer declares; arrival "
+        "is when the local webhook server got the POST; the watcher wakes for the earliest deadline. "
+        "Aim's figure is its rule (fixed 100 s grace, 1 s poll), not a measurement.",
     )
 
 
@@ -370,14 +373,14 @@ def row_crash(count: int, work: Path) -> Row:
     return Row(
         4,
         f'SIGKILL of a script → "crashed" notification, {count} scripts',
-        f"median {median:.2f} s, p95 {p95:.2f} s",
+        f"median {median * 1e3:.0f} ms, p95 {p95 * 1e3:.0f} ms",
         "Aim: after ETA + 100 s (≥ 101 s here)",
         p95 / 101.0,
-        "p95 ≤ 2 s",
-        p95 <= 2.0,
+        "p95 ≤ 0.1 s",
+        p95 <= 0.1,
         "Scripts report progress every 50 ms (ETA 60 s) and are SIGKILLed 0.3 s apart; arrival at the "
-        "local webhook minus the kill. Aim notices a killed run only when its check-in expires (ETA + "
-        "100 s): its rule, not a measurement.",
+        "local webhook minus the kill; the watcher learns of each death from a pidfd. Aim notices a "
+        "killed run only when its check-in expires (ETA + 100 s): its rule, not a measurement.",
     )
 
 
@@ -450,6 +453,296 @@ def row_watcher(sizes: list[int], work: Path, aim_python: Path) -> Row:
         f"Growth from {min(sizes):,} to {big:,} runs: {growth:.2f}× linear. All runs share one live "
         "process, so liveness is one psutil check per poll; runs of distinct processes add one check "
         "(tens of microseconds) each.",
+    )
+
+
+# -- 21 to 24. cost that follows change, a repo that stays small --------------------------------------
+
+
+def fill_ended(repo: Path, n: int) -> None:
+    """``n`` runs that ended a minute ago (inside any retention period)."""
+    from nbmonitor import _process
+    from nbmonitor.record import Origin, RunRecord
+    from nbmonitor.repo import Repo
+
+    Repo(repo).ensure()
+    now = time.time()
+    for i in range(n):
+        record = RunRecord(
+            id=f"e{i:031x}", name=f"done-{i}", origin=Origin("script", path="/x/train.py"),
+            host=_process.host(), pid=1, process_start=None, boot_id=_process.boot_id(),
+            started_at=now - 120, status="finished", ended_at=now - 60, eta=3600.0, grace=None,
+            step=100, total=100, progress=100, last_progress_at=now - 60, last_progress_mono=0.0,
+            updated_at=now - 60,
+        )  # fmt: skip
+        (repo / "runs" / f"{record.id}.json").write_text(json.dumps(record.to_dict()))
+        claimed = repo / "events" / record.id  # its end told, as a watcher would have
+        claimed.mkdir()
+        (claimed / "end.json").write_text('{"kind": "finished"}')
+
+
+def idle_watcher(repo: Path, seconds: float) -> tuple[float, float]:
+    """A real watcher over ``repo``, once it has looked at it: the share of a core it uses over
+    ``seconds`` in which nothing changes, and its memory."""
+    import psutil
+
+    env = dict(os.environ, NBMONITOR_REPO=str(repo), PYTHONPATH=str(ROOT))
+    said = repo.parent / f"{repo.name}.log"
+    with said.open("w") as out:
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "nbmonitor", "--repo", str(repo), "start"],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        proc = psutil.Process(watcher.pid)
+        while "watching" not in said.read_text():
+            time.sleep(0.1)
+        # The first look reads every file; it is over when the CPU time stops growing.
+        last = -1.0
+        while (spent := sum(proc.cpu_times()[:2])) != last:
+            last = spent
+            time.sleep(2.0)
+        before, start = sum(proc.cpu_times()[:2]), time.monotonic()
+        time.sleep(seconds)
+        used = sum(proc.cpu_times()[:2]) - before
+        return used / (time.monotonic() - start), proc.memory_info().rss
+    finally:
+        watcher.terminate()
+        watcher.wait()
+
+
+def row_idle(active: int, ended: int, seconds: float, work: Path, aim_python: Path) -> Row:
+    busy, quiet = work / "idle-active", work / "idle-ended"
+    fill_repo(busy, active)
+    fill_ended(quiet, ended)
+    share, rss = idle_watcher(busy, seconds)
+    share_ended, rss_ended = idle_watcher(quiet, seconds)
+    aim_repo = work / "aim-idle"
+    aim_repo.mkdir()
+    peer = aim(aim_python, "poll", str(active), str(aim_repo))["cpu_per_poll"]  # one poll a second
+    return Row(
+        21,
+        f"an idle watcher: CPU over {active:,} active runs, none changing; over {ended:,} ended runs",
+        f"{share * 100:.3f}% of a core ({rss / 2**20:.0f} MB); {share_ended * 100:.3f}% "
+        f"({rss_ended / 2**20:.0f} MB)",
+        f"Aim watcher polling {active:,} check-ins once a second: {peer * 100:.1f}%",
+        share / peer,
+        "< 0.5% of a core over 10,000 active runs; nothing measurable over 100,000 ended",
+        share < 0.005 and share_ended < 0.001,
+        f"A real nbmonitor-watcher over a repo of {active:,} running runs (one live process, ETA 1 h) and "
+        f"one of {ended:,} runs that ended a minute ago; once its first look is over (its CPU time stops "
+        f"growing), its CPU time over {seconds:g} s. It is told of changes (inotify) and of process ends "
+        "(pidfd), and otherwise wakes every 5 s to check that its runs folder is still there. 'Nothing "
+        "measurable' is read as under 0.1%. Aim's watcher re-reads every check-in each second: its "
+        "median CPU per poll at the same size.",
+    )
+
+
+CHANGES = """
+import json, statistics, sys, time
+from nbmonitor.repo import Repo, write_atomic
+from nbmonitor.watcher import Watcher
+repo = Repo(sys.argv[1])
+watcher = Watcher(repo, emit=lambda e: None)
+watcher.poll()
+full = []
+for _ in range(3):
+    start = time.process_time()
+    watcher.poll()
+    full.append(time.process_time() - start)
+spent = []
+for i in range(200):
+    run_id = f"{i * 37 % int(sys.argv[2]):032x}"
+    path = repo.run_path(run_id)
+    data = json.loads(path.read_text())
+    data["progress"] += 1
+    data["step"] += 1
+    data["last_progress_at"], data["last_progress_mono"] = time.time(), time.monotonic()
+    write_atomic(path, data)
+    start = time.process_time()
+    watcher.update(names=[path.name])
+    spent.append(time.process_time() - start)
+print(json.dumps({"change": statistics.median(spent), "poll": statistics.median(full)}))
+"""
+
+
+def row_changes(sizes: list[int], work: Path) -> Row:
+    found = {}
+    for n in sizes:
+        repo = work / f"changes-{n}"
+        fill_repo(repo, n)
+        done = subprocess.run(
+            [sys.executable, "-c", CHANGES, str(repo), str(n)],
+            capture_output=True, text=True, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )  # fmt: skip
+        found[n] = json.loads(done.stdout)
+        shutil.rmtree(repo)
+    small, big = min(sizes), max(sizes)
+    growth = found[big]["change"] / found[small]["change"]
+    shown = " / ".join(f"{found[n]['change'] * 1e6:.0f} µs" for n in sizes)
+    peer = " / ".join(f"{found[n]['poll'] * 1e3:.0f} ms" for n in sizes)
+    return Row(
+        22,
+        f"watcher CPU per run-file change at {' / '.join(f'{n:,}' for n in sizes)} runs",
+        shown,
+        f"a full look (as a polling watcher pays each second): {peer}",
+        found[big]["change"] / found[big]["poll"],
+        f"flat: at most 2× from {small:,} to {big:,} runs",
+        growth <= 2.0,
+        "A repo of N running runs (one live process, ETA 1 h); one run file rewritten with progress (as "
+        "its writer does), then Watcher.update() with the name a change notice gives: its CPU time, the "
+        f"median of 200 changes. From {small:,} to {big:,} runs it grows {growth:.2f}×. The peer is the "
+        "same watcher's full look at the repo (Watcher.poll(), the median of 3), what every poll cost "
+        "before change notices, and still costs where there are none (NFS).",
+    )
+
+
+def jupyter_server(repo: Path, work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    token = "bench"
+    env = dict(os.environ, NBMONITOR_REPO=str(repo), JUPYTER_CONFIG_DIR=str(work / "jupyter-config"))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root", f"--port={port}",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}/nbmonitor/api/runs?token={token}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2):
+                return server, base
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fetch(url: str) -> tuple[bytes, float]:
+    start = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=600) as response:
+        body = response.read()
+    return body, time.perf_counter() - start
+
+
+def row_panel(sizes: list[int], peer_sizes: list[int], work: Path) -> Row:
+    import psutil
+
+    ours: dict[int, tuple[float, float, int, int]] = {}
+    peers: dict[int, tuple[float, int]] = {}
+    for n in sizes:
+        repo = work / f"panel-{n}"
+        fill_ended(repo, n - 10)
+        fill_repo_more(repo, 10)
+        server, base = jupyter_server(repo, work)
+        try:
+            first, _ = fetch(f"{base}&ended=50")
+            cursor = json.loads(first)["cursor"]
+            proc = psutil.Process(server.pid)
+            walls, sizes_sent = [], []
+            before = sum(proc.cpu_times()[:2])
+            for _ in range(50):
+                body, wall = fetch(f"{base}&ended=50&since={urllib.parse.quote(cursor)}")
+                walls.append(wall)
+                sizes_sent.append(len(body))
+            cpu = (sum(proc.cpu_times()[:2]) - before) / 50
+            ours[n] = (statistics.median(walls), cpu, max(sizes_sent), len(first))
+            if n in peer_sizes:
+                body, wall = fetch(base)  # every run, as each poll was before the change feed
+                peers[n] = (wall, len(body))
+        finally:
+            server.terminate()
+            server.wait()
+            shutil.rmtree(repo)
+    big = max(sizes)
+    worst = max(ours[n][0] for n in sizes)
+    shown = " / ".join(f"{ours[n][0] * 1e3:.1f} ms" for n in sizes)
+    cpus = " / ".join(f"{ours[n][1] * 1e3:.1f} ms" for n in sizes)
+    sent = max(ours[n][2] for n in sizes)
+    firsts = " / ".join(f"{ours[n][3] / 1024:.0f} KB" for n in sizes)
+    peer_n = max(peer_sizes)
+    peer = " / ".join(f"{peers[n][0] * 1e3:.0f} ms, {peers[n][1] / 2**20:.1f} MB" for n in peer_sizes)
+    return Row(
+        23,
+        f"a Runs panel poll that changes nothing, at {' / '.join(f'{n:,}' for n in sizes)} runs",
+        f"{shown} a request (server CPU {cpus}), {sent} bytes; the first answer {firsts}",
+        f"every run at each poll, at {' / '.join(f'{n:,}' for n in peer_sizes)}: {peer}",
+        ours[peer_n][0] / peers[peer_n][0],
+        "< 5 ms and < 1 KB, whatever the repo's size",
+        worst < 0.005 and sent < 1024,
+        "A real Jupyter server with the extension over a repo of N runs (N - 10 ended a minute ago, 10 "
+        "running: one live process, ETA 1 h); the panel's request (GET runs?ended=50&since=<cursor>) 50 "
+        "times after the first: the median wall time of a request from a local client (HTTP included), "
+        "the server's CPU time per request, the largest answer. The first answer holds what is going "
+        "and the latest 50 that ended; older pages come on request. The peer is the answer with every "
+        f"run (GET runs), what each poll sent before the change feed; the ratio is at {peer_n:,}. "
+        f"Growth of ours from {min(sizes):,} to {big:,}: {ours[big][0] / ours[min(sizes)][0]:.2f}×.",
+    )
+
+
+def fill_repo_more(repo: Path, n: int) -> None:
+    """``n`` running runs of this (live) process, beside what the repo holds."""
+    extra = repo.parent / f"{repo.name}-extra"
+    fill_repo(extra, n)
+    for path in (extra / "runs").iterdir():
+        os.replace(path, repo / "runs" / f"a{path.name[1:]}")
+    shutil.rmtree(extra)
+
+
+FINISHED_RUN = """
+import sys, time, nbmonitor
+with nbmonitor.watch(eta=5, name="disk", logs=True) as run:
+    for step in nbmonitor.track(range(600)):
+        if step % 10 == 0:
+            print("step", step, "loss", 1.0 / (step + 1), flush=True)
+        time.sleep(0.1)
+print(run.id)
+"""
+
+
+def row_retention(work: Path) -> Row:
+    from nbmonitor import retention
+    from nbmonitor.repo import Repo
+    from nbmonitor.watcher import Watcher
+
+    repo = Repo(work / "retention-repo")
+    script = work / "finished.py"
+    script.write_text(FINISHED_RUN)
+    env = dict(os.environ, NBMONITOR_REPO=str(repo.path), PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True, env=env)
+    run_id = done.stdout.split()[-1]
+    Watcher(repo, emit=lambda e: None).poll()  # its end claimed, as a watcher would
+    parts = {
+        "run file": [repo.run_path(run_id)],
+        "usage": [repo.usage_path(run_id)],
+        "log tail": [repo.log_path(run_id)],
+        "claims": [repo.events_dir / run_id, *(repo.events_dir / run_id).iterdir()],
+    }
+    sizes = {k: sum(p.stat().st_blocks * 512 for p in paths if p.exists()) for k, paths in parts.items()}
+    total = sum(sizes.values())
+    pruned = retention.prune(repo, 0.0)
+    left = [p for paths in parts.values() for p in paths if p.exists()]
+    per_10k = total * 10_000 / 2**20
+    return Row(
+        24,
+        "disk per finished run (a minute: 600 steps, a line of log a second), and after its retention",
+        f"{total / 1024:.0f} KB ({', '.join(f'{k} {v / 1024:.0f} KB' for k, v in sizes.items())}); "
+        f"{per_10k:.0f} MB per 10,000 runs; after: {len(left)} files",
+        "before retention: kept for ever",
+        None,
+        "every part removed after the retention period; the figure measured",
+        not left and pruned.runs and pruned.runs[0].id == run_id,
+        "A real script watched for 60 s (usage sampled, logs kept, 600 steps tracked) then finished, its "
+        "end claimed by a watcher's look; bytes on disk (blocks) of each of its parts; then "
+        "retention.prune with a period of 0 s, and what is left of it.",
     )
 
 
@@ -1551,6 +1844,26 @@ def main() -> int:
         (15, "logs", lambda: row_logs(5000 if quick else 50_000, work)),
         (18, "checkpoint", lambda: [row_checkpoint(10 if quick else 50, work)]),
         (19, "restarts", lambda: row_restarts(2 if quick else 5, work)),
+        (
+            21,
+            "idle watcher",
+            lambda: [
+                row_idle(
+                    1000 if quick else 10_000,
+                    10_000 if quick else 100_000,
+                    10 if quick else 60,
+                    work,
+                    peer_python,
+                )
+            ],
+        ),
+        (22, "changes", lambda: [row_changes([1000, 10_000] if quick else [1000, 10_000, 100_000], work)]),
+        (
+            23,
+            "panel",
+            lambda: [row_panel([1000, 10_000] if quick else [1000, 10_000, 100_000], [1000, 10_000], work)],
+        ),
+        (24, "retention", lambda: [row_retention(work)]),
     ]
     try:
         for number, name, step in steps:
