@@ -91,7 +91,9 @@ class Notices(Generic[K]):
         #: Why file changes are not reported here (the caller polls), or None when they are.
         self.why_not: str | None = None
         self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_r, self._wake_w = os.pipe()  # made close-on-exec by Python
+        for end in (self._wake_r, self._wake_w):
+            os.set_blocking(end, False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._inotify: int | None = None
         self._watch: int | None = None

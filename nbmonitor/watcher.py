@@ -92,6 +92,9 @@ class Watcher:
         #: ends (``update(ended=...)``) by whoever watches them (``serve``'s pidfds).
         self.processes: dict[Process, set[str]] = {}
         self.new_processes: list[Process] = []  # since the watcher of processes last took them
+        #: Processes nobody can be told of the end of (no pidfd): their runs are looked at every
+        #: ``interval``.
+        self.unwatched: set[Process] = set()
 
     @property
     def alive(self) -> AliveCheck:
@@ -210,6 +213,10 @@ class Watcher:
             if run.supervisor is not None:
                 keys.append(self.observer.process(run, supervisor=True))
             for key in keys:
+                if key in self.unwatched:
+                    wake = retry if wake is None else min(wake, retry)
+                    wake_of[run.id] = wake
+                    heapq.heappush(wakes, (wake, run.id))
                 if key is not None:
                     runs = processes.get(key)
                     if runs is None:
@@ -319,7 +326,7 @@ def _loop(
     again, where changes are not told (or the runs folder is gone)."""
     repo = watcher.repo
     present = True
-    full = True
+    full = watching = True
     next_poll = time.monotonic()
     pruner = _Pruner(repo)
     while not stop.is_set():
@@ -341,12 +348,13 @@ def _loop(
                 sender.wake()
             for key in watcher.new_processes:
                 if not notices.watch_process(key, key[0]):
+                    watcher.unwatched.add(key)  # its runs are looked at every interval
                     watcher.poll_again(watcher.processes.get(key, ()), now + interval)
             watcher.new_processes.clear()
             pruner.maybe(now, watcher.observer.records())
-        except Exception:  # a bad look must not end the watcher; the next one retries
+        except Exception:  # a bad look must not end the watcher; a full one retries
             log.exception("poll failed")
-            full = True
+            full, watching, next_poll = True, False, time.monotonic() + interval
         wake = watcher.next_wake()
         until = math.inf if wake is None else wake
         if not watching:

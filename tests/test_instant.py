@@ -105,6 +105,22 @@ def test_a_process_that_ended_is_looked_at_once_told(world: World) -> None:
     assert watcher.next_wake() is not None  # b's deadline, an hour away
 
 
+def test_a_process_that_cannot_be_watched_is_looked_at_every_interval(world: World) -> None:
+    watcher = world.watcher(interval=2.0)
+    world.write("a" * 32, eta=3600.0, pid=77)
+    watcher.poll()
+    (key,) = watcher.new_processes
+    watcher.unwatched.add(key)  # as the loop does when no pidfd can be had
+    watcher.poll_again(watcher.processes[key], world.clock.mono() + 2.0)
+    for _ in range(3):  # each look plans the next, an interval on, not at its deadline an hour on
+        assert watcher.next_wake() == pytest.approx(world.clock.mono() + 2.0)
+        world.clock.advance(2.0)
+        assert watcher.update() == []
+    world.dead.add(77)
+    world.clock.advance(2.0)
+    assert [e.kind for e in watcher.update()] == ["crashed"]
+
+
 def test_a_group_is_judged_whole_when_one_member_changes(world: World) -> None:
     watcher = world.watcher()
     for rank, run_id in enumerate(("a" * 32, "b" * 32)):
