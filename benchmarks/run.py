@@ -532,8 +532,9 @@ def row_idle(active: int, ended: int, seconds: float, work: Path, aim_python: Pa
         f"A real nbmonitor-watcher over a repo of {active:,} running runs (one live process, ETA 1 h) and "
         f"one of {ended:,} runs that ended a minute ago; once its first look is over (its CPU time stops "
         f"growing), its CPU time over {seconds:g} s. It is told of changes (inotify) and of process ends "
-        "(pidfd), and otherwise wakes every 5 s to check that its runs folder is still there. 'Nothing "
-        "measurable' is read as under 0.1%. Aim's watcher re-reads every check-in each second: its "
+        "(pidfd), and otherwise wakes every 5 s to check that its runs folder is still there. CPU time "
+        f"is counted in clock ticks of 10 ms: 0.000% is no tick in {seconds:g} s. 'Nothing measurable' is "
+        "read as under 0.1%. Aim's watcher re-reads every check-in each second: its "
         "median CPU per poll at the same size.",
     )
 

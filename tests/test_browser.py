@@ -343,6 +343,9 @@ def test_the_panel_loads_ended_runs_a_page_at_a_time(lab: Lab, page: Any) -> Non
         older = page.locator(".nbm-older")
         older.scroll_into_view_if_needed()
         page.locator("#nbmonitor-runs").screenshot(path=str(ARTIFACTS / "runs-panel-older.png"))
+        dark_theme(page, ".nbm-older")
+        older.scroll_into_view_if_needed()
+        page.locator("#nbmonitor-runs").screenshot(path=str(ARTIFACTS / "runs-panel-older-dark.png"))
         older.click()
         page.locator(".nbm-run", has_text="archived-00").wait_for(timeout=10_000)
         assert rows.count() == 60
