@@ -562,6 +562,10 @@ class Run:
         if self._teller is None:
             self._teller = _onstall.Teller(self._repo)
         waited = now_mono - self._stalled_at
+        if self._group is not None and self._waiting and waited < 2 * _onstall.WAIT:
+            # Waiting in a collective behind a straggler, whose own exit ends the collective
+            # here: leaving first would make the launcher kill the straggler before it says why.
+            return
         if waited < _onstall.WAIT and not self._teller.told(self._record(now_wall, progress, step), now_mono):
             return
         grace = rules.grace_for(self._eta, self._grace)

@@ -232,7 +232,13 @@ class _View:
         for obs in looked:
             self.feed.put("runs", _run_json(obs, self.root_dir))
         for group in groups:
-            records = [r for r in map(self.observer.record, self.members.get(group, ())) if r is not None]
+            # Each member's file checked again: its change may be on its way (ranks move together).
+            names = [f"{run_id}.json" for run_id in self.members.get(group, ())]
+            records, gone = self.observer.update(names)
+            for run_id in gone:
+                self._wake_of.pop(run_id, None)
+                self._group_of.pop(run_id, None)
+                self.members[group].discard(run_id)
             if not records:
                 self.members.pop(group, None)
                 self.feed.drop("groups", group)

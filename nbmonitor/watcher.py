@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from . import _format, _process, _pyspy, retention
+from . import _format, _process, _pyspy, retention, rules
 from ._notices import Notices
 from .claims import Claimer, log_event
 from .config import NotifierConfig
@@ -131,11 +131,19 @@ class Watcher:
         Only right while every change is told: otherwise ``poll()``."""
         now = self.mono()
         changed, gone = self.observer.update(names)
-        ids = {run.id for run in changed}
+        ids: set[str] = set()
         for run in changed:
             self._index(run)
-        for key in ended:
-            ids |= self.processes.pop(key, set())
+        for run_id in [r.id for r in changed] + [i for key in ended for i in self.processes.pop(key, ())]:
+            group = self._group_of.get(run_id)
+            if group is None:
+                ids.add(run_id)
+                continue
+            # Ranks move together (one's end ends the others), each file written within its
+            # writer's lag: judge the group once the others' files have had that long to follow.
+            kin = (self.observer.record(m) for m in self._members[group])
+            settle = max((rules.write_lag(r.write_lag) for r in kin if r is not None), default=0.0)
+            self.poll_again([run_id], now + settle)
         while self._wakes and self._wakes[0][0] <= now:
             when, run_id = heapq.heappop(self._wakes)
             if self._wake_of.get(run_id) == when:
@@ -143,11 +151,15 @@ class Watcher:
                 ids.add(run_id)
         for run_id in gone:
             self._forget(run_id)
-        # A member's change may change its group: look at the whole group.
-        for run_id in list(ids):
-            group = self._group_of.get(run_id)
-            if group is not None:
-                ids |= self._members[group]
+        # A member's change may change its group: look at the whole group, each member's file
+        # checked again (its change may be on its way: ranks move together).
+        touched = {self._group_of[i] for i in ids if i in self._group_of}
+        mates = set().union(*(self._members[g] for g in touched)) - ids
+        if mates:
+            _, gone = self.observer.update(f"{run_id}.json" for run_id in mates)
+            for run_id in gone:
+                self._forget(run_id)
+            ids |= mates - set(gone)
         records = [r for r in map(self.observer.record, ids) if r is not None]
         if not records:
             return []
