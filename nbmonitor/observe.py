@@ -15,6 +15,7 @@ its file (every ``heartbeat`` seconds), and *lost* after three missed.
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import time
@@ -24,11 +25,12 @@ from typing import Any
 
 from . import _process, rules
 from .errors import CorruptRecordError
+from .membership import group_id
 from .record import RunRecord
 from .repo import Repo, Scanner
 from .rules import State
 
-__all__ = ["AliveCheck", "Observation", "Observer", "watcher_info"]
+__all__ = ["AliveCheck", "Observation", "Observer", "Process", "Schedule", "watcher_info"]
 
 Clock = Callable[[], float]
 #: Whether (pid, start in epoch seconds, start in boot ticks) is a live process of this host.
@@ -243,6 +245,87 @@ class Observer:
         except (OSError, CorruptRecordError):
             return obs
         return self._state(fresh, seen, now_wall, now_mono, alive) if fresh.ended else obs
+
+
+class Schedule:
+    """What a look driven by change notices must take in besides the runs it was told of: the
+    runs whose state changes by itself by now (each run's wake, as a heap beside each run's
+    latest, so older heap entries are stale), and every member of a group one member of which
+    is looked at (a member's change is its group's)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, str]] = []
+        self._at: dict[str, float] = {}
+        self._group_of: dict[str, str] = {}
+        #: The run ids of each group, by group id.
+        self.members: dict[str, set[str]] = {}
+
+    def clear(self) -> None:
+        self._heap.clear()
+        self._at.clear()
+        self._group_of.clear()
+        self.members.clear()
+
+    def wake(self, run_id: str, at: float | None, *, earlier: bool = False) -> None:
+        """Look at the run at ``at`` (None: only news changes it); ``earlier``: only if that is
+        sooner than the wake it has."""
+        if at is None:
+            self._at.pop(run_id, None)
+        elif not earlier or self._at.get(run_id, math.inf) > at:
+            self._at[run_id] = at
+            heapq.heappush(self._heap, (at, run_id))
+
+    def wake_all(self, wakes: Iterable[tuple[str, float]]) -> None:
+        """``wake()`` for many runs at once, after ``clear()`` (a full look): one heapify."""
+        for run_id, at in wakes:
+            self._at[run_id] = at
+            self._heap.append((at, run_id))
+        heapq.heapify(self._heap)
+
+    def due(self, now: float) -> set[str]:
+        """The runs whose wake is ``now`` or earlier, taken off the schedule."""
+        found = set()
+        while self._heap and self._heap[0][0] <= now:
+            at, run_id = heapq.heappop(self._heap)
+            if self._at.get(run_id) == at:
+                del self._at[run_id]
+                found.add(run_id)
+        return found
+
+    def next(self) -> float | None:
+        """The earliest wake, if any."""
+        while self._heap and self._at.get(self._heap[0][1]) != self._heap[0][0]:
+            heapq.heappop(self._heap)  # stale: that run was looked at since
+        return self._heap[0][0] if self._heap else None
+
+    def index(self, run: RunRecord) -> None:
+        """Note the group ``run`` is a member of, if any."""
+        if run.group is not None and run.id not in self._group_of:
+            group = group_id(run.group.job, run.name)
+            self._group_of[run.id] = group
+            self.members.setdefault(group, set()).add(run.id)
+
+    def group_of(self, run_id: str) -> str | None:
+        return self._group_of.get(run_id)
+
+    def forget(self, run_id: str) -> str | None:
+        """A run gone from the repo; its group's id, if it was a member (no longer in
+        ``members`` when it was the last)."""
+        self._at.pop(run_id, None)
+        group = self._group_of.pop(run_id, None)
+        if group is not None:
+            self.members[group].discard(run_id)
+            if not self.members[group]:
+                del self.members[group]
+        return group
+
+    def grouped(self, run_ids: Iterable[str]) -> set[str]:
+        """Those of these runs that are members of a group."""
+        return {run_id for run_id in run_ids if run_id in self._group_of}
+
+    def groups(self, run_ids: Iterable[str]) -> set[str]:
+        """The groups these runs are members of."""
+        return {g for g in map(self._group_of.get, run_ids) if g is not None}
 
 
 def watcher_info(repo: Repo) -> dict[str, Any] | None:

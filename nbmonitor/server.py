@@ -20,7 +20,6 @@ so a slow or large repo never blocks the server's event loop. The repo is
 from __future__ import annotations
 
 import asyncio
-import heapq
 import json
 import logging
 import os
@@ -42,7 +41,7 @@ from ._version import version
 from .errors import CorruptRecordError, NbmonitorError, RepoError
 from .groups import GroupObservation, gather, role
 from .membership import group_id
-from .observe import Observation, Observer, Process, watcher_info
+from .observe import Observation, Observer, Process, Schedule, watcher_info
 from .record import RunRecord, is_run_id
 from .repo import Repo
 from .templates import attempt_text, blame, job_label
@@ -187,11 +186,8 @@ class _View:
         self.repo, self.observer, self.root_dir = repo, observer, root_dir
         self.feed = _Feed()
         self.notices: Notices[Process] = Notices(repo.runs_dir)
+        self.schedule = Schedule()
         self._whole = True  # the next refresh looks at every run
-        self._wakes: list[tuple[float, str]] = []
-        self._wake_of: dict[str, float] = {}
-        self._group_of: dict[str, str] = {}
-        self.members: dict[str, set[str]] = {}
         self._processes: dict[Process, set[str]] = {}
 
     def refresh(self) -> None:
@@ -199,33 +195,22 @@ class _View:
         if self._whole or taken.everything or not self.notices.watching:
             self._everything()
             return
-        ids: set[str] = set()
+        schedule = self.schedule
         changed, gone = self.observer.update(taken.names)
+        ids = {run.id for run in changed}
         for run in changed:
-            ids.add(run.id)
-            self._index(run)
+            schedule.index(run)
         for key in taken.ended:
             ids |= self._processes.pop(key, set())
-        now = time.monotonic()
-        while self._wakes and self._wakes[0][0] <= now:
-            when, run_id = heapq.heappop(self._wakes)
-            if self._wake_of.get(run_id) == when:
-                del self._wake_of[run_id]
-                ids.add(run_id)
-        groups: set[str] = set()
+        ids |= schedule.due(time.monotonic())
+        groups = schedule.groups(ids)
         for run_id in gone:
-            self._wake_of.pop(run_id, None)
-            group = self._group_of.pop(run_id, None)
+            group = schedule.forget(run_id)
             if group is None:
                 self.feed.drop("runs", run_id)
             else:
-                self.members[group].discard(run_id)
                 groups.add(group)
-        for run_id in ids:
-            group = self._group_of.get(run_id)
-            if group is not None:
-                groups.add(group)
-        alone = [r for r in map(self.observer.record, ids) if r is not None and r.id not in self._group_of]
+        alone = [r for r in map(self.observer.record, ids - schedule.grouped(ids)) if r is not None]
         if not alone and not groups:
             return  # nothing changed: the cost of a poll that changes nothing
         looked = self.observer.glance(alone)
@@ -233,14 +218,11 @@ class _View:
             self.feed.put("runs", _run_json(obs, self.root_dir))
         for group in groups:
             # Each member's file checked again: its change may be on its way (ranks move together).
-            names = [f"{run_id}.json" for run_id in self.members.get(group, ())]
-            records, gone = self.observer.update(names)
-            for run_id in gone:
-                self._wake_of.pop(run_id, None)
-                self._group_of.pop(run_id, None)
-                self.members[group].discard(run_id)
+            names = [f"{run_id}.json" for run_id in schedule.members.get(group, ())]
+            records, left = self.observer.update(names)
+            for run_id in left:
+                schedule.forget(run_id)
             if not records:
-                self.members.pop(group, None)
                 self.feed.drop("groups", group)
                 continue
             members = self.observer.glance(records)
@@ -251,31 +233,21 @@ class _View:
 
     def _everything(self) -> None:
         self._whole = False
-        self._wakes.clear()
-        self._wake_of.clear()
-        self._group_of.clear()
-        self.members.clear()
+        self.schedule.clear()
         self._processes.clear()
         looked = self.observer.glance()
         for run in self.observer.records():
-            self._index(run)
+            self.schedule.index(run)
         alone, found = gather(looked)
         runs = [_run_json(o, self.root_dir) for o in alone]
         groups = [_group_json(g, self.root_dir) for g in found]
         self.feed.update(runs, groups)
         self._plan(looked)
 
-    def _index(self, run: RunRecord) -> None:
-        if run.group is not None and run.id not in self._group_of:
-            group = group_id(run.group.job, run.name)
-            self._group_of[run.id] = group
-            self.members.setdefault(group, set()).add(run.id)
-
     def _plan(self, looked: list[Observation]) -> None:
         """When to look at each run again, by itself, and which processes to be told of."""
         poll = time.monotonic() + _POLL
         for obs in looked:
-            run_id = obs.run.id
             wake = obs.wake
             if obs.state not in rules.TERMINAL:
                 key = self.observer.process(obs.run)
@@ -285,12 +257,8 @@ class _View:
                     else:
                         wake = poll if wake is None else min(wake, poll)
                 if key in self._processes:
-                    self._processes[key].add(run_id)
-            if wake is None:
-                self._wake_of.pop(run_id, None)
-            else:
-                self._wake_of[run_id] = wake
-                heapq.heappush(self._wakes, (wake, run_id))
+                    self._processes[key].add(obs.run.id)
+            self.schedule.wake(obs.run.id, wake)
 
 
 class _Reader:
@@ -410,7 +378,8 @@ class _Reader:
         assert self._observer is not None
         with self._lock:
             view = self._current()
-            records = [r for r in map(self._observer.record, view.members.get(wanted, ())) if r is not None]
+            members = view.schedule.members.get(wanted, ())
+            records = [r for r in map(self._observer.record, members) if r is not None]
             if not records:
                 return "", []
             _, (group,) = gather(self._observer.glance(records))

@@ -13,7 +13,6 @@ notices that wake it (nbmonitor._notices) and the sender that delivers.
 from __future__ import annotations
 
 import contextlib
-import heapq
 import logging
 import math
 import os
@@ -29,8 +28,7 @@ from .config import NotifierConfig
 from .errors import WatcherError
 from .events import Event
 from .groups import GroupObservation, gather
-from .membership import group_id
-from .observe import AliveCheck, Observation, Observer, Process, watcher_info
+from .observe import AliveCheck, Observation, Observer, Process, Schedule, watcher_info
 from .outbox import Sender
 from .record import RunRecord
 from .repo import Repo, write_atomic
@@ -81,13 +79,8 @@ class Watcher:
         self.mono = mono
         self.interval = interval
         self._said: set[tuple[str, str]] = set()  # (group id, problem) already warned of
-        # What the next look must include, between full looks (nbmonitor._notices): when each
-        # run's state changes by itself, as a heap with the latest time of each run beside it
-        # (older heap entries are stale), the runs of each group, and of each process.
-        self._wakes: list[tuple[float, str]] = []
-        self._wake_of: dict[str, float] = {}
-        self._members: dict[str, set[str]] = {}
-        self._group_of: dict[str, str] = {}
+        #: What a look between full ones must take in besides what it was told of.
+        self.schedule = Schedule()
         #: The live processes of this host's active runs, and the runs of each: told when one
         #: ends (``update(ended=...)``) by whoever watches them (``serve``'s pidfds).
         self.processes: dict[Process, set[str]] = {}
@@ -114,14 +107,11 @@ class Watcher:
         won = self.claimer.claim(alone, groups)
         self.claimer.keep_only(self.observer.known)
         self._said = {said for said in self._said if said[0] in self.claimer.groups}
-        self._members.clear()
-        self._group_of.clear()
-        self._wakes.clear()
-        self._wake_of.clear()
+        self.schedule.clear()
         self.processes.clear()
         for run in self.observer.records():
-            self._index(run)
-        self._plan(observations)
+            self.schedule.index(run)
+        self._plan(observations, whole=True)
         return won
 
     def update(self, names: Iterable[str] = (), ended: Iterable[Process] = ()) -> list[Event]:
@@ -130,31 +120,27 @@ class Watcher:
         that ``ended``, and runs whose state changes by itself by now (a deadline passed).
         Only right while every change is told: otherwise ``poll()``."""
         now = self.mono()
+        schedule = self.schedule
         changed, gone = self.observer.update(names)
-        ids: set[str] = set()
         for run in changed:
-            self._index(run)
+            schedule.index(run)
+        ids: set[str] = set()
         for run_id in [r.id for r in changed] + [i for key in ended for i in self.processes.pop(key, ())]:
-            group = self._group_of.get(run_id)
+            group = schedule.group_of(run_id)
             if group is None:
                 ids.add(run_id)
                 continue
             # Ranks move together (one's end ends the others), each file written within its
             # writer's lag: judge the group once the others' files have had that long to follow.
-            kin = (self.observer.record(m) for m in self._members[group])
+            kin = (self.observer.record(m) for m in schedule.members[group])
             settle = max((rules.write_lag(r.write_lag) for r in kin if r is not None), default=0.0)
-            self.poll_again([run_id], now + settle)
-        while self._wakes and self._wakes[0][0] <= now:
-            when, run_id = heapq.heappop(self._wakes)
-            if self._wake_of.get(run_id) == when:
-                del self._wake_of[run_id]
-                ids.add(run_id)
+            schedule.wake(run_id, now + settle, earlier=True)
+        ids |= schedule.due(now)
         for run_id in gone:
             self._forget(run_id)
         # A member's change may change its group: look at the whole group, each member's file
         # checked again (its change may be on its way: ranks move together).
-        touched = {self._group_of[i] for i in ids if i in self._group_of}
-        mates = set().union(*(self._members[g] for g in touched)) - ids
+        mates = set().union(*(schedule.members[g] for g in schedule.groups(ids))) - ids
         if mates:
             _, gone = self.observer.update(f"{run_id}.json" for run_id in mates)
             for run_id in gone:
@@ -172,71 +158,51 @@ class Watcher:
 
     def next_wake(self) -> float | None:
         """When (on the monotonic clock) a run's state changes by itself next, if one does."""
-        while self._wakes and self._wake_of.get(self._wakes[0][1]) != self._wakes[0][0]:
-            heapq.heappop(self._wakes)  # stale: that run was looked at since
-        return self._wakes[0][0] if self._wakes else None
+        return self.schedule.next()
 
     def poll_again(self, run_ids: Iterable[str], at: float) -> None:
         """Look at these runs again at ``at`` (their process cannot be watched: poll it)."""
         for run_id in run_ids:
-            if self._wake_of.get(run_id, math.inf) > at:
-                self._wake_of[run_id] = at
-                heapq.heappush(self._wakes, (at, run_id))
-
-    def _index(self, run: RunRecord) -> None:
-        if run.group is not None and run.id not in self._group_of:
-            group = group_id(run.group.job, run.name)
-            self._group_of[run.id] = group
-            self._members.setdefault(group, set()).add(run.id)
+            self.schedule.wake(run_id, at, earlier=True)
 
     def _forget(self, run_id: str) -> None:
         """A run gone from the repo."""
-        self._wake_of.pop(run_id, None)
-        group = self._group_of.pop(run_id, None)
-        if group is not None:
-            members = self._members[group]
-            members.discard(run_id)
-            if not members:
-                del self._members[group]
-        self.claimer.forget(run_id, group if group not in self._members else None)
+        group = self.schedule.forget(run_id)
+        self.claimer.forget(run_id, group if group not in self.schedule.members else None)
 
-    def _plan(self, observations: Iterable[Observation]) -> None:
-        """Note when each observed run must be looked at again, and which processes to watch."""
+    def _plan(self, observations: Iterable[Observation], whole: bool = False) -> None:
+        """Note when each observed run must be looked at again, and which processes to watch;
+        ``whole``: after a full look, with an empty schedule."""
         retry = self.mono() + self.interval  # for an event that could not be recorded
-        wakes, wake_of, processes = self._wakes, self._wake_of, self.processes
-        whole = not wakes  # after a full look: one heapify, not a push per run
+        schedule, processes = self.schedule, self.processes
+        wakes: list[tuple[str, float]] = []
         unrecorded, done = self.claimer.unrecorded, self.claimer.done
         for obs in observations:
             run = obs.run
             wake = obs.wake
-            if unrecorded and {run.id, self._group_of.get(run.id)} & unrecorded:
+            if unrecorded and {run.id, schedule.group_of(run.id)} & unrecorded:
                 wake = retry
-            if wake is not None:
-                wake_of[run.id] = wake
-                if whole:
-                    wakes.append((wake, run.id))
-                else:
-                    heapq.heappush(wakes, (wake, run.id))
-            else:
-                wake_of.pop(run.id, None)
-            if obs.state in TERMINAL or run.id in done:
-                continue
-            keys = [self.observer.process(run)]
-            if run.supervisor is not None:
+            live = obs.state not in TERMINAL and run.id not in done
+            keys = [self.observer.process(run)] if live else []
+            if live and run.supervisor is not None:
                 keys.append(self.observer.process(run, supervisor=True))
             for key in keys:
-                if key in self.unwatched:
+                if key is None:
+                    continue
+                if key in self.unwatched:  # no end told: look every interval
                     wake = retry if wake is None else min(wake, retry)
-                    wake_of[run.id] = wake
-                    heapq.heappush(wakes, (wake, run.id))
-                if key is not None:
-                    runs = processes.get(key)
-                    if runs is None:
-                        runs = processes[key] = set()
-                        self.new_processes.append(key)
-                    runs.add(run.id)
+                runs = processes.get(key)
+                if runs is None:
+                    runs = processes[key] = set()
+                    self.new_processes.append(key)
+                runs.add(run.id)
+            if whole:
+                if wake is not None:
+                    wakes.append((run.id, wake))
+            else:
+                schedule.wake(run.id, wake)
         if whole:
-            heapq.heapify(wakes)
+            schedule.wake_all(wakes)
 
     def check(self, runs: Iterable[RunRecord]) -> list[Event]:
         """``poll()`` over the given records only."""

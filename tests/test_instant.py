@@ -25,17 +25,9 @@ from nbmonitor.repo import Repo
 
 from .helpers import FakeClock, Proc, run_id_from, wait_until
 from .records import World
+from .test_e2e_watcher import BUSY
 
 LONG = "60"  # the watcher's --interval in the end-to-end tests: no poll comes in time
-
-BUSY = """
-import time, nbmonitor
-run = nbmonitor.Run(name="busy", expect_next_in=30)
-print("started", run.id, flush=True)
-while True:
-    run.report_progress()
-    time.sleep(0.05)
-"""
 
 HANGS = """
 import os, sys, time
