@@ -13,6 +13,7 @@ Layout (docs/repo-format.md is the full contract)::
     notify.log                  lines of the logger notifier
     settings.json               the repo's settings: how long ended runs are kept
     pruning/<run id>.json       a run being removed (nbmonitor.retention)
+    prune.lock                  held by the one prune at work
 
 Every file is written whole (temp file, fsync, rename), so a reader never
 sees half of one, on a local disk or a network filesystem.
@@ -106,6 +107,7 @@ class Repo:
         self.notify_log = self.path / "notify.log"
         self.settings_file = self.path / "settings.json"
         self.pruning_dir = self.path / "pruning"
+        self.prune_lock = self.path / "prune.lock"
 
     def __repr__(self) -> str:
         return f"Repo({str(self.path)!r})"

@@ -142,7 +142,7 @@ def prune(
     done = Pruned()
     if not repo.path.is_dir():
         return done
-    with FileLock(str(repo.path / "prune.lock"), mode=0o600):
+    with FileLock(str(repo.prune_lock), mode=0o600):
         if not dry_run:
             done.finished = _finish(repo)
         cutoff = wall() - older_than
