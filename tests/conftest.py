@@ -8,7 +8,7 @@ import pytest
 from nbmonitor import _writer
 from nbmonitor.repo import Repo
 
-from .helpers import FakeClock
+from .helpers import FakeClock, Proc
 from .servers import HttpRecorder, serve
 
 
@@ -16,6 +16,15 @@ from .servers import HttpRecorder, serve
 def _own_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test touches ~/.nbmonitor."""
     monkeypatch.setenv("NBMONITOR_REPO", str(tmp_path / "default-repo"))
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    """Real subprocesses a test starts, each stopped when it ends."""
+    started: list[Proc] = []
+    yield started
+    for proc in started:
+        proc.stop()
 
 
 @pytest.fixture

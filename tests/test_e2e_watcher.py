@@ -11,7 +11,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -107,14 +106,6 @@ def scripts(tmp_path: Path) -> Path:
     for name, text in texts.items():
         (folder / f"{name}.py").write_text(text)
     return folder
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        proc.stop()
 
 
 def start_watcher(repo: Repo, procs: list[Proc], *args: str) -> Proc:

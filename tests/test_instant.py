@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,14 +45,6 @@ print("done", flush=True)
 @pytest.fixture
 def world(repo: Repo, clock: FakeClock) -> World:
     return World(repo, clock)
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        proc.stop()
 
 
 # -- Watcher.update(): only what changed --------------------------------------------------
