@@ -67,12 +67,12 @@ class Teller:
         """Whether the stall of ``run`` (or of its group) is claimed: if not yet, claim what its
         state and its fellow members' files make due now, as a watcher would, for the notifiers
         of the repo (a watcher or a kernel delivers it)."""
-        from .membership import group_id
+        from . import membership
 
         if now_mono - self._looked < self.EVERY:
             return False
         self._looked = now_mono
-        subject = run.id if run.group is None else group_id(run.group.job, run.name)
+        subject = membership.subject(run)
         if _stall_claimed(self.repo, subject):
             return True
         members = [run]

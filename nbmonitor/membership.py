@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from .record import GroupField
+from .record import GroupField, RunRecord
 
 __all__ = ["MODES", "Mode", "from_environment", "group_id", "manual"]
 
@@ -34,6 +34,16 @@ def group_id(job: str, name: str) -> str:
     import hashlib  # here: OpenSSL takes milliseconds to load, and only readers need it
 
     return hashlib.sha256(f"{job}\0{name}".encode()).hexdigest()[:32]
+
+
+def group_of(run: RunRecord) -> str | None:
+    """The id of the group ``run`` is a member of, or None."""
+    return None if run.group is None else group_id(run.group.job, run.name)
+
+
+def subject(run: RunRecord) -> str:
+    """Whom a run's events are claimed under: its group when it is a member, else the run."""
+    return group_of(run) or run.id
 
 
 def manual(

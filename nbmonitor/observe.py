@@ -25,7 +25,7 @@ from typing import Any
 
 from . import _process, rules
 from .errors import CorruptRecordError
-from .membership import group_id
+from .membership import group_of
 from .record import RunRecord
 from .repo import Repo, Scanner
 from .rules import State
@@ -147,10 +147,19 @@ class Observer:
         ``alive``; None for a run of another host or boot, whose process cannot be watched."""
         if run.host != self.host or (run.boot_id is not None and run.boot_id != self.boot_id):
             return None
+        if supervisor and run.supervisor is None:
+            return None
+        return self._key(run, supervisor)
+
+    def _key(self, run: RunRecord, supervisor: bool) -> Process:
+        """Run ``run``'s process (or its supervisor's) as ``alive`` asks about it: start ticks
+        count within one boot only."""
         if supervisor:
-            return None if run.supervisor is None else (run.supervisor.pid, None, run.supervisor.start_ticks)
-        ticks = run.process_start_ticks if run.boot_id == self.boot_id else None
-        return (run.pid, run.process_start, ticks)
+            assert run.supervisor is not None
+            pid, start, ticks = run.supervisor.pid, None, run.supervisor.start_ticks
+        else:
+            pid, start, ticks = run.pid, run.process_start, run.process_start_ticks
+        return (pid, start, ticks if run.boot_id == self.boot_id else None)
 
     def glance(self, runs: Iterable[RunRecord] | None = None) -> list[Observation]:
         """A one-off look, newest first, remembering nothing (``status``, the server's API):
@@ -211,26 +220,14 @@ class Observer:
 
     def _supervised(self, run: RunRecord, seen: _Alive) -> bool:
         """Whether the run's ``nbmonitor-watcher run`` (same host) still runs."""
-        supervisor = run.supervisor
-        assert supervisor is not None
-        return self._alive(run, seen, supervisor.pid, None, supervisor.start_ticks)
+        return self._alive(run, seen, supervisor=True)
 
-    def _alive(
-        self,
-        run: RunRecord,
-        seen: _Alive,
-        pid: int | None = None,
-        start: float | None = None,
-        ticks: int | None = None,
-    ) -> bool:
-        """Whether a run's process (default), or another of the run's boot (``pid``, ``start``,
-        ``ticks``), still runs on this host, asked once per look per process."""
+    def _alive(self, run: RunRecord, seen: _Alive, supervisor: bool = False) -> bool:
+        """Whether a run's process (or its supervisor's) still runs on this host, asked once
+        per look per process."""
         if run.boot_id is not None and self.boot_id is not None and run.boot_id != self.boot_id:
             return False  # the host rebooted since: every process of that boot is gone
-        if pid is None:
-            pid, start, ticks = run.pid, run.process_start, run.process_start_ticks
-        # Start ticks are comparable within one boot only.
-        key = (pid, start, ticks if run.boot_id == self.boot_id else None)
+        key = self._key(run, supervisor)
         if key not in seen:
             seen[key] = self.alive(*key)
         return seen[key]
@@ -300,8 +297,8 @@ class Schedule:
 
     def index(self, run: RunRecord) -> None:
         """Note the group ``run`` is a member of, if any."""
-        if run.group is not None and run.id not in self._group_of:
-            group = group_id(run.group.job, run.name)
+        group = group_of(run) if run.id not in self._group_of else None
+        if group is not None:
             self._group_of[run.id] = group
             self.members.setdefault(group, set()).add(run.id)
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CorruptRecordError, NbmonitorError
-from .membership import group_id
+from .membership import group_of, subject
 from .record import RunRecord, is_run_id
 from .repo import Repo, Scanner, read_record, write_atomic
 from .rules import END_KEY
@@ -151,7 +151,7 @@ def prune(
         due: dict[str, list[RunRecord]] = {}  # by group (or the run's own id)
         held: set[str] = set()
         for run in runs:
-            key = group_id(run.group.job, run.name) if run.group is not None else run.id
+            key = subject(run)
             ended = _ended_at(repo, run)
             if ended is None or ended > cutoff:
                 held.add(key)  # a group goes whole, or not at all
@@ -170,7 +170,7 @@ def prune(
                     _remove(repo, run, key)
                 done.runs.append(run)
         present = {r.id for r in runs} - {r.id for r in done.runs}
-        groups = {group_id(r.group.job, r.name) for r in runs if r.group is not None and r.id in present}
+        groups = {g for g in (group_of(r) for r in runs if r.id in present) if g is not None}
         done.orphans = _orphans(repo, present | groups, cutoff, dry_run)
         done.checkpoint_records = _checkpoint_records(repo, dry_run)
     return done
@@ -236,7 +236,7 @@ def _finish(repo: Repo) -> int:
         path = repo.pruning_dir / name
         try:
             run = read_record(path)
-            key = group_id(run.group.job, run.name) if run.group is not None else run.id
+            key = subject(run)
         except (OSError, CorruptRecordError):
             key = name[:-5]
         _remove_parts(repo, name[:-5], key)

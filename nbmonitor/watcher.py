@@ -125,6 +125,7 @@ class Watcher:
         for run in changed:
             schedule.index(run)
         ids: set[str] = set()
+        settle: dict[str, float] = {}  # by group: its members' longest write lag
         for run_id in [r.id for r in changed] + [i for key in ended for i in self.processes.pop(key, ())]:
             group = schedule.group_of(run_id)
             if group is None:
@@ -132,9 +133,10 @@ class Watcher:
                 continue
             # Ranks move together (one's end ends the others), each file written within its
             # writer's lag: judge the group once the others' files have had that long to follow.
-            kin = (self.observer.record(m) for m in schedule.members[group])
-            settle = max((rules.write_lag(r.write_lag) for r in kin if r is not None), default=0.0)
-            schedule.wake(run_id, now + settle, earlier=True)
+            if group not in settle:
+                kin = (self.observer.record(m) for m in schedule.members[group])
+                settle[group] = max((rules.write_lag(r.write_lag) for r in kin if r is not None), default=0.0)
+            schedule.wake(run_id, now + settle[group], earlier=True)
         ids |= schedule.due(now)
         for run_id in gone:
             self._forget(run_id)
