@@ -20,7 +20,7 @@ from .events import GroupInfo, MemberInfo
 from .membership import group_id
 from .observe import Observation
 from .record import GroupField
-from .rules import EVENTS, State
+from .rules import EVENTS, STALL_EXIT, State
 
 __all__ = ["GroupObservation", "combine", "gather", "role"]
 
@@ -125,6 +125,9 @@ def combine(members: list[Observation]) -> GroupObservation:
 
 def _judge(members: tuple[Observation, ...]) -> tuple[State, tuple[Observation, ...]]:
     """The group's state and the members to blame for it."""
+    exited = [m for m in members if _ended_for_stall(m)]
+    if exited:  # a straggler ended its process for its stall; its launcher stopped the rest
+        return State.FAILED, _stragglers(exited)
     gone = [m for m in members if m.state in _BAD_ENDS]
     if gone:  # the first to go brought the rest down: name the one that got least far
         state = State.CRASHED if any(m.state is State.CRASHED for m in gone) else State.LOST
@@ -147,6 +150,11 @@ def _judge(members: tuple[Observation, ...]) -> tuple[State, tuple[Observation, 
     if all(m.state in (State.FINISHED, State.INTERRUPTED) for m in members):
         return State.INTERRUPTED, ()
     return State.RUNNING, ()
+
+
+def _ended_for_stall(obs: Observation) -> bool:
+    error = obs.run.error
+    return obs.state is State.FAILED and error is not None and error.type == STALL_EXIT
 
 
 def _stragglers(candidates: list[Observation]) -> tuple[Observation, ...]:

@@ -22,6 +22,7 @@ __all__ = [
     "EVENTS",
     "HEARTBEATS_MISSED",
     "RESTARTED",
+    "STALL_EXIT",
     "TERMINAL",
     "Due",
     "State",
@@ -82,6 +83,10 @@ EVENTS = (
 
 #: The ends of an attempt that a launcher restarts.
 RESTARTED = frozenset({"crashed", "failed", "lost"})
+
+#: The error type of a run that ended its own process for its stall (on_stall="exit"), so that
+#: its launcher restarts it: in a group, the one that brought the others down.
+STALL_EXIT = "Stalled"
 
 #: Claim key of the one terminal event a run can have, whoever sees it first.
 END_KEY = "end"

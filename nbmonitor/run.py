@@ -575,7 +575,7 @@ class Run:
             f"so that its launcher restarts it (on_stall='exit')"
         )
         where = self._stack[0].where if self._stack else None
-        self._set_end("failed", ErrorInfo("Stalled", message, where), now_wall)
+        self._set_end("failed", ErrorInfo(rules.STALL_EXIT, message, where), now_wall)
         self._exit_now = True
 
     def _take_stack(self, state: str, now_wall: float, now_mono: float) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import nbmonitor
-from nbmonitor import _writer, membership, templates
+from nbmonitor import _writer, membership, rules, templates
 from nbmonitor import run as run_module
 from nbmonitor.errors import CorruptRecordError
 from nbmonitor.groups import combine, gather
@@ -225,6 +225,29 @@ def test_a_crashed_member_brings_the_group_down_and_is_named_over_the_ranks_that
     )
     assert group.state is State.CRASHED
     assert [m.run.pid for m in group.blamed] == [101]
+
+
+def test_a_rank_that_ended_for_its_stall_is_named_over_the_ranks_its_launcher_killed_after() -> None:
+    # on_stall="exit": the hung rank ends its process; torchrun then kills the one waiting for it.
+    from nbmonitor.record import ErrorInfo
+
+    stalled = ErrorInfo(rules.STALL_EXIT, "no progress for 12 s", None)
+    group = combine(
+        [
+            member(0, State.CRASHED, step=29, waiting="all_reduce"),
+            member(1, State.FAILED, step=29, status="failed", error=stalled),
+        ]
+    )
+    assert group.state is State.FAILED
+    assert [m.run.pid for m in group.blamed] == [101]
+    waited = ErrorInfo(rules.STALL_EXIT, "no progress for 22 s", None)  # it left after its wait
+    both = combine(
+        [
+            member(0, State.FAILED, step=29, status="failed", error=waited, waiting="all_reduce"),
+            member(1, State.FAILED, step=29, status="failed", error=stalled),
+        ]
+    )
+    assert [m.run.pid for m in both.blamed] == [101]
 
 
 def test_a_group_finishes_when_every_member_has() -> None:

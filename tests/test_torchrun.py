@@ -234,11 +234,13 @@ def test_a_hang_becomes_a_torchrun_restart_that_resumes_from_the_checkpoint(
     # (Whoever claimed each first: the watcher, the stalled rank, or nbmonitor-watcher run.)
     runs = repo.runs()
     first = [r for r in runs if r.restart_count == 0]
-    assert sorted((r.group.rank, r.status) for r in first) == [(0, "failed"), (1, "failed")]  # type: ignore[union-attr]
+    ended = {r.group.rank: r.status for r in first}  # type: ignore[union-attr]
     errors = {r.group.rank: (r.error.type, r.error.message) for r in first if r.error}  # type: ignore[union-attr]
+    assert ended[1] == "failed"
     assert errors[1][0] == "Stalled", errors
-    # Rank 0 waits in the collective: it stalls too, unless rank 1's exit broke its connection first.
-    assert errors[0][0] == "Stalled" or "Connection closed by peer" in errors[0][1], errors
+    # Rank 0 waits in the collective: it stalls too, unless rank 1's exit broke its connection
+    # first, or torchrun, seeing rank 1 gone, killed it first (SIGTERM: crashed).
+    assert ended[0] == "crashed" or errors[0][0] == "Stalled" or "Connection closed by peer" in errors[0][1]
     assert sorted((r.restart_count, r.status) for r in runs if r.restart_count == 1) == [(1, "finished")] * 2
     if supervised:
         assert all(r.attempt == 0 and r.supervisor is not None for r in runs)  # the supervisor's one attempt
