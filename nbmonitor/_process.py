@@ -33,6 +33,13 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+def elsewhere(run_host: str, via: str | None, here: str | None = None) -> bool:
+    """Whether a run written on ``run_host`` runs on another host than this one (or ``here``),
+    where its pid cannot be asked about; a run that reports over HTTP (``via``) always does (a
+    container may share the host's name and boot)."""
+    return via is not None or run_host != (here if here is not None else host())
+
+
 def host() -> str:
     """This machine's host name, as recorded in run files."""
     return socket.gethostname()

@@ -38,7 +38,7 @@ def outside_stack(run: RunRecord) -> RunRecord:
     """``run`` with the stack py-spy reads of its process, if the run is stalled on this host
     with no stack of its own since its last progress; else as it is. When py-spy is missing or
     fails, ``stack_error`` says so."""
-    if run.stuck_in is not None or run.host != _process.host():
+    if run.stuck_in is not None or _process.elsewhere(run.host, run.via):
         return run
     program = _py_spy()
     if program is None:

@@ -265,6 +265,9 @@ def _at_exit() -> None:
         _writer.end_all(ending.status, ending.exc, ending.error)
         if _writer.observers:
             _writer.tick()
+    sending = sys.modules.get("nbmonitor._sender")
+    if sending is not None:  # runs that report to a Jupyter server: their ends go now
+        sending.flush_all()
 
 
 def _hook_worker_exit() -> None:

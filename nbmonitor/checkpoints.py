@@ -35,7 +35,7 @@ from typing import Any
 from . import _process
 from .errors import NbmonitorError
 from .record import Origin, SupervisorField
-from .repo import Repo, write_atomic
+from .repo import Repo
 
 __all__ = [
     "Checkpoint",
@@ -200,7 +200,7 @@ def save(
     made = Checkpoint(final, step, at, meta, run_id, size, made_in, f"{int(at * 1000):015d}-{nonce}")
     key = job_key(job)
     try:
-        write_atomic(repo.checkpoint_path(key, made.name), made.to_dict(job))
+        repo.write_checkpoint(key, made.name, made.to_dict(job))
     except OSError as e:
         raise CheckpointError(
             f"the checkpoint at step {step} is saved in {final} but cannot be recorded in {repo.path} "
@@ -253,7 +253,7 @@ def _prune(repo: Repo, key: str, keep: int, best: str | None) -> None:
         if checkpoint.name in kept:
             continue
         with contextlib.suppress(OSError):
-            repo.checkpoint_path(key, checkpoint.name).unlink()
+            repo.remove_checkpoint(key, checkpoint.name)
         shutil.rmtree(checkpoint.path, ignore_errors=True)
 
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from . import _format, _notifiers_cli, _process, logtail, retention
+from . import _format, _notifiers_cli, _process, _sender, logtail, retention
 from ._values import seconds_arg
 from ._version import version
 from .errors import CorruptRecordError, NbmonitorError
@@ -23,6 +23,7 @@ from .groups import GroupObservation, gather, role
 from .logtail import LogLine
 from .observe import Observation, Observer, watcher_info
 from .record import RunRecord, StackFrame
+from .remote import RemoteRepo
 from .repo import Repo, make_private
 from .rules import TERMINAL
 from .templates import job_label, peaks_text
@@ -46,6 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         repo = Repo(args.repo)
         repo.check()
+        if isinstance(repo, RemoteRepo) and args.func not in (_run, _send):
+            raise NbmonitorError(
+                f"{args.command} needs a repo directory, and {repo.server.base} is a Jupyter server: "
+                "its runs are watched, listed and shown beside it (run this there)"
+            )
         return int(args.func(repo, args))
     except NbmonitorError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
@@ -67,8 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_Version)
     parser.add_argument(
         "--repo",
-        metavar="PATH",
-        help="repo directory (default: $NBMONITOR_REPO, else ~/.nbmonitor)",
+        metavar="PATH|URL",
+        help="repo directory, or a Jupyter server's URL for run and send "
+        "(default: $NBMONITOR_REPO, else ~/.nbmonitor)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -172,6 +179,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     keep.add_argument("period", metavar="PERIOD", nargs="?", type=_keep_for, help="30d, 12h, 2w, or never")
     keep.set_defaults(func=_retention)
+    send = commands.add_parser(
+        "send", help="with --repo URL: send the records this host still holds for that Jupyter server"
+    )
+    send.add_argument(
+        "--timeout",
+        type=seconds_arg("timeout", within=(0.1, 3600)),
+        default=30.0,
+        metavar="SECONDS",
+        help="give up after this long (default 30)",
+    )
+    send.set_defaults(func=_send)
+    token = commands.add_parser(
+        "token",
+        help="the token with which far hosts send runs' records to this repo's Jupyter server, only",
+    )
+    token.add_argument("--new", action="store_true", help="replace it: the old one stops working")
+    token.set_defaults(func=_token)
     _notifiers_cli.add_parser(commands)
     return parser
 
@@ -357,7 +381,11 @@ def _status(repo: Repo, args: argparse.Namespace) -> int:
         if isinstance(entry, GroupObservation):
             rows += _group_rows(entry)
         else:
-            rows.append(_row(entry.run.name, entry.run.origin.describe(), entry, entry.run.id))
+            run = entry.run
+            origin = run.origin.describe()
+            if _process.elsewhere(run.host, run.via):
+                origin = f"{origin} on {run.host}"
+            rows.append(_row(run.name, origin, entry, run.id))
             rows += _worker_rows(entry)
     print(_format.table(rows))
     for group in shown:
@@ -466,6 +494,39 @@ def _run(repo: Repo, args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: supervisor.stop())
     return supervisor.run()
+
+
+def _token(repo: Repo, args: argparse.Namespace) -> int:
+    from .ingest import token
+
+    print(token(repo, new=args.new))
+    if sys.stdout.isatty():
+        print(
+            "far hosts: NBMONITOR_TOKEN=<this> NBMONITOR_REPO=https://<this server>:<port>/ python train.py\n"
+            "(it can send runs' records to this repo's Jupyter server, nothing else; --new replaces it)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _send(repo: Repo, args: argparse.Namespace) -> int:
+    if not isinstance(repo, RemoteRepo):
+        raise NbmonitorError("send is for a --repo that is a Jupyter server's URL (https://host:8888/)")
+    sender = _sender.sender(repo)
+    if sender.flush(args.timeout):
+        if not sender.leading:
+            print(f"another process of this host sends what waits for {repo.server.base}")
+        elif sender.sent_files:
+            print(f"sent {sender.sent_files} file(s) to {repo.server.base}")
+        else:
+            print(f"nothing waits for {repo.server.base} in {repo.path}")
+        return 0
+    print(
+        f"{PROG}: {sender.waiting()} file(s) could not reach {repo.server.base} in {args.timeout:g} s; "
+        f"they wait in {repo.path}",
+        file=sys.stderr,
+    )
+    return 1
 
 
 #: Seconds between two looks at a followed tail (its run writes it at most once a second).

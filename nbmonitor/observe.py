@@ -145,11 +145,15 @@ class Observer:
     def process(self, run: RunRecord, supervisor: bool = False) -> Process | None:
         """The process of a run of this host and boot (or its supervisor's) as a key for
         ``alive``; None for a run of another host or boot, whose process cannot be watched."""
-        if run.host != self.host or (run.boot_id is not None and run.boot_id != self.boot_id):
+        if not self.here(run) or (run.boot_id is not None and run.boot_id != self.boot_id):
             return None
         if supervisor and run.supervisor is None:
             return None
         return self._key(run, supervisor)
+
+    def here(self, run: RunRecord) -> bool:
+        """Whether the run's process is on this observer's host: not ``elsewhere``."""
+        return not _process.elsewhere(run.host, run.via, self.host)
 
     def _key(self, run: RunRecord, supervisor: bool) -> Process:
         """Run ``run``'s process (or its supervisor's) as ``alive`` asks about it: start ticks
@@ -184,7 +188,7 @@ class Observer:
         lag = rules.write_lag(run.write_lag)
         silent = False
         wake: float | None = None
-        if run.host != self.host:
+        if not self.here(run):
             # Timed from when this observer saw the progress count change, which it sees only
             # at its next look after the file was written; alive while its writer keeps
             # refreshing the file (its heartbeat), as seen on this observer's clock.
@@ -211,7 +215,7 @@ class Observer:
             lag=lag,
             silent=silent,
         )
-        supervised = run.supervisor is not None and run.host == self.host and self._supervised(run, alive)
+        supervised = run.supervisor is not None and self.here(run) and self._supervised(run, alive)
         if run.eta is not None and current in (State.RUNNING, State.LATE):
             deadline = run.eta + lag + ((grace or 0.0) if current is State.LATE else 0.0)
             due = now_mono + deadline - since + _AFTER

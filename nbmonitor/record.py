@@ -252,6 +252,10 @@ class RunRecord:
     #: The process's other threads' stacks, taken with ``stack`` when the run asks for all
     #: threads' (``stacks="all"``); empty otherwise.
     threads: tuple[ThreadStack, ...] = ()
+    #: Where its records came from over HTTP (the client's address), set by the Jupyter server
+    #: that received them (nbmonitor.ingest), never by the run: its process is on another host,
+    #: whatever ``host`` says, and is judged by its heartbeat. None: written to the repo directly.
+    via: str | None = None
     format: int = field(default=FORMAT)
 
     @property
@@ -347,6 +351,7 @@ class RunRecord:
             on_stall=get.opt_text("on_stall") or "report",
             supervisor=_supervisor(data.get("supervisor")),
             checkpoint=_checkpoint(data.get("checkpoint")),
+            via=get.opt_text("via"),
             format=fmt,
         )
 

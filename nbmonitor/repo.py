@@ -14,6 +14,10 @@ Layout (docs/repo-format.md is the full contract)::
     settings.json               the repo's settings: how long ended runs are kept
     pruning/<run id>.json       a run being removed (nbmonitor.retention)
     prune.lock                  held by the one prune at work
+    owners/<run id or job key>  the client that sends that run's records over HTTP
+    sent/<run id>               in a spool: the run's end reached its server
+    spool.json                  this repo is a spool: the server it sends to (nbmonitor.remote)
+    ingest.token                a token that can send runs' records to this repo's server, only
 
 Every file is written whole (temp file, fsync, rename), so a reader never
 sees half of one, on a local disk or a network filesystem.
@@ -44,12 +48,17 @@ from .rules import is_event_key
 if TYPE_CHECKING:
     from .listing import Runs
 
-__all__ = ["Repo", "Scanner", "default_path", "make_private", "owned"]
+__all__ = ["Repo", "Scanner", "default_path", "is_url", "make_private", "owned"]
 
 log = logging.getLogger("nbmonitor.repo")
 
 ENV_VAR = "NBMONITOR_REPO"
 _ELSEWHERE = f"choose a directory of your own with ${ENV_VAR}, --repo or repo="
+
+
+def is_url(where: object) -> bool:
+    """Whether ``where`` names a Jupyter server (nbmonitor.remote) rather than a repo directory."""
+    return isinstance(where, str) and where.startswith(("http://", "https://"))
 
 
 def default_path() -> Path:
@@ -86,7 +95,16 @@ def make_private(path: Path, st: os.stat_result, mode: int) -> None:
 
 
 class Repo:
-    """A repo directory; created on first write, with mode 0700 since it holds secrets."""
+    """A repo directory; created on first write, with mode 0700 since it holds secrets.
+    ``Repo("https://host:8888/?token=...")`` (or such a ``$NBMONITOR_REPO``) is a Jupyter
+    server's repo, which this process writes through a spool (nbmonitor.remote.RemoteRepo)."""
+
+    def __new__(cls, path: str | os.PathLike[str] | None = None, *args: Any, **kwargs: Any) -> Repo:
+        if cls is Repo and is_url(path if path is not None else os.environ.get(ENV_VAR)):
+            from .remote import RemoteRepo
+
+            return super().__new__(RemoteRepo)
+        return super().__new__(cls)
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path).expanduser() if path is not None else default_path()
@@ -108,9 +126,17 @@ class Repo:
         self.settings_file = self.path / "settings.json"
         self.pruning_dir = self.path / "pruning"
         self.prune_lock = self.path / "prune.lock"
+        self.owners_dir = self.path / "owners"
+        self.sent_dir = self.path / "sent"
+        self.spool_file = self.path / "spool.json"
+        self.ingest_token_file = self.path / "ingest.token"
 
     def __repr__(self) -> str:
         return f"Repo({str(self.path)!r})"
+
+    def environ(self) -> dict[str, str]:
+        """What a child process needs in its environment to write to this repo."""
+        return {ENV_VAR: str(self.path)}
 
     def check(self) -> None:
         """RepoError, one line, if the repo cannot be one: a file in its place, a folder of
@@ -157,6 +183,16 @@ class Repo:
         except FileNotFoundError:
             self._again()
             write_atomic(path, record.to_dict())
+
+    def write_run_data(self, run_id: str, data: dict[str, Any], sync: bool = True) -> None:
+        """Replace a run's file with ``data``, a run file's fields checked already (RunRecord's
+        ``from_dict``): a far host's, as its server received it (nbmonitor.ingest)."""
+        path = self.run_path(run_id)
+        try:
+            write_atomic(path, data, sync=sync)
+        except FileNotFoundError:
+            self._again()
+            write_atomic(path, data, sync=sync)
 
     def read_run(self, run_id: str) -> RunRecord:
         """Read and validate one run file; CorruptRecordError names it if it is bad."""
@@ -287,6 +323,27 @@ class Repo:
             self._again()
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         return folder / f"{name}.json"
+
+    def owner_path(self, key: str) -> Path:
+        """Who writes run (or job) ``key`` over HTTP: the hash of its client's secret
+        (nbmonitor.ingest); absent for runs written here."""
+        if not is_run_id(key):
+            raise ValueError(f"not a run id or job key: {key[:40]!r}")
+        return self.owners_dir / key
+
+    def sent_path(self, run_id: str) -> Path:
+        """In a spool (nbmonitor.remote): present once the run's end reached its server."""
+        if not is_run_id(run_id):
+            raise ValueError(f"not a run id: {run_id[:40]!r}")
+        return self.sent_dir / run_id
+
+    def write_checkpoint(self, job_key: str, name: str, data: dict[str, Any]) -> None:
+        """Record one checkpoint of a job (nbmonitor.checkpoints), whole."""
+        write_atomic(self.checkpoint_path(job_key, name), data)
+
+    def remove_checkpoint(self, job_key: str, name: str) -> None:
+        """Remove one checkpoint's record (its files go after it); FileNotFoundError if none."""
+        self.checkpoint_path(job_key, name).unlink()
 
     def _again(self, folder: Path | None = None) -> None:
         """A write found no directory: create the repo (and ``folder``) again, saying so if the
@@ -593,9 +650,10 @@ def read_record(path: Path) -> RunRecord:
         raise CorruptRecordError(str(path), str(e)) from e
 
 
-def write_atomic(path: Path, data: dict[str, Any], mode: int = 0o600) -> None:
-    """Write JSON to ``path`` so readers see the old file or the new one, never a mix."""
-    tmp = _write_temp(path.parent, data, mode)
+def write_atomic(path: Path, data: dict[str, Any], mode: int = 0o600, sync: bool = True) -> None:
+    """Write JSON to ``path`` so readers see the old file or the new one, never a mix; ``sync``:
+    on the disk before it replaces the old one (a crash of the machine leaves one or the other)."""
+    tmp = _write_temp(path.parent, data, mode, sync)
     try:
         os.replace(tmp, path)
     except BaseException:
@@ -604,15 +662,16 @@ def write_atomic(path: Path, data: dict[str, Any], mode: int = 0o600) -> None:
         raise
 
 
-def _write_temp(folder: Path, data: dict[str, Any], mode: int = 0o600) -> str:
+def _write_temp(folder: Path, data: dict[str, Any], mode: int = 0o600, sync: bool = True) -> str:
     body = json.dumps(data, allow_nan=False, separators=(",", ":")).encode()
     # mkstemp creates the file 0600 from the first instant.
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         if mode != 0o600:
             os.chmod(tmp, mode)
     except BaseException:

@@ -147,7 +147,7 @@ def prune(
             done.finished = _finish(repo)
         cutoff = wall() - older_than
         runs = list(Scanner(repo).scan() if records is None else records)
-        waiting = _waiting(repo)
+        waiting = _waiting(repo) | _unsent(repo, runs)
         due: dict[str, list[RunRecord]] = {}  # by group (or the run's own id)
         held: set[str] = set()
         for run in runs:
@@ -202,6 +202,13 @@ def _waiting(repo: Repo) -> set[str]:
     return found
 
 
+def _unsent(repo: Repo, runs: list[RunRecord]) -> set[str]:
+    """In a spool (nbmonitor.remote): the runs whose end has not reached their server yet."""
+    if not repo.spool_file.exists():
+        return set()
+    return {run.id for run in runs if not repo.sent_path(run.id).exists()}
+
+
 def _remove(repo: Repo, run: RunRecord, key: str) -> None:
     """The run's file first, in one rename (no reader sees half a run), then its parts, then
     the note of the removal."""
@@ -216,8 +223,9 @@ def _remove(repo: Repo, run: RunRecord, key: str) -> None:
 
 
 def _remove_parts(repo: Repo, run_id: str, key: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        repo.usage_path(run_id).unlink()
+    for path in (repo.usage_path(run_id), repo.owner_path(run_id), repo.sent_path(run_id)):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
     for path in [repo.log_path(run_id), *repo.logs_dir.glob(f"{run_id}.*.jsonl")]:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -248,7 +256,7 @@ def _finish(repo: Repo) -> int:
 def _orphans(repo: Repo, present: set[str], cutoff: float, dry_run: bool) -> int:
     """Parts of runs (and groups) no longer in the repo, last written before ``cutoff``."""
     count = 0
-    for folder in (repo.usage_dir, repo.logs_dir, repo.events_dir):
+    for folder in (repo.usage_dir, repo.logs_dir, repo.events_dir, repo.sent_dir):
         try:
             entries = list(os.scandir(folder))
         except (FileNotFoundError, NotADirectoryError):

@@ -26,7 +26,19 @@ from itertools import chain
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from . import _board, _capture, _format, _onstall, _process, _recorder, _stacks, _values, _writer, rules
+from . import (
+    _board,
+    _capture,
+    _format,
+    _onstall,
+    _process,
+    _recorder,
+    _sender,
+    _stacks,
+    _values,
+    _writer,
+    rules,
+)
 from ._once import Trouble
 from .errors import NbmonitorError, RepoError
 from .logtail import LogLine
@@ -41,6 +53,7 @@ from .record import (
     ThreadStack,
     clip,
 )
+from .remote import RemoteRepo
 from .repo import Repo
 
 if TYPE_CHECKING:
@@ -172,6 +185,8 @@ class Run:
             raise TypeError(f"name must be a string, got {type(name).__name__}")
         self._name = clip(name)[:_NAME_MAX] if name else default_name(self._origin)
         self._repo = repo if isinstance(repo, Repo) else Repo(repo)
+        if isinstance(self._repo, RemoteRepo):
+            _sender.attach()  # what it writes goes on to its server
         try:
             self._repo.ensure()
         except (OSError, RepoError) as e:

@@ -1,4 +1,5 @@
-"""The jupyter_server extension: a read-only REST API over the repo, for the JupyterLab extension.
+"""The jupyter_server extension: the repo's REST API, read by the JupyterLab extension, and
+the door through which far hosts send their runs' records.
 
     GET {base_url}/nbmonitor/api/runs          every run of its own, and every group with its
                                                members (torchrun ranks, ...), newest first
@@ -11,6 +12,8 @@
                                                and printed: {"lines": [{"t", "level", "stream",
                                                "text", "who"}], "skipped"}, oldest first
     GET {base_url}/nbmonitor/api/watcher       whether a standalone watcher runs
+    POST {base_url}/nbmonitor/api/ingest       records of runs on hosts that share no
+                                               filesystem with this one (nbmonitor.ingest)
 
 Every handler requires Jupyter authentication. Reads run in a worker thread,
 so a slow or large repo never blocks the server's event loop. The repo is
@@ -20,9 +23,11 @@ so a slow or large repo never blocks the server's event loop. The repo is
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import os
+import re
 import secrets
 import threading
 import time
@@ -35,14 +40,16 @@ from jupyter_server.utils import url_path_join
 from traitlets import Unicode
 from traitlets.config import Configurable
 
-from . import _format, logtail, rules
+from . import _format, _process, logtail, rules
 from ._notices import Notices
 from ._version import version
 from .errors import CorruptRecordError, NbmonitorError, RepoError
 from .groups import GroupObservation, gather, role
+from .ingest import MAX_BODY, Ingest, IngestError, Refused, token_matches
 from .membership import group_id
 from .observe import Observation, Observer, Process, Schedule, watcher_info
 from .record import RunRecord, is_run_id
+from .remote import RemoteRepo
 from .repo import Repo
 from .templates import attempt_text, blame, job_label
 
@@ -458,6 +465,7 @@ def _run_json(obs: Observation, root_dir: str | None = None) -> dict[str, Any]:
             "lab_path": _lab_path(run.origin.path, root_dir) if run.origin.kind == "notebook" else None,
         },
         "host": run.host,
+        "elsewhere": _process.elsewhere(run.host, run.via),
         "pid": run.pid,
         "step": run.step,
         "total": run.total,
@@ -625,6 +633,58 @@ class LogsHandler(_Handler):
             raise tornado.web.HTTPError(404, str(e)) from None
 
 
+class IngestHandler(tornado.web.RequestHandler):
+    """Takes runs' records from far hosts, with a token in the Authorization header only: the
+    repo's ingest token (``nbmonitor-watcher token``, good for this door alone), or the server's
+    own. No cookie is taken, so no page of another site can post here. A plain tornado handler:
+    Jupyter's own handling costs a millisecond a request, and a thousand far hosts each send one
+    a second."""
+
+    def _allowed(self) -> bool:
+        scheme, _, given = self.request.headers.get("Authorization", "").partition(" ")
+        given = given.strip()
+        if scheme.lower() != "token" or not given:
+            return False
+        ingest: Ingest | None = self.settings.get("nbmonitor_ingest")
+        if ingest is not None and token_matches(ingest.repo, given):
+            return True
+        provider = self.settings.get("identity_provider")
+        server_token = getattr(provider, "token", None) or self.settings.get("token")
+        return (
+            isinstance(server_token, str)
+            and bool(server_token)
+            and hmac.compare_digest(given.encode(), server_token.encode())
+        )
+
+    def check_xsrf_cookie(self) -> None:
+        """Nothing to check: no cookie is taken here, only a token a page cannot send."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.finish({"message": self._reason, "op": None})
+
+    async def post(self) -> None:
+        if not self._allowed():
+            raise tornado.web.HTTPError(
+                403, reason="a token is needed: the server's, or the one nbmonitor-watcher token gives"
+            )
+        ingest: Ingest | None = self.settings.get("nbmonitor_ingest")
+        if ingest is None:
+            raise tornado.web.HTTPError(503, reason="this server has no usable nbmonitor repo")
+        address = self.request.remote_ip or ""
+        try:
+            answer = await asyncio.get_running_loop().run_in_executor(
+                None, ingest.apply, self.request.body, address
+            )
+        except (IngestError, Refused) as e:
+            code = 403 if isinstance(e, Refused) else (413 if len(self.request.body) > MAX_BODY else 400)
+            log.warning("nbmonitor: refused records from %s: %s", address, e)
+            self.set_status(code)
+            found = re.match(r"operation (\d+):", str(e))
+            self.finish({"message": str(e), "op": int(found.group(1)) if found else None})
+            return
+        self.finish(answer)
+
+
 class WatcherHandler(_Handler):
     @tornado.web.authenticated
     async def get(self) -> None:
@@ -636,11 +696,14 @@ def load(server_app: ServerApp) -> None:
     settings = Nbmonitor(parent=server_app)
     try:
         repo: Repo | RepoError = Repo(settings.repo or None)
+        if isinstance(repo, RemoteRepo):
+            raise RepoError(f"this server's repo must be a directory, not a server ({repo.server.base})")
     except RepoError as e:  # said in every answer, and shown in the panel
         server_app.log.warning("nbmonitor: %s", e)
         repo = e
     web_app = server_app.web_app
     web_app.settings["nbmonitor_reader"] = _Reader(repo, server_app.root_dir)
+    web_app.settings["nbmonitor_ingest"] = Ingest(repo) if isinstance(repo, Repo) else None
     base = url_path_join(web_app.settings["base_url"], "nbmonitor", "api")
     web_app.add_handlers(
         ".*$",
@@ -650,6 +713,7 @@ def load(server_app: ServerApp) -> None:
             (url_path_join(base, "runs", r"([^/]+)", "usage"), UsageHandler),
             (url_path_join(base, "runs", r"([^/]+)", "logs"), LogsHandler),
             (url_path_join(base, "watcher"), WatcherHandler),
+            (url_path_join(base, "ingest"), IngestHandler),
         ],
     )
     server_app.log.info("nbmonitor: serving %s at %s", getattr(repo, "path", repo), base)

@@ -171,9 +171,9 @@ class Supervisor:
         # Its runs go to the repo this supervisor looks at, whatever the environment said.
         env = dict(
             os.environ,
+            **self.repo.environ(),
             NBMONITOR_JOB_ID=self.job_id,
             NBMONITOR_RESTART_COUNT=str(number),
-            NBMONITOR_REPO=str(self.repo.path),
             NBMONITOR_SUPERVISOR=f"{os.getpid()}:{_process.start_ticks() or ''}".rstrip(":"),
         )
         try:

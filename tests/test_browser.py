@@ -332,13 +332,22 @@ def test_the_panel_loads_ended_runs_a_page_at_a_time(lab: Lab, page: Any) -> Non
             sample(id=f"{i + 1:032x}", name=f"archived-{i:02d}", status="finished", started_at=now - 4000 + i,
                    ended_at=now - 3000 + i)
         )  # fmt: skip
+    # A run on a far host, whose records came over HTTP: its row names its host.
+    Repo(lab.repo).write_run(
+        sample(id="f" * 32, name="far-train", host="gpu-box", via="10.0.0.2", heartbeat=3600.0, eta=None,
+               started_at=now - 60, last_progress_at=now - 5)
+    )  # fmt: skip
     with screenshot_on_failure(page, "failure-pages"):
         page.goto(lab.url("lab"))
         page.locator(".jp-SideBar .lm-TabBar-tab", has_text="Runs").first.click()
+        far = page.locator(".nbm-run", has_text="far-train")
+        far.wait_for(timeout=60_000)
+        assert far.locator(".nbm-facts").inner_text().endswith(" · on gpu-box")
+        page.locator("#nbmonitor-runs").screenshot(path=str(ARTIFACTS / "runs-panel-far-host.png"))
         page.locator(".nbm-filter").click()  # show all runs, ended ones too
         page.locator(".nbm-run", has_text="archived-59").wait_for(timeout=60_000)
         rows = page.locator(".nbm-run")
-        wait_until(lambda: rows.count() == 50, 10, "a page of ended runs")
+        wait_until(lambda: rows.count() == 51, 10, "a page of ended runs, and the running one")
         assert page.locator(".nbm-run", has_text="archived-09").count() == 0
         older = page.locator(".nbm-older")
         older.scroll_into_view_if_needed()
@@ -348,7 +357,7 @@ def test_the_panel_loads_ended_runs_a_page_at_a_time(lab: Lab, page: Any) -> Non
         page.locator("#nbmonitor-runs").screenshot(path=str(ARTIFACTS / "runs-panel-older-dark.png"))
         older.click()
         page.locator(".nbm-run", has_text="archived-00").wait_for(timeout=10_000)
-        assert rows.count() == 60
+        assert rows.count() == 61
         assert older.count() == 0  # none left
 
 

@@ -227,6 +227,26 @@ async def test_nothing_can_change_state_with_a_token_or_from_another_site(
     assert sorted((p.name, p.read_bytes()) for p in repo.path.rglob("*") if p.is_file()) == before
 
 
+async def test_the_ingest_takes_records_with_the_token_and_refuses_a_cross_site_form(
+    jp_fetch: Any, jp_base_url: str, jp_http_port: int, repo: Repo
+) -> None:
+    record = sample(id="f" * 32, host="far").to_dict()
+    body = json.dumps({"client": "a1" * 32, "ops": [{"op": "run", "record": record}]}).encode()
+    url = f"http://localhost:{jp_http_port}{jp_base_url}nbmonitor/api/ingest"
+    forged = {"Cookie": "_xsrf=2|the-users-cookie"}
+    for origin, refusals in [({"Origin": "http://evil.example"}, {403, 404}), ({}, {403})]:
+        with pytest.raises(HTTPClientError) as refused:
+            await AsyncHTTPClient().fetch(url, method="POST", body=body, headers=forged | origin)
+        assert refused.value.code in refusals
+    assert not repo.runs_dir.exists() or not list(repo.runs_dir.iterdir())
+    with pytest.raises(HTTPClientError) as read:
+        await jp_fetch("nbmonitor", "api", "ingest")  # it takes records; it shows none
+    assert read.value.code == 405
+    answer = await jp_fetch("nbmonitor", "api", "ingest", method="POST", body=body)
+    assert json.loads(answer.body) == {"applied": 1, "resend": []}
+    assert repo.read_run("f" * 32).via == "127.0.0.1"
+
+
 @pytest.mark.parametrize(
     ("jp_server_config", "says"),
     [

@@ -59,6 +59,8 @@ export interface IRun {
     lab_path: string | null;
   };
   host: string;
+  /** Whether it runs on another host than the server's (then its facts name the host). */
+  elsewhere: boolean;
   pid: number;
   step: number;
   total: number | null;
@@ -695,6 +697,10 @@ class RunsPanel extends Widget {
   private _row(run: IRun): HTMLElement {
     const row = head('nbm-run', run, where(run));
     row.dataset.runId = run.id;
+    if (run.elsewhere) {
+      const facts = row.querySelector('.nbm-facts')!;
+      facts.textContent = `${facts.textContent} · on ${run.host}`;
+    }
     if (run.usage && ACTIVE.has(run.status)) {
       const gpu = run.usage.gpu_memory
         ? ` · GPU ${bytes(run.usage.gpu_memory)}`
