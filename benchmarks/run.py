@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import itertools
 import json
 import math
 import os
@@ -1789,6 +1790,238 @@ def numbered(lines: list[str], pattern: str) -> list[tuple[int, str]]:
     return [(int(match.group(1)), line) for match, line in found if match]
 
 
+# -- hosts that share no filesystem (rows 25 to 27) --------------------------------------------------
+
+# A far host's run at its fastest: report_progress in a tight loop, a line printed every 10 ms, for
+# ``seconds``; then how many batches its sender sent (every one answered).
+REMOTE_RUN = """
+import sys, time
+import nbmonitor
+from nbmonitor import _sender
+seconds = float(sys.argv[1])
+with nbmonitor.watch(eta=5, name="bench-remote") as run:
+    end = time.monotonic() + seconds
+    printed = 0.0
+    while (now := time.monotonic()) < end:
+        for _ in range(1000):
+            run.report_progress()
+        if now - printed >= 0.01:
+            print("step", run.record().step, flush=True)
+            printed = now
+    sender = _sender.sender(run.repo)
+_sender.flush_all()
+print("batches", sender.batches, file=sys.stderr)
+"""
+
+
+def ingest_server(repo: Path, work: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+    """A Jupyter server with nbmonitor on ``repo``: the process, its base URL and its token."""
+    server, base = jupyter_server(repo, work)
+    root = base.split("/nbmonitor/")[0] + "/"
+    return server, root, "bench"
+
+
+def row_remote_cost(n: int, work: Path) -> Row:
+    """Row 25: report_progress with a server's URL for a repo, against a local repo."""
+    import nbmonitor
+    from nbmonitor.remote import RemoteRepo
+
+    repo = work / "r25"
+    local = nbmonitor.Run(name="bench-local", repo=repo)
+    far = nbmonitor.Run(
+        name="bench-far", repo=RemoteRepo("http://127.0.0.1:9/?token=x", spool=work / "r25-spool")
+    )
+
+    def loop(run: Any) -> Callable[[], float]:
+        report = run.report_progress
+
+        def timed() -> float:
+            start = time.perf_counter()
+            for _ in range(n):
+                report(expect_next_in=3)
+            return time.perf_counter() - start
+
+        return timed
+
+    ours, peer = best(loop(far)) / n, best(loop(local)) / n
+    far.close()
+    local.close()
+    return Row(
+        25,
+        "cost of one report_progress(expect_next_in=3) on a far host (repo: a server's URL)",
+        f"{ours * 1e9:.0f} ns",
+        f"the same with a local repo: {peer * 1e9:.0f} ns",
+        ours / peer,
+        "≤ 1.2× the local repo: none on the hot path",
+        ours / peer <= 1.2,
+        f"The best of 5 loops of {n:,} calls, the run's repo a RemoteRepo (its server is never reached: the "
+        "sender's thread sends what changed, off the loop) against the same run on a local repo, in one "
+        "process.",
+    )
+
+
+def row_remote_requests(seconds: float, work: Path) -> Row:
+    """Row 26: requests a far host's process makes, reporting as fast as it can."""
+    repo = work / "r26"
+    server, root, token = ingest_server(repo, work)
+    try:
+        env = dict(
+            os.environ, PYTHONPATH=str(ROOT), NBMONITOR_REPO=root, NBMONITOR_TOKEN=token,
+            NBMONITOR_SPOOL=str(work / "r26-spool"), NBMONITOR_HEARTBEAT="1",
+        )  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-c", REMOTE_RUN, str(seconds)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
+    finally:
+        server.terminate()
+        server.wait()
+    batches = int(done.stderr.split("batches")[-1].strip())
+    lines = sum(1 for line in done.stdout.splitlines() if line.startswith("step"))
+    per_second = batches / seconds
+    return Row(
+        26,
+        "requests a far host's process makes, reporting as fast as it can",
+        f"{per_second:.2f}/s ({batches} in {seconds:.0f} s)",
+        "-",
+        None,
+        "≤ 1/s per process (and one as it ends)",
+        batches <= seconds + 1,
+        f"A script reporting progress in a tight loop and printing a line every 10 ms ({lines:,} lines) "
+        f"for {seconds:.0f} s, its repo a real Jupyter server's URL on this machine, with a heartbeat of "
+        "1 s: the batches its sender sent (run file, usage, log tail), counted by the sender, the last "
+        "one as the process ended.",
+    )
+
+
+# Sends one far host's batches, one a second per member, for members [first, last) and ``seconds``.
+INGEST_LOAD = """
+import http.client, json, sys, time, urllib.parse
+sys.path.insert(0, sys.argv[6])
+from nbmonitor import history, logtail
+from nbmonitor.logtail import LogLine
+from tests.records import sample
+root, token, seconds = sys.argv[1], sys.argv[2], float(sys.argv[5])
+first, last, per_host = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[7])
+members = range(first, last)
+sent = {m: 0 for m in members}
+records = {m: sample(id=f"{m + 1:032x}", host=f"node-{m}", heartbeat=10.0).to_dict() for m in members}
+seconds_of_batches = []  # made before the clock starts: the load's own work stays out of the way
+for tick in range(int(seconds)):
+    batches, ops = [], []
+    for m in members:
+        run_id = f"{m + 1:032x}"
+        record = records[m] | {"step": tick, "progress": tick, "updated_at": time.time() + tick}
+        line = logtail.encode([LogLine(float(tick), "", "stdout", f"step {tick} of member {m}")])
+        reading = {0: history.Reading(95.0, 2**30, 2**30, None)}
+        usage = history.encode_row(history.Row(float(tick), 1.0, reading, ()))
+        if tick == 0:
+            line = logtail.encode_header(run_id) + line
+            usage = history.encode_header(run_id, 0.0, f"node-{m}", "bench") + usage
+        ops += [
+            {"op": "append", "file": "usage", "run": run_id, "at": sent[m], "text": usage},
+            {"op": "append", "file": "log", "run": run_id, "at": sent.get((m, "log"), 0), "text": line},
+            {"op": "run", "record": record},
+        ]
+        sent[m] += len(usage.encode())
+        sent[(m, "log")] = sent.get((m, "log"), 0) + len(line.encode())
+        if (m + 1) % per_host == 0:  # a host's sender: its members' news in one batch a second
+            batches.append(json.dumps({"client": f"{m // per_host + 1:064x}", "ops": ops}).encode())
+            ops = []
+    seconds_of_batches.append(batches)
+url = urllib.parse.urlsplit(root)
+conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+headers = {"Authorization": f"token {token}", "Content-Type": "application/json"}
+print("ready", flush=True)
+sys.stdin.readline()
+start = time.monotonic()
+late = 0
+for tick, batches in enumerate(seconds_of_batches):
+    for body in batches:
+        conn.request("POST", url.path + "nbmonitor/api/ingest", body, headers)
+        answer = conn.getresponse()
+        assert answer.status == 200, answer.read()
+        answer.read()
+    behind = start + tick + 1 - time.monotonic()
+    if behind > 0:
+        time.sleep(behind)
+    else:
+        late += 1
+print(late, flush=True)
+"""
+
+
+def ingest_load(
+    members: int, per_host: int, seconds: float, work: Path, name: str
+) -> tuple[float, float, int]:
+    """The server's CPU (share of a core), the batches a second it took, and the runs it wrote,
+    for ``members`` far members on hosts of ``per_host`` each, a batch a second per host."""
+    import psutil
+
+    repo = work / name
+    server, root, token = ingest_server(repo, work)
+    senders = 4
+    try:
+        proc = psutil.Process(server.pid)
+        hosts = members // per_host  # whole hosts to each load process
+        bounds = [i * hosts // senders * per_host for i in range(senders + 1)]
+        command = [sys.executable, "-c", INGEST_LOAD, root, token]
+        parts = [
+            [str(a), str(b), str(seconds), str(ROOT), str(per_host)] for a, b in itertools.pairwise(bounds)
+        ]
+        loads = [
+            subprocess.Popen([*command, *part], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            for part in parts
+        ]
+        for load in loads:  # each has made its batches
+            assert load.stdout is not None
+            assert load.stdout.readline().strip() == "ready"
+        before = sum(proc.cpu_times()[:2])
+        started = time.monotonic()
+        for load in loads:  # all at once
+            assert load.stdin is not None
+            load.stdin.write("go\n")
+            load.stdin.flush()
+        for load in loads:
+            load.communicate()
+        elapsed = time.monotonic() - started
+        cpu = (sum(proc.cpu_times()[:2]) - before) / elapsed
+        written = len(list((repo / "runs").iterdir()))
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(repo, ignore_errors=True)
+    return cpu, members / per_host * seconds / elapsed, written
+
+
+def row_ingest(members: int, seconds: float, work: Path) -> Row:
+    """Row 27: the server's CPU to take ``members`` far members' records, each once a second."""
+    per_host = 8
+    cpu, rate, written = ingest_load(members, per_host, seconds, work, "r27")
+    lone_cpu, lone_rate, _ = ingest_load(members, 1, seconds, work, "r27-lone")
+    hosts = members // per_host
+    return Row(
+        27,
+        f"the Jupyter server taking {members:,} far members' records, each once a second",
+        f"{cpu * 100:.0f}% of a core, on {hosts} hosts of {per_host} ({rate:.0f} batches/s)",
+        f"{members:,} hosts of one member: {lone_cpu * 100:.0f}% of a core at the {lone_rate:.0f} batches/s "
+        "the load reached",
+        None,
+        "< one core",
+        cpu < 1.0 and written == members and rate >= 0.9 * hosts,
+        f"Four load processes on this machine post, once a second for {seconds:.0f} s over keep-alive "
+        f"connections, what each far host's sender sends in a second: its members' news (a run file, a usage "
+        f"row and a log line each), each host a client of its own: {hosts} hosts of {per_host} members (the "
+        "processes of a host send through one sender, one batch a second); the server's CPU time over the "
+        f"wall time. Beside it, {members:,} hosts of one member each ({members:,} requests a second): the "
+        "Jupyter server's request handling (tornado, about 0.9 ms a request here) then costs more than "
+        "a core, which the load, sharing the machine's two cores, could not reach.",
+    )
+
+
 def row_numbers(text: str) -> set[int]:
     return {int(n) for n in text.split(",")}
 
@@ -1865,6 +2098,9 @@ def main() -> int:
             lambda: [row_panel([1000, 10_000] if quick else [1000, 10_000, 100_000], [1000, 10_000], work)],
         ),
         (24, "retention", lambda: [row_retention(work)]),
+        (25, "far host's hot path", lambda: [row_remote_cost(200_000 if quick else 2_000_000, work)]),
+        (26, "far host's requests", lambda: [row_remote_requests(5 if quick else 20, work)]),
+        (27, "ingest", lambda: [row_ingest(200 if quick else 1000, 5 if quick else 20, work)]),
     ]
     try:
         for number, name, step in steps:

@@ -76,7 +76,9 @@ class Sender:
         self.lock_fd: int | None = None  # held while this process sends for the spool
         self.sent_files = 0  # files sent and taken, in all
         self._pending = 0  # files changed and not sent, at the last look
-        self._looked = 0  # looks at the spool so far
+        self._begun = 0  # looks at the spool begun so far
+        self._looked = 0  # and ended
+        self._flush_asked = -1.0  # when a flush last asked for a look at once
         self._flushing = 0
         self._trouble = Trouble(log)
         self._thread: threading.Thread | None = None
@@ -109,11 +111,11 @@ class Sender:
             if not self._cond.wait_for(lambda: self._leading, min(timeout, 0.5)):
                 return True  # another process of this host sends
             self._flushing += 1
+            self._flush_asked = self.mono()
             self._cond.notify_all()
             try:
-                start = self._looked
-                # A look that began after this call, and found nothing left to send.
-                while self._looked <= start + 1 or self._pending:
+                after = self._begun + 1  # a look that begins after this call ...
+                while self._looked < after or self._pending:  # ... has ended with nothing left
                     left = deadline - self.mono()
                     if left <= 0 or self._thread is None or not self._thread.is_alive():
                         return False
@@ -147,15 +149,12 @@ class Sender:
         failures = 0
         while True:
             with self._cond:
-                pause = (
-                    self.EVERY
-                    if not failures or self._flushing
-                    else _BACKOFF[min(failures, len(_BACKOFF)) - 1]
-                )
-                while (left := last + pause - self.mono()) > 0:
+                # A process that ends is looked for at once (its last request), then each second.
+                while (left := last + self._pause(failures) - self.mono()) > 0:
+                    if self._flushing and self._looked == self._begun and last < self._flush_asked:
+                        break
                     self._cond.wait(left)
-                    if self._flushing:
-                        pause = self.EVERY
+                self._begun += 1
             last = self.mono()
             try:
                 done = self._send()
@@ -170,6 +169,11 @@ class Sender:
                 self._pruned = last
                 with contextlib.suppress(Exception):  # the spool's own retention: said by prune
                     retention.prune(self.repo, SPOOL_KEEP)
+
+    def _pause(self, failures: int) -> float:
+        if not failures or self._flushing:
+            return self.EVERY
+        return _BACKOFF[min(failures, len(_BACKOFF)) - 1]
 
     def _send(self) -> bool:
         """One look at the spool, and one batch of what changed; whether it went (or nothing did)."""

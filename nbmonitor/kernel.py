@@ -29,6 +29,7 @@ from .events import Event
 from .observe import Observation, Observer, watcher_info
 from .outbox import Sender
 from .record import RunRecord
+from .remote import RemoteRepo
 from .repo import Repo
 from .rules import State
 from .run import Run
@@ -157,7 +158,11 @@ class KernelAgent:
         if now_mono - self._last_watcher_look >= WATCHER_EVERY:
             self._last_watcher_look = now_mono
             for repo in self._repos.values():
-                info = watcher_info(repo.observer.repo)
+                where = repo.observer.repo
+                if isinstance(where, RemoteRepo):  # judged beside the server it reports to
+                    repo.watcher = where.server.base
+                    continue
+                info = watcher_info(where)
                 repo.watcher = f"pid {info['pid']}" if info else None
         for cell in cells:
             record = records.get(cell.run.id) or cell.run.record()

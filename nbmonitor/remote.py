@@ -56,8 +56,8 @@ ENV_CA = "NBMONITOR_CA"
 ENV_SPOOL = "NBMONITOR_SPOOL"
 _TIMEOUT = 10.0  # of one request
 
-#: A file of a run as the sender knows it: ("run", id), ("usage", id), ("log", id, part),
-#: ("checkpoint", job key, name).
+#: The file a RemoteRepo changed, as its hook is told: ("run", id), ("usage", id), ("log", id,
+#: part), ("checkpoint", job key, name).
 Key = tuple[Any, ...]
 
 
@@ -91,7 +91,7 @@ class Server:
             raise RepoError(f"a server URL takes only ?token=, not {', '.join(unknown)}")
         host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
         netloc = host if port is None else f"{host}:{port}"
-        base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/", "", ""))
+        base = urllib.parse.urlunsplit((parts.scheme, netloc, _server_path(parts.path), "", ""))
         token = (query.get("token") or [""])[0] or env.get(ENV_TOKEN, "")
         if not token and env.get(ENV_TOKEN_FILE):
             token = _read_token(env[ENV_TOKEN_FILE])
@@ -122,6 +122,22 @@ class Server:
         digest = hashlib.sha256(self.base.encode()).hexdigest()[:8]
         safe = "".join(c if c.isalnum() or c in ".-" else "_" for c in name)
         return Path.home() / ".nbmonitor" / "remote" / f"{safe}-{digest}"
+
+
+#: The first part of a path that is a page of the server, not its base URL: the address a browser
+#: shows (``http://host:8888/lab?token=...``, ``/user/alice/lab/tree/x.ipynb``) works as it is.
+_PAGES = frozenset({"lab", "tree", "notebooks", "doc", "edit", "terminals", "voila"})
+
+
+def _server_path(path: str) -> str:
+    """The server's base URL path in ``path`` (``/``, ``/user/alice/``), a page's cut off."""
+    kept: list[str] = []
+    for part in path.split("/"):
+        if part in _PAGES:
+            break
+        if part:
+            kept.append(part)
+    return "/" + "".join(f"{part}/" for part in kept)
 
 
 def _read_token(path: str) -> str:

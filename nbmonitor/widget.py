@@ -84,7 +84,7 @@ class View:
     rate: float | None = None  # steps a second, recently
     error: str | None = None
     usage: History | None = None  # None: --no-usage
-    watcher: str | None = None  # "pid 123" when a standalone watcher runs
+    watcher: str | None = None  # "pid 123" when a standalone watcher runs; a URL: a far host's server
     note: str | None = None  # the latest warning, if any
     ended: bool = False
     members: tuple[MemberView, ...] = ()  # the run's multiprocessing workers
@@ -231,6 +231,8 @@ def _usage_lines(view: View) -> list[str]:
 def _watcher_line(view: View) -> str:
     if view.ended:
         return ""
+    if view.watcher and view.watcher.startswith(("http://", "https://")):
+        return f"reports to {view.watcher}: the watcher there tells of this run, also if this kernel dies"
     if view.watcher:
         return f"watcher running ({view.watcher}): you will hear of this run even if the kernel dies"
     return (

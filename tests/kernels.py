@@ -23,9 +23,9 @@ WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 class Kernel:
     """A real ipykernel; ``run`` executes code and returns every iopub message until it is idle."""
 
-    def __init__(self, repo: Path) -> None:
+    def __init__(self, repo: Path, env: dict[str, str] | None = None) -> None:
         self.manager = KernelManager(kernel_name="python3")
-        self.manager.start_kernel(env=child_env(repo), cwd=str(ROOT))
+        self.manager.start_kernel(env=child_env(repo) | (env or {}), cwd=str(ROOT))
         self.client = self.manager.client()
         self.client.start_channels()
         self.client.wait_for_ready(timeout=60)

@@ -95,14 +95,17 @@ def _auth(server: JupyterServer) -> dict[str, str]:
 
 
 def test_the_token_comes_from_the_url_the_environment_or_a_file_and_is_never_shown(tmp_path: Path) -> None:
-    url = "https://gpu-box:8888/lab/?token=s3cret"
+    url = "https://gpu-box:8888/lab?token=s3cret"  # as the browser shows it
     server = Server.parse(url, {})
-    assert (server.base, server.token) == ("https://gpu-box:8888/lab/", "s3cret")
+    assert (server.base, server.token) == ("https://gpu-box:8888/", "s3cret")
+    hub = Server.parse("https://hub.example/user/alice/lab/tree/train.ipynb?token=t", {})
+    assert hub.base == "https://hub.example/user/alice/"
     assert Server.parse("http://gpu-box:8888", {"NBMONITOR_TOKEN": "t2"}).token == "t2"
     token_file = tmp_path / "token"
     token_file.write_text("t3\n")
     assert Server.parse("http://gpu-box:8888", {"NBMONITOR_TOKEN_FILE": str(token_file)}).token == "t3"
-    assert server.ingest_url == "https://gpu-box:8888/lab/nbmonitor/api/ingest"
+    assert server.ingest_url == "https://gpu-box:8888/nbmonitor/api/ingest"
+    assert hub.ingest_url == "https://hub.example/user/alice/nbmonitor/api/ingest"
     repo = Repo(url)
     assert isinstance(repo, RemoteRepo)
     assert "s3cret" not in repr(repo) + str(repo) + repr(repo.server) + str(repo.path)
@@ -421,6 +424,31 @@ def test_a_supervised_job_on_a_far_host_reports_its_attempts(
     assert job.wait_exit(60) == 0, job.text
     (run,) = Repo(server.repo).runs()
     assert (run.name, run.status, run.step, run.supervisor is not None) == ("sup", "finished", 5, True)
+
+
+def test_a_watched_cell_in_a_kernel_on_a_far_host_reports_to_the_server(
+    tmp_path: Path, server: JupyterServer
+) -> None:
+    from .kernels import Kernel, run_views
+
+    kernel = Kernel(tmp_path, env=client_env(server, tmp_path / "spool"))
+    try:
+        kernel.run("%load_ext nbmonitor")
+        reply, messages = kernel.run(
+            "%%watch --eta 5 --name far-cell\nimport time\nfor i in range(3): time.sleep(0.1)"
+        )
+        assert reply["status"] == "ok"
+        story = json.dumps(run_views(messages))
+        assert "reports to " in story  # its display says who watches it
+
+        def arrived() -> bool:
+            return any(r.name == "far-cell" and r.ended for r in Repo(server.repo).runs())
+
+        wait_until(arrived, 30, "the cell's run, sent by the kernel's sender")
+    finally:
+        kernel.stop()
+    (run,) = Repo(server.repo).runs()
+    assert (run.origin.kind, run.status, run.via) == ("notebook", "finished", "127.0.0.1")
 
 
 def test_https_with_a_custom_ca(tmp_path: Path, script: Path) -> None:

@@ -144,6 +144,8 @@ def test_the_final_snapshot_tells_what_happened_and_has_no_live_parts() -> None:
 def test_the_watcher_line_says_what_happens_if_the_kernel_dies() -> None:
     assert "notifications stop if this kernel dies" in render_html(view())
     assert "watcher running (pid 42)" in render_html(view(watcher="pid 42"))
+    far = render_html(view(watcher="https://laptop:8888/"))  # a kernel on a far host
+    assert "reports to https://laptop:8888/: the watcher there tells of this run" in far
 
 
 def test_a_group_shows_a_strip_of_member_bars_and_names_the_straggler() -> None:
