@@ -156,6 +156,19 @@ def row_track(n: int, repo: Path) -> Row:
 # -- 2. report_progress() against Aim ---------------------------------------------------------------
 
 
+def reporting(run: Any, n: int) -> Callable[[], float]:
+    """A loop of ``n`` calls of ``run.report_progress(expect_next_in=3)``, timed."""
+    report = run.report_progress
+
+    def timed() -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            report(expect_next_in=3)
+        return time.perf_counter() - start
+
+    return timed
+
+
 def row_progress(n: int, repo: Path, aim_python: Path) -> list[Row]:
     import nbmonitor
     from nbmonitor.repo import Repo
@@ -168,13 +181,7 @@ def row_progress(n: int, repo: Path, aim_python: Path) -> list[Row]:
             super().write_run(record)
 
     run = nbmonitor.Run(name="bench-progress", repo=Counting(repo))
-    report = run.report_progress
-
-    def ours() -> float:
-        start = time.perf_counter()
-        for _ in range(n):
-            report(expect_next_in=3)
-        return time.perf_counter() - start
+    ours = reporting(run, n)
 
     def bare() -> float:
         start = time.perf_counter()
@@ -1832,18 +1839,7 @@ def row_remote_cost(n: int, work: Path) -> Row:
         name="bench-far", repo=RemoteRepo("http://127.0.0.1:9/?token=x", spool=work / "r25-spool")
     )
 
-    def loop(run: Any) -> Callable[[], float]:
-        report = run.report_progress
-
-        def timed() -> float:
-            start = time.perf_counter()
-            for _ in range(n):
-                report(expect_next_in=3)
-            return time.perf_counter() - start
-
-        return timed
-
-    ours, peer = best(loop(far)) / n, best(loop(local)) / n
+    ours, peer = best(reporting(far, n)) / n, best(reporting(local, n)) / n
     far.close()
     local.close()
     return Row(

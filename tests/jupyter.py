@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from .helpers import Proc, wait_until
+from .helpers import Proc, terminate, wait_until
 from .servers import free_port
 
 
@@ -73,14 +73,8 @@ class JupyterServer:
         return f"{scheme}://{host or self.ip}:{self.port}/"
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            terminate(self.process, 15)
 
 
 def can_make_hosts() -> bool:

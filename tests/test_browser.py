@@ -29,7 +29,7 @@ from nbmonitor.record import ErrorInfo
 from nbmonitor.repo import Repo
 from nbmonitor.widget import COLOURS, USAGE_MIME
 
-from .helpers import ROOT, wait_until
+from .helpers import ROOT, terminate, wait_until
 from .records import sample
 from .servers import free_port
 
@@ -100,14 +100,7 @@ class Lab:
         return f"http://127.0.0.1:{self.port}/{path}?token={self.token}"
 
     def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process, 15)
         if not self.log.closed:
             self.log.close()
 

@@ -228,9 +228,12 @@ def test_a_watched_cell_resumes_from_its_checkpoint_in_a_restarted_kernel(tmp_pa
         kernel.run(f"%load_ext nbmonitor\n%env NBMONITOR_CHECKPOINT_DIR={tmp_path / 'ckpt'}")
         kernel.client.execute(CELL)
         folder = tmp_path / "ckpt" / "counter"
+
         # Recorded, not only moved into place: a kill between the two leaves the one before the latest.
-        records = lambda: len(list(repo.checkpoints_dir.glob("*/*.json"))) == 3  # noqa: E731
-        wait_until(lambda: folder.is_dir() and records(), 30, "three checkpoints recorded")
+        def recorded() -> bool:
+            return folder.is_dir() and len(list(repo.checkpoints_dir.glob("*/*.json"))) == 3
+
+        wait_until(recorded, 30, "three checkpoints recorded")
         kernel.manager.restart_kernel(now=True)  # killed mid-cell
         kernel.client.wait_for_ready(timeout=60)
         kernel.run(f"%load_ext nbmonitor\n%env NBMONITOR_CHECKPOINT_DIR={tmp_path / 'ckpt'}")
