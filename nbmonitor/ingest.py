@@ -125,7 +125,6 @@ class Ingest:
         self.repo = repo
         self._lock = threading.Lock()
         self._owners: dict[str, str] = {}  # run ids and job keys: their client, as read or written
-        self._ready = False  # the repo and its owners/ folder made
 
     def apply(self, body: bytes, address: str) -> dict[str, Any]:
         """Check and apply one batch from ``address``; returns ``{"applied": n, "resend": [i,
@@ -152,13 +151,12 @@ class Ingest:
         client = client_key(secret)
         via = address[:200] or "http"
         with self._lock:
-            if not self._ready:
+            new = {op.owned: None for i, op in enumerate(parsed) if not self._owned(i, op, client)}
+            if new:  # only once every operation may be applied
                 self.repo.ensure()
                 self.repo.owners_dir.mkdir(mode=0o700, exist_ok=True)
-                self._ready = True
-            new = {op.owned: None for i, op in enumerate(parsed) if not self._owned(i, op, client)}
-            for key in new:  # only once every operation may be applied
-                self._own(key, client)
+                for key in new:
+                    self._own(key, client)
             resend = [i for i, op in enumerate(parsed) if not self._apply(op, via)]
         return {"applied": len(parsed) - len(resend), "resend": resend}
 
@@ -180,15 +178,19 @@ class Ingest:
         return True
 
     def _own(self, key: str, client: str) -> None:
+        """``client`` owns ``key`` from now on: the first to write it, also with another server
+        on this repo (the file is linked into place whole, and only if none is there)."""
         path = self.repo.owner_path(key)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.repo.owners_dir)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileNotFoundError:  # the repo was removed meanwhile
-            self.repo.ensure()
-            self.repo.owners_dir.mkdir(mode=0o700, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(client)
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                f.write(client)
+            os.link(tmp, path)
+        except FileExistsError:
+            if path.read_text("ascii").strip() != client:
+                raise Refused(f"{key} belongs to another client") from None
+        finally:
+            os.unlink(tmp)
         self._owners[key] = client
 
     def _apply(self, op: _Op, via: str) -> bool:
