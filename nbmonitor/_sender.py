@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import _process, retention
+from . import _process, logtail, retention
 from ._once import Trouble
 from .ingest import SEND_EVERY
 from .record import is_run_id
@@ -84,6 +84,8 @@ class Sender:
         self._thread: threading.Thread | None = None
         self._secret: str | None = None
         self._pruned = -_PRUNE_EVERY
+        self._cut: set[str] = set()  # files replaced (cut, coarsened) while the server was away
+        self._inodes: dict[str, int] = {}  # each usage history's and log tail's, at the last look
         self.batches = 0  # sent and answered
 
     def changed(self, key: Key | None = None) -> None:
@@ -208,6 +210,17 @@ class Sender:
                 self._save()
             return True
         self._trouble.over("nbmonitor: %s answers again; what waited is sent", self.repo.server.base)
+        if self._cut:
+            log.warning(
+                "nbmonitor: while %s did not answer, %d file(s) of %s were cut or coarsened before they "
+                "could be sent (a log tail keeps its last %d lines, a usage history grows coarser with "
+                "age): the server has them as they are now, with every run's end",
+                self.repo.server.base,
+                len(self._cut),
+                self.repo.path,
+                logtail.KEEP,
+            )
+            self._cut.clear()
         self.batches += 1
         resend = set(answer.get("resend") or ())
         for i, (rel, state) in enumerate(states):
@@ -259,6 +272,8 @@ class Sender:
             self._state.pop(rel, None)
         for rel in [r for r in self._state if not r.startswith("checkpoints") and r not in seen]:
             del self._state[rel]  # pruned here; the server keeps its own
+        for rel in [r for r in self._inodes if r not in seen]:
+            del self._inodes[rel]
         yield from runs
 
     def _op(self, kind: str, path: str, rel: str, known: _File | None) -> tuple[dict[str, Any], _File] | None:
@@ -267,6 +282,11 @@ class Sender:
                 st = os.fstat(f.fileno())
                 whole = kind in ("run", "checkpoint") or known is None or known.inode != st.st_ino
                 whole = whole or st.st_size < known.size  # type: ignore[union-attr]
+                seen = self._inodes.get(rel)
+                if kind in ("usage", "log"):
+                    self._inodes[rel] = st.st_ino
+                if seen is not None and seen != st.st_ino and self._trouble.cause:
+                    self._cut.add(rel)  # replaced while the server was away: what it lacked is gone
                 start = 0 if whole else known.size  # type: ignore[union-attr]
                 f.seek(start)
                 data = f.read(st.st_size - start)

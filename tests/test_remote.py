@@ -485,3 +485,40 @@ def test_a_remote_repos_files_go_through_the_spool_and_the_sender(tmp_path: Path
     assert _sender.sender(repo) is _sender.sender(
         RemoteRepo("http://127.0.0.1:9/?token=t", spool=tmp_path / "spool")
     )
+
+
+def test_a_tail_cut_while_the_server_is_away_is_said_once_and_sent_as_it_is(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from nbmonitor import logtail
+    from nbmonitor.logtail import LogLine
+    from nbmonitor.remote import Unreachable
+
+    repo = RemoteRepo("http://127.0.0.1:9/?token=t", spool=tmp_path / "spool")
+    repo.ensure()
+    run_id = "c" * 32
+    got: list[list[dict]] = []  # type: ignore[type-arg]
+    away = True
+
+    def send(server: Server, body: bytes) -> dict:  # type: ignore[type-arg]
+        if away:  # the transport fails as a stopped server makes it fail
+            raise Unreachable(f"cannot reach {server.base}: [Errno 111] Connection refused")
+        ops = json.loads(body)["ops"]
+        got.append(ops)
+        return {"applied": len(ops), "resend": []}
+
+    lines = [LogLine(float(i), "", "stdout", f"line {i}") for i in range(30)]
+    repo.append_log(run_id, logtail.encode_header(run_id) + logtail.encode(lines[:10]))
+    sender = _sender.Sender(repo, send=send)
+    assert sender.flush(0.5) is False  # away: the lines wait
+    assert sender.flush(2) is False
+    repo.replace_log(run_id, logtail.encode_header(run_id) + logtail.encode(lines[20:]))  # cut meanwhile
+    away = False
+    with caplog.at_level("WARNING", logger="nbmonitor.remote"):
+        assert sender.flush(10) is True
+    said = [r.getMessage() for r in caplog.records if "were cut or coarsened" in r.getMessage()]
+    assert len(said) == 1
+    assert "1 file(s) of" in said[0]
+    (op,) = [op for ops in got for op in ops if op.get("file") == "log"]
+    assert op["op"] == "replace"  # the tail as it is now, whole
+    assert [x.text for x in logtail.parse(op["text"], run_id)[0]] == [f"line {i}" for i in range(20, 30)]
