@@ -348,6 +348,7 @@ def test_the_panel_loads_ended_runs_a_page_at_a_time(lab: Lab, page: Any) -> Non
         older.scroll_into_view_if_needed()
         page.locator("#nbmonitor-runs").screenshot(path=str(ARTIFACTS / "runs-panel-older.png"))
         dark_theme(page, ".nbm-older")
+        far.screenshot(path=str(ARTIFACTS / "runs-panel-far-host-dark.png"))
         older.scroll_into_view_if_needed()
         page.locator("#nbmonitor-runs").screenshot(path=str(ARTIFACTS / "runs-panel-older-dark.png"))
         older.click()
