@@ -239,8 +239,10 @@ def test_a_hang_becomes_a_torchrun_restart_that_resumes_from_the_checkpoint(
     assert ended[1] == "failed"
     assert errors[1][0] == "Stalled", errors
     # Rank 0 waits in the collective: it stalls too, unless rank 1's exit broke its connection
-    # first, or torchrun, seeing rank 1 gone, killed it first (SIGTERM: crashed).
-    assert ended[0] == "crashed" or errors[0][0] == "Stalled" or "Connection closed by peer" in errors[0][1]
+    # first, or torchrun, seeing rank 1 gone, killed it first: then its file got no end (readers
+    # call it crashed), and the group's events still blame rank 1 (above).
+    if ended[0] != "running":
+        assert errors[0][0] == "Stalled" or "Connection closed by peer" in errors[0][1], errors
     assert sorted((r.restart_count, r.status) for r in runs if r.restart_count == 1) == [(1, "finished")] * 2
     if supervised:
         assert all(r.attempt == 0 and r.supervisor is not None for r in runs)  # the supervisor's one attempt
