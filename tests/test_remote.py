@@ -398,8 +398,9 @@ def test_the_processes_of_one_host_send_through_one_sender_at_a_time(
     assert all(p.wait_exit(60) == 0 for p in procs), [p.text for p in procs]
     elapsed = time.monotonic() - started
     batches = [int(p.matching("batches")[0].split()[1]) for p in procs]
-    # One request a second for the host (and one more as each ends), not one per process.
-    assert sum(batches) <= elapsed + len(procs), (batches, elapsed)
+    # One request a second for the host, not one per process (three a second); each process may
+    # add two at once: one as it takes over the lock, one as it ends.
+    assert sum(batches) <= elapsed + 2 * len(procs), (batches, elapsed)
     runs = {r.name: r for r in Repo(server.repo).runs()}
     assert {name: (r.status, r.step) for name, r in runs.items()} == {
         f"rank-{i}": ("finished", 40) for i in range(3)
