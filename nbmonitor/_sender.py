@@ -282,19 +282,18 @@ class Sender:
                 st = os.fstat(f.fileno())
                 whole = kind in ("run", "checkpoint") or known is None or known.inode != st.st_ino
                 whole = whole or st.st_size < known.size  # type: ignore[union-attr]
-                seen = self._inodes.get(rel)
                 if kind in ("usage", "log"):
-                    self._inodes[rel] = st.st_ino
-                if seen is not None and seen != st.st_ino and self._trouble.cause:
-                    self._cut.add(rel)  # replaced while the server was away: what it lacked is gone
+                    seen, self._inodes[rel] = self._inodes.get(rel), st.st_ino
+                    if seen is not None and seen != st.st_ino and self._trouble.cause:
+                        self._cut.add(rel)  # replaced while the server was away: what it lacked is gone
                 start = 0 if whole else known.size  # type: ignore[union-attr]
                 f.seek(start)
                 data = f.read(st.st_size - start)
         except OSError:
             return None
-        state = _File(st.st_ino, start + len(data), st.st_mtime_ns)
         name = os.path.basename(path)
         if kind in ("run", "checkpoint"):
+            state = _File(st.st_ino, st.st_size, st.st_mtime_ns)
             try:
                 record = json.loads(data)
             except ValueError:
@@ -308,8 +307,10 @@ class Sender:
                 "name": name.removesuffix(".json"),
                 "record": record,
             }, state
-        data = data[: data.rfind(b"\n") + 1]  # whole lines only; the rest next time
-        state = _File(st.st_ino, start + len(data), st.st_mtime_ns if len(data) == st.st_size - start else 0)
+        whole_lines = data[: data.rfind(b"\n") + 1]  # the rest next time
+        # A torn last line: the file is looked at again, whatever its modification time.
+        state = _File(st.st_ino, start + len(whole_lines), st.st_mtime_ns if whole_lines == data else 0)
+        data = whole_lines
         stem, _, rest = name.partition(".")
         part = int(rest.split(".")[0]) if kind == "log" and rest.count(".") == 1 else None
         if not is_run_id(stem):
